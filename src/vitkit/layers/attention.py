@@ -1,0 +1,86 @@
+"""Multi-head self-attention: fused (``scaled_dot_product_attention``) by default, explicit when the attention
+weights are wanted."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .position import RelativePositionBias
+
+
+class ScaledDotProductAttention(nn.Module):
+    """softmax(q k^T / sqrt(d) + bias) v, computed explicitly so that the weights can be returned.
+
+    ``scale=False`` leaves out the 1/sqrt(d). Inputs are (B, H, N, d); ``relative_position_bias`` is (H, N, N)
+    or anything broadcastable to (B, H, N, N). Returns ``(output (B, H, N, d), attn (B, H, N, N))``; ``attn``
+    is taken before dropout, so it is the distribution the model actually computed.
+    """
+
+    def __init__(self, scale: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.scale = scale
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query, key, value, relative_position_bias=None):
+        if self.scale:
+            query = query * query.shape[-1] ** -0.5
+        logits = query @ key.transpose(-2, -1)  # (B, H, N, N)
+        if relative_position_bias is not None:
+            logits = logits + relative_position_bias
+        attn = logits.softmax(dim=-1)
+        return self.dropout(attn) @ value, attn
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with one combined ``qkv`` projection (timm's layout) and an optional
+    relative position bias, which the fused kernel receives as its additive mask.
+
+    ``dropout`` is used for both the attention weights and the output projection unless ``attn_drop`` or
+    ``proj_drop`` are given.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, use_relative_position: bool = False,
+                 rpb_kwargs: dict | None = None, *, qkv_bias: bool = True, attn_drop: float | None = None,
+                 proj_drop: float | None = None, scale: bool = True):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.attn_drop = dropout if attn_drop is None else attn_drop
+        self.scale = scale
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
+        self.attention = ScaledDotProductAttention(scale=scale, dropout=self.attn_drop)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj_drop = nn.Dropout(dropout if proj_drop is None else proj_drop)
+        self.relative_position_bias = None
+        if use_relative_position:
+            kwargs = dict(rpb_kwargs or {})
+            if kwargs.setdefault("num_heads", num_heads) != num_heads:
+                raise ValueError(f"rpb_kwargs num_heads ({kwargs['num_heads']}) must equal num_heads ({num_heads})")
+            self.relative_position_bias = RelativePositionBias(**kwargs)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """(B, N, C) -> (B, N, C); with ``return_attention`` also the weights (B, H, N, N), computed explicitly."""
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+        bias = None
+        if self.relative_position_bias is not None:
+            bias = self.relative_position_bias()  # (H, N, N)
+            if bias.shape[-1] != n:
+                raise ValueError(f"the relative position bias covers {bias.shape[-1]} tokens but the input has {n}")
+            bias = bias.to(q.dtype)
+        attn = None
+        if return_attention:
+            out, attn = self.attention(q, k, v, bias)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
+                scale=None if self.scale else 1.0)
+        out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, H*d)
+        out = self.proj_drop(self.proj(out))
+        return (out, attn) if return_attention else out

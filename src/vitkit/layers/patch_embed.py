@@ -1,0 +1,47 @@
+"""Patch embedding: cut an image into non-overlapping patches and project each to a vector."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .position import _pair
+
+
+class PatchEmbedding(nn.Module):
+    """(B, C, H, W) images -> (B, N, D) patch embeddings with a strided convolution (one linear map per patch).
+
+    With ``strict_img_size`` (the default) an image of another size is an error naming both sizes; without it
+    any size divisible by the patch size is accepted (the model then resamples its position embedding).
+    """
+
+    def __init__(self, img_size=224, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768,
+                 strict_img_size: bool = True):
+        super().__init__()
+        self.img_size = _pair(img_size, "img_size")
+        self.patch_size = _pair(patch_size, "patch_size")
+        for side, p, axis in zip(self.img_size, self.patch_size, ("height", "width")):
+            if side % p:
+                raise ValueError(f"img_size {self.img_size} must be divisible by patch_size {self.patch_size} "
+                                 f"(image {axis} {side} is not a multiple of {p})")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_channels = in_channels
+        self.strict_img_size = strict_img_size
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if self.strict_img_size and (h, w) != self.img_size:
+            raise ValueError(f"expected {self.img_size[0]}x{self.img_size[1]} images, got {h}x{w} "
+                             "(build the model with dynamic_img_size=True or call set_img_size to change it)")
+        if h % self.patch_size[0] or w % self.patch_size[1]:
+            raise ValueError(f"image size {h}x{w} is not divisible by patch size {self.patch_size}")
+        x = self.proj(x)  # (B, D, H/P, W/P)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+    def grid_for(self, h: int, w: int) -> tuple[int, int]:
+        """The patch grid of an h x w image."""
+        return (h // self.patch_size[0], w // self.patch_size[1])

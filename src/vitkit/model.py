@@ -1,0 +1,232 @@
+"""The Vision Transformer (Dosovitskiy et al. 2020), one class for every plain-ViT variant.
+
+State-dict keys are timm's (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.{i}.attn.qkv`` ...),
+so timm checkpoints load with no renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .config import ViTConfig, get_preset
+from .errors import ConfigError
+from .layers import PatchEmbedding, TransformerBlock, resample_pos_embed, sincos_2d_pos_embed
+
+
+class VisionTransformer(nn.Module):
+    """A plain ViT: patch embedding, [CLS]/register tokens, position embedding, transformer blocks, head.
+
+    Build it from keyword arguments (every argument of :class:`ViTConfig`; ``n_heads``, ``dropout`` and
+    ``in_chans`` are accepted as aliases), from a ``ViTConfig`` passed positionally, or with
+    :meth:`from_config`. ``num_classes=0`` makes ``forward`` return the pooled representation (B, D).
+    """
+
+    def __init__(self, config: ViTConfig | None = None, **kwargs):
+        super().__init__()
+        if config is None:
+            config = ViTConfig.from_kwargs(**kwargs)
+        elif kwargs:
+            config = config.replace(**kwargs)
+        self.config = cfg = config
+        dim = cfg.embed_dim
+        self.num_classes = cfg.num_classes
+        self.embed_dim = self.num_features = dim
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+
+        self.patch_embed = PatchEmbedding(cfg.img_size, cfg.patch_size, cfg.in_channels, dim,
+                                          strict_img_size=not cfg.dynamic_img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, dim)) if cfg.reg_tokens else None
+        # timm: the position embedding covers the prefix tokens unless no_embed_class.
+        embed_len = cfg.num_patches + (0 if cfg.no_embed_class else cfg.num_prefix_tokens)
+        if cfg.pos_embed == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, dim))
+        else:
+            self.pos_embed = None
+            if cfg.pos_embed == "sincos2d":
+                self.register_buffer("fixed_pos_embed", sincos_2d_pos_embed(cfg.grid_size, dim)[None],
+                                     persistent=False)  # (1, N, D): derived, not saved
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+
+        rpb_kwargs = None
+        if cfg.use_relative_position:
+            rpb_kwargs = {"num_heads": cfg.num_heads, "bias_type": "2d", **(cfg.rpb_kwargs or {})}
+            if rpb_kwargs["bias_type"] == "2d":
+                rpb_kwargs.setdefault("window_size", cfg.grid_size)
+                rpb_kwargs["num_prefix_tokens"] = cfg.num_prefix_tokens
+            else:
+                rpb_kwargs.setdefault("seq_len", cfg.num_patches)
+                # A 1-d bias over the patches alone gives prefix tokens BEiT's extra entries; one over the
+                # whole sequence treats them as its first positions.
+                covers_all = rpb_kwargs["seq_len"] == cfg.num_patches + cfg.num_prefix_tokens
+                rpb_kwargs["num_prefix_tokens"] = 0 if covers_all else cfg.num_prefix_tokens
+        dpr = [x.item() for x in torch.linspace(0, cfg.drop_path_rate, cfg.depth)]  # stochastic depth, linear rule
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position,
+                             rpb_kwargs, qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
+                             layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps,
+                             norm_style=cfg.norm_style, act=cfg.act)
+            for i in range(cfg.depth))
+        use_fc_norm = cfg.use_fc_norm
+        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and not use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @classmethod
+    def from_config(cls, config: ViTConfig) -> "VisionTransformer":
+        return cls(config)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm's default initialisation: truncated normal (std .02) for linear layers and the position
+        embedding, zero biases, near-zero [CLS]/register tokens; convolution and norms as PyTorch has them."""
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that weight decay should skip (besides all 1-d parameters)."""
+        return {"pos_embed", "cls_token", "reg_token"}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Image size
+
+    def set_img_size(self, img_size) -> None:
+        """Rebuild for another input size, resampling the learned position embedding (bicubic)."""
+        cfg = self.config.replace(img_size=img_size)
+        if cfg.use_relative_position:
+            raise ConfigError("cannot change the image size of a model with a relative position bias, whose "
+                              "table is built for one patch grid")
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_embed.grid_size = cfg.grid_size
+        self.patch_embed.num_patches = cfg.num_patches
+        if self.pos_embed is not None:
+            prefix = 0 if cfg.no_embed_class else self.num_prefix_tokens
+            self.pos_embed = nn.Parameter(resample_pos_embed(self.pos_embed.data, cfg.grid_size, old_grid, prefix))
+        elif cfg.pos_embed == "sincos2d":
+            self.fixed_pos_embed = sincos_2d_pos_embed(cfg.grid_size, self.embed_dim)[None].to(
+                self.patch_embed.proj.weight.device)
+        self.config = cfg
+
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Add position embeddings and prepend the prefix tokens, in timm's order."""
+        b = x.shape[0]
+        prefix = []
+        if self.cls_token is not None:
+            prefix.append(self.cls_token.expand(b, -1, -1))  # (B, 1, D)
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(b, -1, -1))  # (B, R, D)
+        if self.pos_embed is None:
+            if self.config.pos_embed == "sincos2d":
+                pos = self.fixed_pos_embed
+                if grid != self.patch_embed.grid_size:
+                    pos = sincos_2d_pos_embed(grid, self.embed_dim)[None].to(x.device)
+                x = x + pos.to(x.dtype)
+            return torch.cat(prefix + [x], dim=1) if prefix else x
+        pos = self.pos_embed
+        if grid != self.patch_embed.grid_size:  # dynamic image size: resample on the fly
+            n_prefix = 0 if self.config.no_embed_class else self.num_prefix_tokens
+            pos = resample_pos_embed(pos, grid, self.patch_embed.grid_size, n_prefix)
+        if self.config.no_embed_class:  # add, then concatenate (big_vision, DeiT III)
+            x = x + pos
+            return torch.cat(prefix + [x], dim=1) if prefix else x
+        x = torch.cat(prefix + [x], dim=1) if prefix else x  # concatenate, then add (ViT paper)
+        return x + pos
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Forward
+
+    def forward_features(self, x: torch.Tensor, attention_layers: Iterable[int] = ()) -> torch.Tensor:
+        """(B, C, H, W) -> normed tokens (B, prefix + N, D). Blocks listed in ``attention_layers`` compute
+        their attention explicitly and store it in ``self.last_attention`` (dict layer -> (B, heads, T, T))."""
+        grid = self.patch_embed.grid_for(*x.shape[-2:])
+        x = self.patch_embed(x)  # (B, N, D)
+        x = self.pos_drop(self._pos_embed(x, grid))  # (B, T, D), T = prefix + N
+        wanted = set(attention_layers)
+        maps = {}
+        for i, block in enumerate(self.blocks):
+            if i in wanted:
+                x, maps[i] = block(x, return_attention=True)
+            else:
+                x = block(x)
+        if wanted:
+            self.last_attention = maps
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, T, D) -> logits (B, classes), or the pooled representation (B, D) with ``pre_logits``."""
+        if self.config.pool == "mean":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
+        else:
+            x = x[:, 0]  # (B, D): the [CLS] token
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor, return_attention: bool | Iterable[int] = False):
+        """Logits (B, num_classes), or the pooled (B, D) when ``num_classes=0``.
+
+        ``return_attention=True`` (all layers) or a list of layer indices also returns those layers' attention
+        weights, as ``(logits, [attn (B, heads, T, T), ...])`` in layer order.
+        """
+        if return_attention is False:
+            return self.forward_head(self.forward_features(x))
+        layers = self._layer_indices(None if return_attention is True else return_attention)
+        logits = self.forward_head(self.forward_features(x, layers))
+        maps = self.__dict__.pop("last_attention")
+        return logits, [maps[i] for i in layers]
+
+    def get_attention_maps(self, x: torch.Tensor, layers: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
+        """Attention weights of the chosen layers (all when None; negative indices count from the end):
+        {layer: (B, heads, T, T)}. Only those layers compute attention explicitly."""
+        layers = self._layer_indices(layers)
+        self.forward_features(x, layers)
+        return self.__dict__.pop("last_attention")
+
+    def _layer_indices(self, layers: Iterable[int] | None) -> list[int]:
+        depth = len(self.blocks)
+        if layers is None:
+            return list(range(depth))
+        out = []
+        for i in layers:
+            if not isinstance(i, int) or not -depth <= i < depth:
+                raise ValueError(f"attention layer {i!r} does not exist; the model has layers 0..{depth - 1}")
+            out.append(i % depth)
+        if not out:
+            raise ValueError("no attention layers were asked for; pass layer indices or None for all")
+        return sorted(set(out))
+
+
+ViT = VisionTransformer
+
+
+def create_model(name: str, **overrides) -> VisionTransformer:
+    """A model by timm's preset name, e.g. ``create_model("vit_base_patch16_224", num_classes=10, img_size=32)``."""
+    return VisionTransformer(get_preset(name, **overrides))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_image(cfg: ViTConfig) -> float:
+    """Forward FLOPs of one image (2 per multiply-add), counting the matmuls: patch projection, qkv, attention
+    (q k^T and attn v), output projection, MLP and head."""
+    t = cfg.num_patches + cfg.num_prefix_tokens
+    d, m = cfg.embed_dim, cfg.mlp_dim
+    patch = 2 * cfg.num_patches * (cfg.in_channels * cfg.patch_size**2) * d
+    per_block = 2 * t * (3 * d * d + d * d + 2 * d * m) + 2 * 2 * t * t * d
+    return float(patch + cfg.depth * per_block + 2 * d * cfg.num_classes)
