@@ -82,6 +82,14 @@ class VisionTransformer(nn.Module):
     def from_config(cls, config: ViTConfig) -> "VisionTransformer":
         return cls(config)
 
+    @classmethod
+    def from_pretrained(cls, src, source: str = "auto", num_classes: int | None = None, img_size=None,
+                        **overrides) -> "VisionTransformer":
+        """A model with weights from a file, state dict or live timm / transformers / torchvision model;
+        see :func:`vitkit.interop.from_pretrained`."""
+        from .interop import from_pretrained
+        return from_pretrained(src, source=source, num_classes=num_classes, img_size=img_size, **overrides)
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """timm's default initialisation: truncated normal (std .02) for linear layers and the position
