@@ -2,20 +2,34 @@
 
     >>> from vitkit import create_model
     >>> model = create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+
+Names are imported on first use, so ``import vitkit.scratch`` (NumPy only) never imports torch and the CLI
+starts at once.
 """
 
-from .config import PRESETS, ViTConfig, get_preset, list_models, load_config, save_config
-from .errors import CheckpointError, ConfigError, DataError, VitkitError
-from .layers import (MultiHeadAttention, PatchEmbedding, RelativePositionBias, ScaledDotProductAttention,
-                     TransformerBlock, get_relative_position_index_1d, get_relative_position_index_2d)
-from .model import ViT, VisionTransformer, count_parameters, create_model, flops_per_image
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ViTConfig", "PRESETS", "get_preset", "list_models", "load_config", "save_config",
-    "VitkitError", "ConfigError", "DataError", "CheckpointError",
-    "MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",
-    "TransformerBlock", "get_relative_position_index_1d", "get_relative_position_index_2d",
-    "ViT", "VisionTransformer", "create_model", "count_parameters", "flops_per_image",
-]
+_EXPORTS = {
+    "vitkit.config": ["ViTConfig", "PRESETS", "get_preset", "list_models", "load_config", "save_config"],
+    "vitkit.errors": ["VitkitError", "ConfigError", "DataError", "CheckpointError"],
+    "vitkit.layers": ["MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",
+                      "TransformerBlock", "get_relative_position_index_1d", "get_relative_position_index_2d"],
+    "vitkit.model": ["ViT", "VisionTransformer", "count_parameters", "create_model", "flops_per_image"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # cache: later lookups skip this function
+        return value
+    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
