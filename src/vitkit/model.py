@@ -64,7 +64,8 @@ class VisionTransformer(nn.Module):
                 # whole sequence treats them as its first positions.
                 covers_all = rpb_kwargs["seq_len"] == cfg.num_patches + cfg.num_prefix_tokens
                 rpb_kwargs["num_prefix_tokens"] = 0 if covers_all else cfg.num_prefix_tokens
-        dpr = [x.item() for x in torch.linspace(0, cfg.drop_path_rate, cfg.depth)]  # stochastic depth, linear rule
+        # Stochastic depth, linear rule: 0 for the first block up to drop_path_rate for the last.
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position,
                              rpb_kwargs, qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
