@@ -1,0 +1,182 @@
+"""Layers: relative position indices against hand tables, Swin and BEiT; fused vs explicit attention."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitkit import (MultiHeadAttention, PatchEmbedding, RelativePositionBias, ScaledDotProductAttention,
+                    TransformerBlock, get_relative_position_index_1d, get_relative_position_index_2d)
+from vitkit.layers import resample_pos_embed, sincos_2d_pos_embed
+
+
+def test_index_1d_hand_table():
+    expected = torch.tensor([[2, 1, 0],
+                             [3, 2, 1],
+                             [4, 3, 2]])
+    assert torch.equal(get_relative_position_index_1d(3), expected)
+
+
+def test_index_2d_hand_table():
+    # 2x2 window, cells numbered row by row: (0,0) (0,1) (1,0) (1,1); table width 2w-1 = 3, index (dy+1)*3 + dx+1.
+    expected = torch.tensor([[4, 3, 1, 0],
+                             [5, 4, 2, 1],
+                             [7, 6, 4, 3],
+                             [8, 7, 5, 4]])
+    assert torch.equal(get_relative_position_index_2d((2, 2)), expected)
+
+
+def swin_relative_position_index(window_size):
+    """Swin Transformer's own code (microsoft/Swin-Transformer, WindowAttention.__init__), verbatim."""
+    coords_h = torch.arange(window_size[0])
+    coords_w = torch.arange(window_size[1])
+    coords = torch.stack(torch.meshgrid([coords_h, coords_w], indexing="ij"))  # 2, Wh, Ww
+    coords_flatten = torch.flatten(coords, 1)  # 2, Wh*Ww
+    relative_coords = coords_flatten[:, :, None] - coords_flatten[:, None, :]  # 2, Wh*Ww, Wh*Ww
+    relative_coords = relative_coords.permute(1, 2, 0).contiguous()  # Wh*Ww, Wh*Ww, 2
+    relative_coords[:, :, 0] += window_size[0] - 1  # shift to start from 0
+    relative_coords[:, :, 1] += window_size[1] - 1
+    relative_coords[:, :, 0] *= 2 * window_size[1] - 1
+    return relative_coords.sum(-1)  # Wh*Ww, Wh*Ww
+
+
+@pytest.mark.parametrize("window", [(7, 7), (3, 5)])
+def test_index_2d_equals_swin(window):
+    assert torch.equal(get_relative_position_index_2d(window), swin_relative_position_index(window))
+
+
+def test_prefix_token_entries_equal_beit():
+    from timm.models.beit import gen_relative_position_index
+    rpb = RelativePositionBias(num_heads=2, window_size=(3, 4), num_prefix_tokens=1)
+    assert torch.equal(rpb.relative_position_index, gen_relative_position_index((3, 4)))
+    assert rpb.num_relative_positions == 5 * 7 + 3
+    assert rpb.relative_position_bias_table.shape == (38, 2)
+
+
+def test_relative_position_bias_gathers_table():
+    rpb = RelativePositionBias(num_heads=3, window_size=(2, 3), bias_type="2d")
+    bias = rpb()
+    assert bias.shape == (3, 6, 6)
+    index = rpb.relative_position_index
+    for h in range(3):
+        for i in range(6):
+            for j in range(6):
+                assert bias[h, i, j] == rpb.relative_position_bias_table[index[i, j], h]
+    rpb1 = RelativePositionBias(num_heads=2, seq_len=5, bias_type="1d")
+    assert rpb1.num_relative_positions == 9 and rpb1().shape == (2, 5, 5)
+    # Equal offsets share one entry: the bias is Toeplitz.
+    assert torch.equal(rpb1()[:, 1:, 1:], rpb1()[:, :-1, :-1])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_heads=2, bias_type="2d"), "window_size"),
+    (dict(num_heads=2, bias_type="1d"), "seq_len"),
+    (dict(num_heads=2, seq_len=4, bias_type="3d"), "bias_type"),
+])
+def test_relative_position_bias_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RelativePositionBias(**kwargs)
+
+
+def test_sdpa_module_matches_formula():
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64) for _ in range(3))
+    out, attn = ScaledDotProductAttention()(q, k, v)
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)  # sqrt(4) = 2
+    torch.testing.assert_close(attn, expected, rtol=0, atol=1e-14)
+    torch.testing.assert_close(out, expected @ v, rtol=0, atol=1e-14)
+    _, attn_unscaled = ScaledDotProductAttention(scale=False)(q, k, v)
+    torch.testing.assert_close(attn_unscaled, torch.softmax(q @ k.transpose(-1, -2), -1), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_fused_equals_explicit_attention(relative):
+    torch.manual_seed(0)
+    rpb = {"window_size": (3, 3), "num_prefix_tokens": 1} if relative else None
+    attn = MultiHeadAttention(24, 4, use_relative_position=relative, rpb_kwargs=rpb).double().eval()
+    if relative:
+        torch.nn.init.normal_(attn.relative_position_bias.relative_position_bias_table, std=1.0)
+    x = torch.randn(2, 10, 24, dtype=torch.float64)
+    fused = attn(x)
+    explicit, weights = attn(x, return_attention=True)
+    assert (fused - explicit).abs().max() <= 1e-10
+    assert weights.shape == (2, 4, 10, 10)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 10, dtype=torch.float64))
+
+
+def test_attention_equals_torch_multihead_attention():
+    """Our qkv/proj layout computes what nn.MultiheadAttention computes with the same weights."""
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(16, 4).double().eval()
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).double().eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)
+        ref.in_proj_bias.copy_(ours.qkv.bias)
+        ref.out_proj.weight.copy_(ours.proj.weight)
+        ref.out_proj.bias.copy_(ours.proj.bias)
+    x = torch.randn(3, 7, 16, dtype=torch.float64)
+    expected, expected_weights = ref(x, x, x, average_attn_weights=False)
+    out, weights = ours(x, return_attention=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(weights, expected_weights)
+
+
+def test_block_pre_and_post_norm_formulas():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    pre = TransformerBlock(8, 2).double().eval()
+    y = x + pre.attn(pre.norm1(x))
+    torch.testing.assert_close(pre(x), y + pre.mlp(pre.norm2(y)))
+    post = TransformerBlock(8, 2, norm_style="post", act="relu").double().eval()
+    y = post.norm1(x + post.attn(x))
+    torch.testing.assert_close(post(x), post.norm2(y + post.mlp(y)))
+    assert isinstance(post.mlp.act, torch.nn.ReLU)
+
+
+def test_layer_scale_and_drop_path():
+    block = TransformerBlock(8, 2, layer_scale_init=1e-5, drop_path=0.5)
+    assert torch.equal(block.ls1.gamma, torch.full((8,), 1e-5))
+    x = torch.randn(64, 3, 8)
+    block.train()
+    out = block(x)
+    # With p=0.5 some samples skip both residual branches entirely (output == input), some do not.
+    same = (out - x).abs().flatten(1).max(1).values == 0
+    assert 0 < same.sum() < 64
+    block.eval()
+    assert not torch.equal(block(x), x)
+
+
+def test_patch_embedding_is_linear_map_of_patches():
+    torch.manual_seed(0)
+    pe = PatchEmbedding(8, 4, 3, 5).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    out = pe(x)
+    assert out.shape == (2, 4, 5)
+    patches = x.unfold(2, 4, 4).unfold(3, 4, 4)  # (B, C, gh, gw, P, P)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(2, 4, 48)  # (B, N, C*P*P), row-major patch order
+    expected = patches @ pe.proj.weight.reshape(5, 48).T + pe.proj.bias
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="expected 8x8 images, got 12x12"):
+        pe(torch.randn(1, 3, 12, 12, dtype=torch.float64))
+    with pytest.raises(ValueError, match="divisible"):
+        PatchEmbedding(10, 4, 3, 5)
+
+
+def test_sincos_matches_big_vision_formula():
+    pe = sincos_2d_pos_embed((2, 3), 8)  # dim/4 = 2 frequencies: omega = [1, 1/10000]
+    assert pe.shape == (6, 8)
+    y, x = 1, 2  # cell 5
+    omega = [1.0, 1e-4]
+    expected = [math.sin(x * o) for o in omega] + [math.cos(x * o) for o in omega] + \
+               [math.sin(y * o) for o in omega] + [math.cos(y * o) for o in omega]
+    torch.testing.assert_close(pe[5], torch.tensor(expected))
+
+
+def test_resample_pos_embed_equals_timm():
+    from timm.layers import resample_abs_pos_embed
+    pos = torch.randn(1, 1 + 14 * 14, 32)
+    ours = resample_pos_embed(pos, (24, 24), (14, 14), num_prefix_tokens=1)
+    theirs = resample_abs_pos_embed(pos, (24, 24), (14, 14), num_prefix_tokens=1)
+    assert ours.shape == (1, 1 + 24 * 24, 32)
+    assert torch.equal(ours[:, :1], pos[:, :1])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)

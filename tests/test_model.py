@@ -1,0 +1,201 @@
+"""The VisionTransformer: timm parity, parameter counts, invariances, attention on request, compile/export,
+image-size changes and config validation."""
+
+import pytest
+import timm
+import torch
+
+import vitkit
+from vitkit import ConfigError, ViT, ViTConfig, VisionTransformer, count_parameters, create_model
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+
+
+def tiny(**kw):
+    return VisionTransformer(**{**TINY, **kw})
+
+
+# Variants that exist in both libraries: our kwargs, timm's kwargs.
+TIMM_VARIANTS = {
+    "cls": ({}, {}),
+    "gap_no_cls": (dict(class_token=False, pool="mean"), dict(class_token=False, global_pool="avg")),
+    "registers": (dict(reg_tokens=4, no_embed_class=True), dict(reg_tokens=4, no_embed_class=True)),
+    "layer_scale": (dict(layer_scale_init=0.1), dict(init_values=0.1)),
+    "no_qkv_bias": (dict(qkv_bias=False), dict(qkv_bias=False)),
+    "gap_with_cls": (dict(pool="mean"), dict(global_pool="avg")),
+}
+
+
+@pytest.mark.parametrize("variant", TIMM_VARIANTS)
+def test_same_logits_and_keys_as_timm(variant):
+    ours_kw, timm_kw = TIMM_VARIANTS[variant]
+    ref = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10, **timm_kw).eval()
+    model = tiny(**ours_kw).eval()
+    assert list(model.state_dict()) == list(ref.state_dict())  # same names, same order
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    assert (model(x) - ref(x)).abs().max() <= 1e-6
+    torch.testing.assert_close(model.forward_features(x), ref.forward_features(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("vit_tiny_patch16_224", 5_717_416),
+    ("vit_small_patch16_224", 22_050_664),
+    ("vit_base_patch16_224", 86_567_656),   # 86.6M, the paper's ViT-B/16
+    ("vit_large_patch16_224", 304_326_632),  # 304.3M
+    ("vit_huge_patch14_224", 632_045_800),   # 632M with a 1000-class head
+])
+def test_parameter_counts(name, expected):
+    with torch.device("meta"):
+        assert count_parameters(create_model(name)) == expected
+
+
+def test_preset_matches_timm_architecture():
+    with torch.device("meta"):
+        ours = create_model("vit_small_patch16_224", num_classes=10, img_size=32)
+        ref = timm.create_model("vit_small_patch16_224", num_classes=10, img_size=32)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def test_seed_002_and_004_examples():
+    # seed 002: ViT(img_size, patch_size, in_channels, num_classes, embed_dim, depth, num_heads) -> [1, 1000]
+    model = ViT(img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=768, depth=12, num_heads=12)
+    assert count_parameters(model) == 86_567_656
+    # seed 004: n_heads and qkv_bias; a smaller depth keeps the test quick, the arguments are the seed's.
+    model = VisionTransformer(img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=768,
+                              depth=2, n_heads=12, mlp_ratio=4.0, qkv_bias=True)
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    assert model.config.num_heads == 12
+
+
+def test_seed_001_example_relative_position():
+    model = VisionTransformer(img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=768, depth=1,
+                              num_heads=12, use_relative_position=True,
+                              rpb_kwargs={"num_heads": 12, "window_size": (14, 14), "bias_type": "2d"})
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    rpb = model.blocks[0].attn.relative_position_bias
+    assert rpb.relative_position_bias_table.shape == (27 * 27 + 3, 12)  # BEiT's 3 extra entries for [CLS]
+    assert rpb().shape == (12, 197, 197)
+    # seed 001's MultiHeadAttention example
+    attn = vitkit.MultiHeadAttention(embed_dim=96, num_heads=4, use_relative_position=True,
+                                     rpb_kwargs={"num_heads": 4, "window_size": (7, 7), "bias_type": "2d"})
+    assert attn(torch.randn(2, 49, 96)).shape == (2, 49, 96)
+
+
+def test_seed_003_config_and_cls_representation():
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=0)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (48, 2, 3, 192)
+    model = VisionTransformer(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    rep = model(x)
+    assert rep.shape == (2, 48)
+    torch.testing.assert_close(rep, model.forward_features(x)[:, 0])
+    assert VisionTransformer.from_config(cfg).config == cfg
+
+
+def test_hf_config_mapping():
+    from transformers import ViTConfig as HFConfig
+    hf = HFConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
+                  image_size=32, patch_size=8, num_labels=7)
+    cfg = ViTConfig.from_hf(hf)
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.num_classes, cfg.norm_eps) == \
+        (48, 2, 3, 96, 7, 1e-12)
+
+
+def test_batch_permutation_invariance():
+    model = tiny(use_relative_position=True).eval()
+    x = torch.randn(5, 3, 32, 32)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    torch.testing.assert_close(model.forward_features(x)[perm], model.forward_features(x[perm]), rtol=0, atol=1e-6)
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny(use_relative_position=True, reg_tokens=2, layer_scale_init=1e-2).train()
+    model(torch.randn(2, 3, 32, 32)).logsumexp(-1).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_attention_maps_only_for_requested_layers(monkeypatch):
+    model = tiny(depth=4).eval()
+    calls = []
+    original = vitkit.ScaledDotProductAttention.forward
+    monkeypatch.setattr(vitkit.ScaledDotProductAttention, "forward",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    x = torch.randn(2, 3, 32, 32)
+    maps = model.get_attention_maps(x, layers=[1, -1])
+    assert sorted(maps) == [1, 3] and len(calls) == 2
+    assert maps[3].shape == (2, 3, 17, 17)
+    # Layer 0's map, recomputed by hand from its input.
+    tokens = model._pos_embed(model.patch_embed(x), model.patch_embed.grid_size)
+    blk = model.blocks[0]
+    q, k, _ = blk.attn.qkv(blk.norm1(tokens)).reshape(2, 17, 3, 3, 16).permute(2, 0, 3, 1, 4)
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1)
+    torch.testing.assert_close(model.get_attention_maps(x, layers=[0])[0], expected)
+    logits, maps = model(x, return_attention=True)
+    assert len(maps) == 4 and torch.allclose(logits, model(x), atol=1e-6)
+    with pytest.raises(ValueError, match="layer 4 does not exist"):
+        model.get_attention_maps(x, layers=[4])
+
+
+def test_dynamic_img_size_equals_timm():
+    ref = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10, dynamic_img_size=True).eval()
+    model = tiny(dynamic_img_size=True).eval()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 48, 64)  # non-square, larger grid
+    torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="expected 32x32 images, got 48x64"):
+        tiny()(x)
+
+
+def test_set_img_size_resamples_pos_embed():
+    from timm.layers import resample_abs_pos_embed
+    model = tiny()
+    pos = model.pos_embed.detach().clone()
+    model.set_img_size(64)
+    assert model.pos_embed.shape == (1, 1 + 64, 48)
+    torch.testing.assert_close(model.pos_embed.detach(), resample_abs_pos_embed(pos, (8, 8), (4, 4)))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_sincos_and_no_pos_embed_variants():
+    model = tiny(pos_embed="sincos2d").eval()
+    assert "pos_embed" not in dict(model.named_parameters()) and "fixed_pos_embed" not in model.state_dict()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert tiny(pos_embed="none", pool="mean")(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_compile_and_export_match_eager():
+    model = tiny(depth=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        eager = model(x)
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), eager, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.compile(model)(x), eager, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(embed_dim=50, num_heads=3), r"embed_dim \(50\) must be divisible by num_heads \(3\)"),
+    (dict(img_size=30), r"img_size 30 must be divisible by patch_size 8"),
+    (dict(pool="max"), r"pool must be one of 'cls', 'mean', got 'max'"),
+    (dict(use_relative_position=True, rpb_kwargs={"window_size": (7, 7)}),
+     r"window_size \(7, 7\) must match the patch grid \(4, 4\)"),
+    (dict(num_heads=3, n_heads=4), r"n_heads=4 contradicts num_heads=3"),
+    (dict(pool="cls", class_token=False), r"pool='cls' needs class_token=True"),
+])
+def test_invalid_configs_name_argument_and_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)
+
+
+def test_config_from_dict_names_bad_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.embed_dimm'; expected one of: img_size"):
+        ViTConfig.from_dict({"embed_dimm": 3})
+    with pytest.raises(ConfigError, match=r"config key 'model.depth' must be an integer, got '12' \(str\)"):
+        ViTConfig.from_dict({"depth": "12"})
+    with pytest.raises(ConfigError, match="unknown model name 'vit_bse_patch16_224'; did you mean vit_base"):
+        create_model("vit_bse_patch16_224")
+    cfg = ViTConfig.from_dict({"img_size": [32, 48], "patch_size": 8, "n_heads": 4, "embed_dim": 64})
+    assert cfg.img_size == (32, 48) and cfg.num_heads == 4 and cfg.grid_size == (4, 6)
