@@ -1,0 +1,20 @@
+"""vitkit.data: data sets by name, verified downloads, preprocessing, batched augmentation, a device loader.
+
+    >>> from vitkit.data import load_dataset, DeviceLoader, BatchAugment
+    >>> train = load_dataset("digits", split="train")
+    >>> loader = DeviceLoader(train, 64, augment=BatchAugment(crop_padding=1))
+    >>> images, labels = next(iter(loader))   # float32 (64, 1, 8, 8) normalised, int64 (64,)
+"""
+
+from .augment import BatchAugment, recommended_augment
+from .datasets import (FOLDERS, NAMES, TRAIN_STATS, ImageDataset, SyntheticImageDataset, channel_stats,
+                       default_root, load_dataset, make_synthetic)
+from .loader import DeviceLoader
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, preprocess_image, train_transform
+
+__all__ = [
+    "load_dataset", "ImageDataset", "SyntheticImageDataset", "make_synthetic", "default_root", "channel_stats",
+    "FOLDERS", "NAMES", "TRAIN_STATS",
+    "DeviceLoader", "BatchAugment", "recommended_augment",
+    "preprocess_image", "IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform",
+]
