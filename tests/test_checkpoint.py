@@ -1,0 +1,53 @@
+"""Weights files: round trip with the architecture in the header, and one clear error for each bad file."""
+
+import pytest
+import torch
+
+from vitkit import CheckpointError, VisionTransformer
+from vitkit.checkpoint import load_model, load_weights, read_header, save_weights
+
+
+def tiny(**kw):
+    return VisionTransformer(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2, num_classes=3, **kw)
+
+
+def test_round_trip_rebuilds_model(tmp_path):
+    model = tiny(reg_tokens=1, pool="mean", class_token=False).eval()
+    path = save_weights(model, tmp_path / "ckpt" / "best", {"classes": ["a", "b", "c"]})
+    assert path.name == "best.safetensors" and not list(path.parent.glob("*.tmp*"))
+    loaded, meta = load_model(tmp_path / "ckpt" / "best")
+    assert meta == {"classes": ["a", "b", "c"]}
+    assert loaded.config == model.config
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(loaded(x), model(x))
+    cfg, _ = read_header(path)
+    assert cfg.reg_tokens == 1
+
+
+def test_run_folder_resolves_to_best(tmp_path):
+    save_weights(tiny(), tmp_path / "run" / "checkpoints" / "best")
+    model, _ = load_model(tmp_path / "run")
+    assert isinstance(model, VisionTransformer)
+
+
+def test_missing_truncated_and_empty_files(tmp_path):
+    with pytest.raises(CheckpointError, match=r"checkpoint .*nope not found"):
+        load_model(tmp_path / "nope")
+    path = save_weights(tiny(), tmp_path / "w")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or"):
+        load_model(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="truncated or"):
+        load_model(path)
+
+
+def test_wrong_architecture_lists_differences(tmp_path):
+    path = save_weights(tiny(), tmp_path / "w")
+    other = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_classes=3)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(other, path)
+    message = str(info.value)
+    assert "does not fit this model" in message
+    assert "cls_token (1, 1, 24) vs (1, 1, 32)" in message and "missing: blocks.2.norm1.weight" in message
