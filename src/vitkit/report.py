@@ -1,0 +1,244 @@
+"""The run report: one self-contained HTML page (``RUN/report.html``) that a person opens in a browser.
+
+It shows the results, the training curves, the confusion matrix, the most confident mistakes, where the model
+looks (attention rollout and last-layer [CLS] attention on a few test images), the relative position bias when
+the model has one, the model and the config. Images are PNGs embedded as base64 data URIs and the style is
+inline, so the file can be mailed or archived alone; there is no script.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import visualize as viz
+from .errors import DataError
+
+MAX_EVAL_IMAGES = 3000  # enough for a stable confusion matrix, a few seconds on a laptop CPU
+NUM_ATTENTION_IMAGES = 4
+
+CSS = """
+:root { --fg: #1f2328; --muted: #656d76; --line: #d0d7de; --bg: #f6f8fa; --accent: #0969da; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg);
+       font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", Arial, sans-serif; }
+header { background: #24292f; color: #fff; padding: 28px 0 22px; }
+header h1 { margin: 0 0 4px; font-size: 26px; font-weight: 600; }
+header p { margin: 0; color: #c9d1d9; }
+.wrap { max-width: 1120px; margin: 0 auto; padding: 0 24px; }
+main { padding: 8px 0 40px; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 20px 24px;
+          margin: 20px 0; }
+section h2 { margin: 0 0 4px; font-size: 19px; font-weight: 600; }
+section > p.note { margin: 0 0 14px; color: var(--muted); font-size: 14px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 12px; margin-top: 12px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; background: #fbfcfd; }
+.card .v { font-size: 26px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.card .k { color: var(--muted); font-size: 13px; }
+figure { margin: 0; text-align: center; }
+figure img { max-width: 100%; height: auto; border-radius: 4px; }
+.two { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 20px; align-items: start; }
+table { border-collapse: collapse; width: 100%; font-size: 14px; }
+th, td { text-align: left; padding: 5px 10px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
+th { color: var(--muted); font-weight: 500; width: 38%; }
+td { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; word-break: break-word; }
+h3 { font-size: 15px; margin: 16px 0 6px; }
+details { margin: 16px 0 6px; }
+summary { cursor: pointer; font-size: 15px; }
+footer { color: var(--muted); font-size: 13px; text-align: center; padding-bottom: 30px; }
+"""
+
+
+def figure_to_data_uri(fig, dpi: int = 100) -> str:
+    """A matplotlib figure as a ``data:image/png;base64,...`` URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(fig, alt: str) -> str:
+    w, h = (fig.get_size_inches() * 100).round().astype(int)
+    return (f'<figure><img src="{figure_to_data_uri(fig)}" alt="{html.escape(alt)}" '
+            f'width="{w}" height="{h}"></figure>')
+
+
+def _flatten(d, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested mappings as (dotted key, value) rows."""
+    rows = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            rows += _flatten(v, key + ".")
+        else:
+            rows.append((key, v))
+    return rows
+
+
+def _format(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        if len(v) > 12 or any(isinstance(x, (list, tuple, dict)) for x in v):
+            return f"[{len(v)} items]"
+        return "[" + ", ".join(_format(x) for x in v) + "]"
+    return str(v)
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_format(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _cards(results: dict) -> str:
+    """The headline numbers of results.json (top-level accuracies, losses, times) as cards."""
+    cards = []
+    for k, v in results.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        name = k.replace("_", " ")
+        if "acc" in k.lower() and 0 <= v <= 1:
+            text = f"{100 * v:.2f}%"
+        elif isinstance(v, float):
+            text = f"{v:.4g}"
+        else:
+            text = f"{v:,}"
+        cards.append(f'<div class="card"><div class="v">{html.escape(text)}</div>'
+                     f'<div class="k">{html.escape(name)}</div></div>')
+    return f'<div class="cards">{"".join(cards[:8])}</div>' if cards else ""
+
+
+def _section(title: str, note: str, body: str) -> str:
+    note_html = f'<p class="note">{note}</p>' if note else ""
+    return f"<section><h2>{html.escape(title)}</h2>{note_html}{body}</section>"
+
+
+def _attention_examples(labels: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` positions with distinct labels (the first of each class), so the overlays show variety."""
+    picked, seen = [], set()
+    for i, y in enumerate(labels.tolist()):
+        if y not in seen:
+            seen.add(y)
+            picked.append(i)
+        if len(picked) == k:
+            break
+    return picked
+
+
+def _model_rows(model) -> list[tuple[str, object]]:
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    img = cfg.img_size if isinstance(cfg.img_size, int) else "x".join(map(str, cfg.img_size))
+    return [("parameters", f"{params:,}"), ("image size", img), ("patch size", cfg.patch_size),
+            ("tokens", f"{cfg.num_patches} patches + {cfg.num_prefix_tokens} prefix"),
+            ("width / depth / heads", f"{cfg.embed_dim} / {cfg.depth} / {cfg.num_heads}"),
+            ("position", "relative bias" if cfg.use_relative_position else cfg.pos_embed),
+            ("pooling", cfg.pool)]
+
+
+def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: int = MAX_EVAL_IMAGES,
+                 num_attention: int = NUM_ATTENTION_IMAGES) -> Path:
+    """Write ``run_dir/report.html`` and return its path.
+
+    ``model`` is the trained model; ``test_dataset`` an in-memory data set (``.images`` uint8 (N, C, H, W),
+    ``.labels``, ``.classes``, ``.mean``, ``.std``) of which at most ``max_images`` images, spread over the
+    set, are evaluated for the confusion matrix and the mistakes, and ``num_attention`` get attention
+    overlays. With ``test_dataset=None`` (a streamed image folder) those sections are left out. The page
+    reads ``config.yaml``, ``results.json`` and ``metrics.csv`` from the run folder when they are there.
+    """
+    run = viz.read_run(run_dir)
+    model = model.to(device).eval()
+    sections = []
+    results = run["results"]
+    data_cfg = run["config"].get("data") if isinstance(run["config"].get("data"), dict) else {}
+    dataset_name = data_cfg.get("name", "")
+
+    sections.append(_section("Results", "From results.json." if results else "No results.json in this run.",
+                             _cards(results)))
+    if run["metrics"] is not None:
+        try:
+            fig = viz.plot_training_curves(run["metrics"], title="")
+            sections.append(_section("Training curves", "One point per epoch, from metrics.csv.",
+                                     _img(fig, "training curves")))
+        except DataError as e:
+            sections.append(_section("Training curves", html.escape(str(e)), ""))
+
+    if test_dataset is not None and len(test_dataset.labels):
+        ev = viz.evaluate_for_plots(model, test_dataset, max_images, device)
+        classes = ev["classes"]
+        labels, probs = ev["labels"].numpy(), ev["probs"]
+        cm = viz.confusion_matrix(labels, probs.argmax(1).numpy(), probs.shape[1])
+        scope = (f"all {ev['total']:,} test images" if len(labels) == ev["total"]
+                 else f"{len(labels):,} of the {ev['total']:,} test images, spread evenly over the set")
+        dmean, dstd = viz.display_stats(ev["mean"], ev["std"], model.config.in_channels)
+        cm_fig = viz.plot_confusion_matrix(cm, classes, title="Confusion matrix")
+        mistakes_fig = viz.plot_mistakes(ev["images"], labels, probs, classes, title="")
+        sections.append(_section(
+            "Confusion matrix and mistakes",
+            f"The best checkpoint on {scope}. Rows are true classes, colour is the fraction of each row; "
+            "on the right, the misclassified images the model was most sure about.",
+            f'<div class="two">{_img(cm_fig, "confusion matrix")}{_img(mistakes_fig, "mistakes")}</div>'))
+
+        pick = _attention_examples(labels, num_attention)
+        x = viz.normalize_images(ev["images"][pick], model, ev["mean"], ev["std"]).to(device)  # (k, C, H, W)
+        att_fig = viz.visualize_attention_grid(model, x, mean=dmean, std=dstd,
+                                               labels=labels[pick], class_names=classes, title="")
+        sections.append(_section(
+            "Where the model looks",
+            "Attention rollout (Abnar &amp; Zuidema 2020) multiplies the attention of all layers, with the "
+            "skip connections, to follow what flows into the [CLS] token; the last column is the [CLS] "
+            "token's attention in the last layer, averaged over heads. Brighter is more attention.",
+            _img(att_fig, "attention overlays")))
+    else:
+        sections.append(_section("Test images", "No in-memory test set was given (a streamed image folder), "
+                                 "so the confusion matrix, mistakes and attention overlays are left out.", ""))
+
+    rpb = model.blocks[-1].attn.relative_position_bias
+    if rpb is not None:
+        fig = viz.visualize_bias_table(rpb.cpu(), title="")
+        sections.append(_section("Relative position bias (last layer)",
+                                 "The learned bias per head for each offset (dy, dx) between query and key "
+                                 "patch; the centre is a patch attending to itself.",
+                                 _img(fig, "relative position bias table")))
+
+    config_html = "".join(_config_part(str(name), part) for name, part in run["config"].items())
+    sections.append(_section("Model and config", "The model as built, then config.yaml as the run resolved it.",
+                             '<div class="two"><div><h3>model</h3>' + _table(_model_rows(model)) +
+                             "</div><div>" + (config_html or "<p>No config.yaml in this run.</p>") + "</div></div>"))
+    other = [(k, v) for k, v in _flatten(results)]
+    if other:
+        sections.append(_section("All results", "Every entry of results.json.", _table(other)))
+
+    title = f"vitkit run report — {run['dir'].resolve().name}"
+    subtitle = " · ".join(x for x in (dataset_name and f"data: {dataset_name}", _model_name(model),
+                                      time.strftime("%Y-%m-%d %H:%M")) if x)
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f'<header><div class="wrap"><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></div></header>'
+            f'<main><div class="wrap">{"".join(sections)}</div></main>'
+            f'<footer>Written by vitkit from {html.escape(str(run["dir"]))}.</footer></body></html>\n')
+    path = run["dir"] / "report.html"
+    tmp = path.with_name("report.html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _config_part(name: str, part) -> str:
+    """One config section as a table; a long one (a full model config) folded under a <details>."""
+    rows = _flatten(part) if isinstance(part, dict) else [(name, part)]
+    if len(rows) > 12:
+        return (f"<details><summary><b>{html.escape(name)}</b> ({len(rows)} keys)</summary>"
+                f"{_table(rows)}</details>")
+    return f"<h3>{html.escape(name)}</h3>{_table(rows)}"
+
+
+def _model_name(model) -> str:
+    cfg = model.config
+    return f"ViT {cfg.embed_dim}d × {cfg.depth} layers × {cfg.num_heads} heads, patch {cfg.patch_size}"
