@@ -578,7 +578,8 @@ def _channel_stats(v, channels: int) -> torch.Tensor:
 
 
 def display_stats(mean, std, channels: int):
-    """The (mean, std) in [0, 1] units that :func:`to_display` needs to undo :func:`normalize_images`."""
+    """(mean, std) as (channels,) arrays in [0, 1] units: what :func:`to_display` needs to undo
+    :func:`normalize_images`."""
     if mean is None or std is None:
         return None, None
     m, s = _channel_stats(mean, channels), _channel_stats(std, channels)
@@ -680,24 +681,16 @@ def plot_mistakes(images, labels, probs, class_names: Sequence[str] | None = Non
 
 
 def load_image(path: str | Path, model, mean=None, std=None) -> torch.Tensor:
-    """An image file as the model's normalised input (1, C, H, W): converted to the model's channels and
-    resized to its image size. A missing or unreadable file is a DataError."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as the model's normalised input (1, C, H, W), by :func:`vitkit.data.preprocess_image`:
+    converted to the model's channels and resized to its image size. A missing or unreadable file is a
+    DataError (raised there)."""
+    from .data import preprocess_image
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if model.config.in_channels == 1 else "RGB")
-            a = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"image {path} could not be read as an image ({e})") from None
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
-    if model.config.in_channels not in (1, 3):
-        raise DataError(f"the model takes {model.config.in_channels}-channel images; only grey or RGB image "
-                        "files can be shown to it")
-    return normalize_images(torch.from_numpy(a.copy())[None], model, mean, std)  # (1, C, H, W)
+    channels = model.config.in_channels
+    if channels not in (1, 3):
+        raise DataError(f"the model takes {channels}-channel images; only grey or RGB images can be shown to it")
+    m, s = display_stats([0.0] if mean is None else mean, [1.0] if std is None else std, channels)
+    return preprocess_image(path, tuple(model.patch_embed.img_size), m.tolist(), s.tolist())  # (1, C, H, W)
 
 
 def read_run(run_dir: str | Path) -> dict:
