@@ -1,0 +1,312 @@
+"""vitkit.interop: other libraries' ViT weights load into vitkit and compute the same logits (float32,
+<= 1e-5 max abs difference). Every model is built offline with random weights; every parameter is then
+redrawn (norm scales around 1, everything else around 0) so that a swapped or transposed tensor shows."""
+
+import re
+
+import numpy as np
+import pytest
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer as TimmViT, checkpoint_filter_fn
+
+from vitkit import CheckpointError, ConfigError, VisionTransformer
+from vitkit.checkpoint import save_weights
+from vitkit.interop import from_pretrained
+
+TOL = 1e-5
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Redraw every parameter: LayerNorm scales ~ 1 + N(0, .1), all other tensors ~ N(0, .05)."""
+    g = torch.Generator().manual_seed(seed)
+    norm_scales = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=g)
+        p.copy_(1 + 0.1 * noise if name in norm_scales else 0.05 * noise)
+    return model.eval()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def images(n: int, size: int) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return getattr(out, "logits", out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# timm
+
+
+@pytest.fixture(scope="module")
+def timm_tiny():
+    return randomize(timm.create_model("vit_tiny_patch16_224"))
+
+
+def test_timm_vit_tiny_live_model_and_state_dict(timm_tiny):
+    x = images(2, 224)
+    want = _logits(timm_tiny, x)
+    for src in (timm_tiny, timm_tiny.state_dict()):
+        ours = VisionTransformer.from_pretrained(src)
+        assert ours.config.num_heads == 3 and ours.config.depth == 12 and ours.config.num_classes == 1000
+        assert max_diff(_logits(ours, x), want) <= TOL
+
+
+def test_timm_vit_small_at_96_live_and_resampled_from_224():
+    """A 96-pixel timm model loads as is; a 224-pixel state dict loaded with img_size=96 equals timm's own
+    resampling (checkpoint_filter_fn) of it."""
+    x = images(2, 96)
+    ref96 = randomize(timm.create_model("vit_small_patch16_224", img_size=96))
+    ours = VisionTransformer.from_pretrained(ref96)
+    assert ours.config.img_size == (96, 96) and ours.config.num_heads == 6
+    assert max_diff(_logits(ours, x), _logits(ref96, x)) <= TOL
+
+    state224 = dict(ref96.state_dict(), pos_embed=torch.randn(1, 1 + 14 * 14, 384) * 0.05)  # a 224 checkpoint
+    ref96.load_state_dict(checkpoint_filter_fn(state224, ref96))
+    ours = VisionTransformer.from_pretrained(state224, img_size=96)
+    assert ours.pos_embed.shape == (1, 1 + 36, 384)
+    assert max_diff(_logits(ours, x), _logits(ref96, x)) <= TOL
+
+
+def test_resampling_224_to_384_equals_timm(timm_tiny):
+    state = timm_tiny.state_dict()
+    ours = VisionTransformer.from_pretrained(state, img_size=384)
+    want = resample_abs_pos_embed(state["pos_embed"], new_size=(24, 24), num_prefix_tokens=1)
+    assert want.shape == (1, 577, 192)
+    assert torch.equal(ours.pos_embed.data, want)
+    ref384 = timm.create_model("vit_tiny_patch16_224", img_size=384).eval()
+    ref384.load_state_dict(checkpoint_filter_fn(state, ref384))
+    x = images(1, 384)
+    assert max_diff(_logits(ours, x), _logits(ref384, x)) <= TOL
+
+
+@pytest.mark.parametrize("fc_norm", [None, False])
+def test_timm_gap_without_class_token(fc_norm):
+    """global_pool='avg', no [CLS]: timm's fc_norm after pooling (default) or its final norm before it."""
+    ref = randomize(TimmViT(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3, num_classes=7,
+                            class_token=False, global_pool="avg", fc_norm=fc_norm))
+    x = images(2, 64)
+    for src in (ref, ref.state_dict()):  # a state dict: width 192 -> 3 heads from the paper's table
+        ours = VisionTransformer.from_pretrained(src)
+        assert ours.config.pool == "mean" and not ours.config.class_token
+        assert ours.config.use_fc_norm == (fc_norm is None)
+        assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+
+
+def test_timm_register_tokens_layer_scale_and_deit3_keys():
+    ref = randomize(TimmViT(img_size=64, patch_size=16, embed_dim=128, depth=2, num_heads=4, num_classes=5,
+                            reg_tokens=4, no_embed_class=True, init_values=1e-5))
+    x = images(2, 64)
+    want = _logits(ref, x)
+    ours = VisionTransformer.from_pretrained(ref)
+    cfg = ours.config
+    assert (cfg.reg_tokens, cfg.no_embed_class, cfg.num_heads) == (4, True, 4)
+    assert cfg.layer_scale_init is not None
+    assert max_diff(_logits(ours, x), want) <= TOL
+    # A state dict: heads are not in the shapes (width 128 is no paper variant) -> an override; the
+    # position embedding covers only the 16 patches -> no_embed_class. DeiT III names layer scale gamma_1/2.
+    state = {re.sub(r"ls([12])\.gamma", r"gamma_\1", k): v for k, v in ref.state_dict().items()}
+    with pytest.raises(ConfigError, match="num_heads"):
+        from_pretrained(state)
+    ours = from_pretrained(state, num_heads=4)
+    assert ours.config.no_embed_class and ours.config.reg_tokens == 4
+    assert max_diff(_logits(ours, x), want) <= TOL
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hugging Face
+
+
+def _hf_model():
+    from transformers import ViTConfig as HFConfig, ViTForImageClassification
+    cfg = HFConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                   image_size=32, patch_size=8, num_labels=5)
+    return randomize(ViTForImageClassification(cfg))
+
+
+def test_hf_vit_for_image_classification_live_and_folder(tmp_path):
+    ref = _hf_model()
+    x = images(2, 32)
+    want = _logits(ref, x)
+    ours = VisionTransformer.from_pretrained(ref)  # transformers 5 names (layers.i.attention.q_proj ...)
+    assert ours.config.norm_eps == ref.config.layer_norm_eps == 1e-12
+    assert (ours.config.num_heads, ours.config.num_classes) == (4, 5)
+    assert max_diff(_logits(ours, x), want) <= TOL
+    ref.save_pretrained(tmp_path / "hf")  # written with the Hub's names (encoder.layer.i.attention.attention.query)
+    ours = VisionTransformer.from_pretrained(tmp_path / "hf")
+    assert max_diff(_logits(ours, x), want) <= TOL
+
+
+def test_hf_vit_model_without_head_gives_the_cls_features():
+    from transformers import ViTModel
+    ref = _hf_model()
+    backbone = ViTModel(ref.config, add_pooling_layer=True).eval()
+    backbone.load_state_dict(ref.vit.state_dict(), strict=False)  # all but the pooler
+    x = images(2, 32)
+    with torch.no_grad():
+        want = backbone(x).last_hidden_state[:, 0]  # (B, D): normed [CLS]
+    ours = from_pretrained(backbone)  # the tanh pooler is not used by any logits and is dropped
+    assert ours.config.num_classes == 0
+    assert max_diff(_logits(ours, x), want) <= TOL
+
+
+# ------------------------------------------------------------------------------------------------------------
+# torchvision
+
+
+def test_torchvision_vit_b_16():
+    from torchvision.models import vit_b_16
+    ref = randomize(vit_b_16())
+    x = images(1, 224)
+    ours = VisionTransformer.from_pretrained(ref)
+    assert (ours.config.embed_dim, ours.config.depth, ours.config.num_heads) == (768, 12, 12)
+    assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+
+
+def test_torchvision_old_mlp_keys_and_pre_logits():
+    from torchvision.models.vision_transformer import VisionTransformer as TvViT
+    ref = randomize(TvViT(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+                          num_classes=3))
+    x = images(2, 32)
+    # torchvision < 0.13 named the MLP layers linear_1 / linear_2 (pytorch/vision#6053).
+    old = {re.sub(r"mlp\.([03])\.", lambda m: f"mlp.linear_{int(m.group(1)) // 3 + 1}.", k): v
+           for k, v in ref.state_dict().items()}
+    assert "encoder.layers.encoder_layer_1.mlp.linear_2.weight" in old
+    ours = from_pretrained(old, num_heads=4)
+    assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+    # representation_size adds heads.pre_logits + tanh, which vitkit has not: dropped, head starts afresh.
+    with_rep = TvViT(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+                     num_classes=3, representation_size=32)
+    with pytest.warns(UserWarning, match="pre-logits"):
+        ours = from_pretrained(with_rep)
+    assert ours.head.weight.shape == (3, 64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# JAX .npz
+
+
+def timm_to_npz(model: TimmViT, path, big_vision: bool = False, scan: bool = False, prefix: str = "",
+                extra: dict | None = None) -> None:
+    """Write ``model`` in the original JAX layout: exactly the inverse of timm's ``_load_weights``."""
+    mha, ln2, mlp = (0, 1, 0) if big_vision else (1, 2, 3)
+    d, h = model.embed_dim, model.blocks[0].attn.num_heads
+    a = lambda t: t.detach().numpy().copy()  # noqa: E731
+    w = {"embedding/kernel": a(model.patch_embed.proj.weight.permute(2, 3, 1, 0)),  # (D,C,P,P) -> (P,P,C,D)
+         "embedding/bias": a(model.patch_embed.proj.bias),
+         "Transformer/encoder_norm/scale": a(model.norm.weight), "Transformer/encoder_norm/bias": a(model.norm.bias),
+         "head/kernel": a(model.head.weight.T), "head/bias": a(model.head.bias)}
+    if model.cls_token is not None:
+        w["cls"] = a(model.cls_token)
+    w["pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"] = a(model.pos_embed)
+    blocks = []
+    for blk in model.blocks:
+        b = {"LayerNorm_0/scale": a(blk.norm1.weight), "LayerNorm_0/bias": a(blk.norm1.bias),
+             f"LayerNorm_{ln2}/scale": a(blk.norm2.weight), f"LayerNorm_{ln2}/bias": a(blk.norm2.bias),
+             f"MultiHeadDotProductAttention_{mha}/out/kernel": a(blk.attn.proj.weight.T.reshape(h, d // h, d)),
+             f"MultiHeadDotProductAttention_{mha}/out/bias": a(blk.attn.proj.bias)}
+        for name, wt, bs in zip(("query", "key", "value"), blk.attn.qkv.weight.chunk(3), blk.attn.qkv.bias.chunk(3)):
+            b[f"MultiHeadDotProductAttention_{mha}/{name}/kernel"] = a(wt.T.reshape(d, h, d // h))  # (D, H, hd)
+            b[f"MultiHeadDotProductAttention_{mha}/{name}/bias"] = a(bs.reshape(h, d // h))
+        for r, fc in enumerate((blk.mlp.fc1, blk.mlp.fc2)):
+            b[f"MlpBlock_{mlp}/Dense_{r}/kernel"] = a(fc.weight.T)
+            b[f"MlpBlock_{mlp}/Dense_{r}/bias"] = a(fc.bias)
+        blocks.append(b)
+    if scan:  # one tensor per parameter with a leading depth axis
+        w.update({f"Transformer/encoderblock/{k}": np.stack([b[k] for b in blocks]) for k in blocks[0]})
+    else:
+        w.update({f"Transformer/encoderblock_{i}/{k}": v for i, b in enumerate(blocks) for k, v in b.items()})
+    np.savez(path, **{prefix + k: v for k, v in w.items()}, **(extra or {}))
+
+
+NPZ_LAYOUTS = {  # name: (timm model options, npz writer options)
+    "vision_transformer": (dict(), dict(prefix="opt/target/", extra={"opt/state/step": np.zeros(1)})),
+    "big_vision_scan_cls": (dict(no_embed_class=True), dict(big_vision=True, scan=True, prefix="params/")),
+    "big_vision_scan_gap": (dict(class_token=False, global_pool="avg", fc_norm=False),
+                            dict(big_vision=True, scan=True, prefix="params/img/",
+                                 extra={"params/txt/Embed_0/embedding": np.zeros((3, 2), np.float32)})),
+}
+
+
+@pytest.mark.parametrize("layout", list(NPZ_LAYOUTS))
+def test_jax_npz_matches_timm_loader(tmp_path, layout):
+    timm_kw, npz_kw = NPZ_LAYOUTS[layout]
+    kw = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=6, **timm_kw)
+    path = tmp_path / "vit.npz"
+    timm_to_npz(randomize(TimmViT(**kw)), path, **npz_kw)
+    ref = TimmViT(**kw).eval()
+    ref.load_pretrained(str(path))  # timm's _load_weights
+    x = images(2, 32)
+    ours = from_pretrained(path, act="gelu")  # timm's port computes the exact GELU
+    assert ours.config.num_heads == 4  # read from the (D, H, hd) attention kernels
+    assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+    # By default the tanh GELU that flax computes, i.e. what the JAX model outputs.
+    ours = from_pretrained(path)
+    ref_tanh = TimmViT(**kw, act_layer="gelu_tanh").eval()
+    ref_tanh.load_pretrained(str(path))
+    assert ours.config.act == "gelu_tanh"
+    assert max_diff(_logits(ours, x), _logits(ref_tanh, x)) <= TOL
+
+
+def test_jax_pre_logits_is_dropped_with_a_warning(tmp_path):
+    model = randomize(TimmViT(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4, num_classes=6))
+    path = tmp_path / "vit.npz"
+    timm_to_npz(model, path, extra={"pre_logits/kernel": np.zeros((64, 64), np.float32),
+                                    "pre_logits/bias": np.zeros(64, np.float32)})
+    with pytest.warns(UserWarning, match="pre-logits"):
+        ours = from_pretrained(path)
+    assert ours.config.num_classes == 6
+    assert torch.equal(ours.blocks[0].norm1.weight.data, model.blocks[0].norm1.weight.data)
+    assert not torch.equal(ours.head.weight.data, model.head.weight.data)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Files (what `model.init: path` passes), head changes, errors
+
+
+def test_files_by_path_and_new_head(tmp_path):
+    from safetensors.torch import save_file
+    ref = randomize(TimmViT(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, num_classes=4))
+    x = images(2, 32)
+    want = _logits(ref, x)
+    save_file(ref.state_dict(), str(tmp_path / "timm.safetensors"))
+    torch.save({"model": ref.state_dict(), "epoch": 3}, tmp_path / "timm.pth")
+    for name in ("timm.safetensors", "timm.pth"):
+        assert max_diff(_logits(from_pretrained(tmp_path / name), x), want) <= TOL
+
+    with pytest.warns(UserWarning, match="4-class head; a new 10-class head"):
+        ours = from_pretrained(tmp_path / "timm.pth", num_classes=10)
+    assert ours.head.weight.shape == (10, 192)
+    assert torch.equal(ours.blocks[1].mlp.fc2.weight.data, ref.blocks[1].mlp.fc2.weight.data)
+    assert max_diff(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                    ref.forward_head(ref.forward_features(x), pre_logits=True)) <= TOL
+
+    save_weights(ours, tmp_path / "run" / "checkpoints" / "best")  # vitkit's own file: architecture in header
+    again = from_pretrained(tmp_path / "run")
+    assert again.config == ours.config
+    assert max_diff(_logits(again, x), _logits(ours, x)) == 0.0
+
+
+def test_missing_and_unexpected_tensors_in_one_error():
+    state = randomize(TimmViT(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3)).state_dict()
+    del state["blocks.1.norm2.bias"]
+    state["blocks.1.attn.q_norm.weight"] = torch.ones(64)
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained(state)
+    msg = str(err.value)
+    assert "missing: blocks.1.norm2.bias" in msg and "unexpected: blocks.1.attn.q_norm.weight" in msg
+    with pytest.raises(CheckpointError, match="cannot tell the format"):
+        from_pretrained({"foo.weight": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match="does not exist"):
+        from_pretrained("/nonexistent/weights.pth")
+    with pytest.raises(ConfigError, match="unknown weights source"):
+        from_pretrained(state, source="keras")
