@@ -1,0 +1,172 @@
+"""Ship a trained model: export to ONNX (run by onnxruntime) or to a ``torch.export`` program (``.pt2``), and
+check that the exported model computes what the eager model computes.
+
+ONNX uses PyTorch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``); the fused
+``scaled_dot_product_attention`` of vitkit's attention exports as it is (to MatMul/Softmax nodes, opset 18).
+``onnx``, ``onnxscript`` and ``onnxruntime`` are the optional extra ``vitkit[onnx]`` and are imported only
+here, when used. The vitkit metadata of the checkpoint (class names, normalisation) and its architecture
+travel with the export: ONNX metadata properties ``vitkit_metadata`` / ``vitkit_config``, and files of the
+same names in the ``.pt2`` archive.
+
+    vitkit export --checkpoint runs/digits/checkpoints/best --format onnx --dynamic-batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, VitkitError
+
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
+EXAMPLE_DYNAMIC_BATCH = 2  # a batch of 1 would make torch.export specialise the batch dimension to 1
+MAX_BATCH = 4096
+
+
+def _require_onnx():
+    """The ONNX packages, or one clear error saying how to get them."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise VitkitError(f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is missing); "
+                          "install them with: pip install vitkit[onnx]") from None
+    return onnxruntime
+
+
+def _example(model: nn.Module, batch: int, img_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """A fixed random image batch (B, C, H, W) on the model's device."""
+    p = next(model.parameters())
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.config.in_channels, *img_size, generator=g).to(p.device, p.dtype)
+
+
+def _dynamic_shapes(dynamic_batch: bool):
+    return {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if dynamic_batch else None
+
+
+def _img_size(model: nn.Module) -> tuple[int, int]:
+    return tuple(model.patch_embed.img_size)
+
+
+def _metadata(model: nn.Module, metadata: dict | None) -> dict[str, str]:
+    return {"vitkit_metadata": json.dumps(metadata or {}), "vitkit_config": json.dumps(model.config.to_dict())}
+
+
+def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = False, batch_size: int = 1,
+                metadata: dict | None = None, opset: int = 18) -> Path:
+    """Write ``model`` (eval mode, its current image size) as ONNX: input ``images`` (B, C, H, W), output
+    ``logits`` (B, classes); B is symbolic with ``dynamic_batch``, else ``batch_size``."""
+    _require_onnx()
+    model = model.eval()
+    x = _example(model, EXAMPLE_DYNAMIC_BATCH if dynamic_batch else batch_size, _img_size(model))
+    try:
+        program = torch.onnx.export(model, (x,), None, dynamo=True, dynamic_shapes=_dynamic_shapes(dynamic_batch),
+                                    input_names=["images"], output_names=["logits"], opset_version=opset,
+                                    verbose=False)
+    except Exception as e:  # the exporter's own error types; the message says which operator failed
+        raise VitkitError(f"ONNX export failed: {str(e).splitlines()[0]}") from e
+    program.model.metadata_props.update(_metadata(model, metadata))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    return path
+
+
+def export_pt2(model: nn.Module, path: str | Path, dynamic_batch: bool = False, batch_size: int = 1,
+               metadata: dict | None = None) -> Path:
+    """Write ``model`` as a ``torch.export`` program (``torch.export.load(path).module()`` runs it)."""
+    model = model.eval()
+    x = _example(model, EXAMPLE_DYNAMIC_BATCH if dynamic_batch else batch_size, _img_size(model))
+    try:
+        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(dynamic_batch))
+    except Exception as e:
+        raise VitkitError(f"torch.export failed: {str(e).splitlines()[0]}") from e
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path), extra_files={f"{k}.json": v for k, v in _metadata(model, metadata).items()})
+    return path
+
+
+def load_exported(path: str | Path, fmt: str):
+    """A callable ``images (B, C, H, W) tensor -> logits tensor`` running the exported file: onnxruntime
+    (CPU) for ONNX, the unlifted ``torch.export`` module for pt2."""
+    if fmt == "onnx":
+        ort = _require_onnx()
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+        return run
+    module = torch.export.load(str(path)).module()
+    return lambda x: module(x)
+
+
+@torch.no_grad()
+def parity(model: nn.Module, path: str | Path, fmt: str, batch_sizes: tuple[int, ...]) -> dict[int, float]:
+    """Max abs difference between the exported model and eager ``model`` on random images, per batch size."""
+    run = load_exported(path, fmt)
+    out = {}
+    for i, b in enumerate(batch_sizes):
+        x = _example(model, b, _img_size(model), seed=100 + i)
+        out[b] = (run(x).to(torch.float32).cpu() - model.eval()(x).float().cpu()).abs().max().item()
+    return out
+
+
+def export(checkpoint: str | Path, fmt: str = "onnx", output: str | Path | None = None,
+           dynamic_batch: bool = False, img_size: int | None = None, batch_size: int = 1,
+           opset: int = 18) -> tuple[Path, dict[int, float]]:
+    """Export a vitkit checkpoint and check it: ``(exported path, {batch size: max abs diff vs eager})``.
+
+    ``img_size`` rebuilds the model for another input size first (resampling its position embedding); the
+    default output is the checkpoint's path with the format's suffix. Parity is checked at batch sizes 1 and
+    4 with ``dynamic_batch``, else at ``batch_size``."""
+    from .checkpoint import load_model, resolve_weights_path
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if fmt == "onnx":
+        _require_onnx()  # fail before loading anything
+    model, meta = load_model(checkpoint)
+    if img_size is not None and (img_size, img_size) != _img_size(model):
+        model.set_img_size(img_size)
+    if output is None:
+        output = resolve_weights_path(checkpoint).with_suffix(FORMATS[fmt])
+    if fmt == "onnx":
+        path = export_onnx(model, output, dynamic_batch, batch_size, meta, opset)
+    else:
+        path = export_pt2(model, output, dynamic_batch, batch_size, meta)
+    return path, parity(model, path, fmt, (1, 4) if dynamic_batch else (batch_size,))
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``vitkit export``: write the file, then print the parity check; exit 1 if it exceeds the tolerance."""
+    parser = argparse.ArgumentParser(prog="vitkit export", description="Export a checkpoint to ONNX or "
+                                     "torch.export (pt2) and check it against the eager model.")
+    parser.add_argument("--checkpoint", required=True, help="run folder, RUN/checkpoints/best or a .safetensors file")
+    parser.add_argument("--format", choices=list(FORMATS), default="onnx")
+    parser.add_argument("--output", help="output file (default: the checkpoint's path with .onnx / .pt2)")
+    parser.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
+    parser.add_argument("--img-size", type=int, help="export for this input size (resamples the position "
+                        "embedding)")
+    parser.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest acceptable max abs difference")
+    args = parser.parse_args(argv)
+    path, diffs = export(args.checkpoint, args.format, args.output, args.dynamic_batch, args.img_size,
+                         args.batch_size, args.opset)
+    runtime = "onnxruntime" if args.format == "onnx" else "exported program"
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    worst = max(diffs.values())
+    details = ", ".join(f"batch {b}: {d:.2e}" for b, d in diffs.items())
+    verdict = "ok" if worst <= args.tolerance else f"FAILED (tolerance {args.tolerance:g})"
+    print(f"parity ({runtime} vs eager, max abs difference): {details} -> {verdict}")
+    return 0 if worst <= args.tolerance else 1
