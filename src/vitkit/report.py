@@ -168,7 +168,7 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
         except DataError as e:
             sections.append(_section("Training curves", html.escape(str(e)), ""))
 
-    if test_dataset is not None and len(test_dataset.labels):
+    if getattr(test_dataset, "images", None) is not None and len(test_dataset.labels):
         ev = viz.evaluate_for_plots(model, test_dataset, max_images, device)
         classes = ev["classes"]
         labels, probs = ev["labels"].numpy(), ev["probs"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -48,9 +49,9 @@ def save_figure(fig, save_path: str | Path | None, dpi: int = 110):
 
 
 def _grid(n: int, max_cols: int) -> tuple[int, int]:
-    """(rows, cols) of a near-square grid of ``n`` panels with at most ``max_cols`` columns."""
-    cols = min(n, max_cols, math.ceil(math.sqrt(n)) if n > max_cols else n)
-    return math.ceil(n / cols), cols
+    """(rows, cols) of a grid of ``n`` panels: as few rows as ``max_cols`` columns allow, evenly filled."""
+    rows = math.ceil(n / max_cols)
+    return rows, math.ceil(n / rows)
 
 
 def _subplots(fig, n: int, max_cols: int = 4):
@@ -653,7 +654,7 @@ def most_confident_mistakes(labels, probs, k: int = 16) -> np.ndarray:
 
 
 def plot_mistakes(images, labels, probs, class_names: Sequence[str] | None = None, save_path=None,
-                  k: int = 16, title: str = "Most confident mistakes", mean=None, std=None):
+                  k: int = 16, title: str = "Most confident mistakes", mean=None, std=None, max_cols: int = 4):
     """A grid of the ``k`` most confidently misclassified images, each captioned with its true class and
     the predicted class with its probability. ``images`` (N, C, H, W) line up with ``labels`` (N,) and
     ``probs`` (N, classes)."""
@@ -664,9 +665,9 @@ def plot_mistakes(images, labels, probs, class_names: Sequence[str] | None = Non
         fig = new_figure(5, 1.4)
         fig.text(0.5, 0.5, "No mistakes on these images.", ha="center", va="center", fontsize=12)
         return save_figure(fig, save_path)
-    rows, cols = _grid(len(idx), 8)
+    rows, cols = _grid(len(idx), max_cols)
     fig = new_figure(1.75 * cols, 2.05 * rows + 0.4)
-    axes = _subplots(fig, len(idx), 8)
+    axes = _subplots(fig, len(idx), max_cols)
     for ax, i in zip(axes, idx):
         p = int(probs[i].argmax())
         _imshow(ax, to_display(images[i], mean, std))
@@ -804,7 +805,12 @@ def visualize_run(run_dir: str | Path, out_dir: str | Path | None = None, device
     if run["metrics"] is not None:
         written.append(_save(plot_training_curves(run["metrics"]), out / "curves.png"))
     model, meta = load_model(run["dir"], device=device)
-    ev = evaluate_for_plots(model, load_test_set(run["config"]), max_images, device)
+    test_set = load_test_set(run["config"])
+    if not hasattr(test_set, "images"):  # a streamed image folder: no uint8 array to index
+        print(f"vitkit visualize: the test set of {run['dir']} is streamed from an image folder; "
+              "the confusion matrix and mistakes need an in-memory data set and were skipped", file=sys.stderr)
+        return written
+    ev = evaluate_for_plots(model, test_set, max_images, device)
     classes = meta.get("classes") or ev["classes"]
     preds = ev["probs"].argmax(1).numpy()
     cm = confusion_matrix(ev["labels"].numpy(), preds, ev["probs"].shape[1])
