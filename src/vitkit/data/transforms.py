@@ -36,7 +36,7 @@ def open_image(path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so a truncated file fails here and not later
-            return img.copy() if img.mode != "P" else img.copy()
+            return img.copy()
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
