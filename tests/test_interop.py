@@ -122,6 +122,18 @@ def test_timm_register_tokens_layer_scale_and_deit3_keys():
     assert max_diff(_logits(ours, x), want) <= TOL
 
 
+@pytest.mark.parametrize("img_size", [(32, 40), (32, 48)])  # 20 or 24 patches + [CLS]: 21 or 25 tokens
+def test_timm_non_square_grid_needs_its_img_size(img_size):
+    ref = randomize(TimmViT(img_size=img_size, patch_size=8, embed_dim=64, depth=1, num_heads=4, num_classes=3))
+    if img_size == (32, 40):
+        with pytest.raises(CheckpointError, match="cannot infer the patch grid of a 21-token"):
+            from_pretrained(ref.state_dict(), n_heads=4)
+    ours = from_pretrained(ref.state_dict(), img_size=img_size, n_heads=4)  # seed-style alias for num_heads
+    assert ours.config.img_size == img_size and not ours.config.no_embed_class
+    x = torch.randn(2, 3, *img_size)
+    assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Hugging Face
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import VARIANTS, ViTConfig
+from .config import VARIANTS, ViTConfig, _apply_aliases
 from .errors import CheckpointError, ConfigError
 
 Tensor = torch.Tensor
@@ -361,7 +361,7 @@ def detect_format(state: dict[str, Any]) -> str:
 def _unwrap(state: dict) -> dict:
     """Training checkpoints often nest the weights: {'model': ...} or {'state_dict': ...}."""
     for key in ("model", "state_dict", "model_state_dict", "module"):
-        if isinstance(state.get(key), dict) and not isinstance(state.get(key), Tensor):
+        if isinstance(state.get(key), dict):
             return _unwrap(state[key])
     return state
 
@@ -430,10 +430,12 @@ def convert_state_dict(state: dict, fmt: str) -> tuple[dict[str, Tensor], dict[s
 _HEADS_BY_WIDTH = {dim: heads for dim, _, heads, _ in VARIANTS.values()}  # the paper's variants
 
 
-def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides: dict | None = None) -> ViTConfig:
+def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides: dict | None = None,
+                 img_size=None) -> ViTConfig:
     """The ``ViTConfig`` of a vitkit-keyed state dict: shapes give the sizes; ``hints`` (what the source
-    says: heads, eps, pooling, image size) and then ``overrides`` (the caller) win over shape guesses."""
-    hints, overrides = dict(hints or {}), dict(overrides or {})
+    says: heads, eps, pooling, image size) and then ``overrides`` (the caller) win over shape guesses.
+    ``img_size`` is used for the checkpoint's own size only when its position embedding is not square."""
+    hints, overrides = dict(hints or {}), _apply_aliases(dict(overrides or {}))
     w = state.get("patch_embed.proj.weight")
     if not isinstance(w, Tensor) or w.ndim != 4:
         raise CheckpointError("the weights have no 4-d patch embedding 'patch_embed.proj.weight' "
@@ -460,18 +462,28 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
                           "pass num_heads=...")
     pos = state.get("pos_embed")  # (1, L, D)
     if isinstance(pos, Tensor) and pos.ndim == 3 and fields.get("pos_embed", "learn") == "learn":
-        _infer_grid(fields, pos.shape[1], patch, int(fields["class_token"]) + fields["reg_tokens"])
+        _infer_grid(fields, pos.shape[1], patch, int(fields["class_token"]) + fields["reg_tokens"], img_size)
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ViTConfig)})
     if unknown:
         raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; expected ViTConfig fields")
     return ViTConfig(**fields)
 
 
-def _infer_grid(fields: dict, length: int, patch: int, prefix: int) -> None:
-    """Image size and whether the position embedding covers the prefix tokens, from its length L."""
+def _infer_grid(fields: dict, length: int, patch: int, prefix: int, caller_img_size=None) -> None:
+    """Image size and whether the position embedding covers the prefix tokens, from its length L.
+
+    In order: the source's own image size; a square grid after the prefix slots (the usual layout); the
+    caller's ``img_size`` if its grid fits L (non-square checkpoints); a square grid without prefix slots
+    (big_vision, DeiT III: ``no_embed_class``)."""
+    def patches(img_size) -> int:
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        return (h // patch) * (w // patch)
+
+    if "img_size" not in fields and caller_img_size is not None and not _is_square(length - prefix) \
+            and length in (patches(caller_img_size), patches(caller_img_size) + prefix):
+        fields["img_size"] = caller_img_size
     if "img_size" in fields:
-        h, w = (fields["img_size"],) * 2 if isinstance(fields["img_size"], int) else fields["img_size"]
-        fields.setdefault("no_embed_class", prefix > 0 and length == (h // patch) * (w // patch))
+        fields.setdefault("no_embed_class", prefix > 0 and length == patches(fields["img_size"]))
         return
     covers = fields.get("no_embed_class") is not True and prefix > 0 and _is_square(length - prefix)
     if covers:
@@ -480,7 +492,7 @@ def _infer_grid(fields: dict, length: int, patch: int, prefix: int) -> None:
         n = length
     else:
         raise CheckpointError(f"cannot infer the patch grid of a {length}-token position embedding with "
-                              f"{prefix} prefix token(s); pass the checkpoint's img_size=...")
+                              f"{prefix} prefix token(s); pass img_size=(height, width) of the checkpoint")
     fields["img_size"] = math.isqrt(n) * patch
     fields.setdefault("no_embed_class", prefix > 0 and not covers)
 
@@ -521,7 +533,7 @@ def from_pretrained(src, source: str = "auto", num_classes: int | None = None, i
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         warnings.warn(f"{read.name} has a pre-logits (representation) layer, which vitkit does not have; it "
                       "was dropped and the head after it starts from scratch", stacklevel=3)
-    cfg = infer_config(state, hints, overrides)  # the checkpoint's own architecture
+    cfg = infer_config(state, hints, overrides, img_size)  # the checkpoint's own architecture
 
     target = cfg.replace(**{k: v for k, v in (("num_classes", num_classes), ("img_size", img_size))
                             if v is not None})
