@@ -1,0 +1,159 @@
+"""The training and evaluation loops: ``train_epoch`` and ``evaluate`` (seed 001's signatures).
+
+Both keep their running sums on the device and read them back once at the end, so a GPU never waits for the
+host inside an epoch. ``train_epoch`` also takes the optional pieces a full run needs (schedule, gradient
+accumulation, clipping, autocast, EMA, a per-step callback for checkpoints and signals); called with seed
+001's six arguments it is a plain epoch of training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import VitkitError
+
+
+class NonFiniteLossError(VitkitError):
+    """The training loss became NaN or infinite."""
+
+
+class RunningMetrics:
+    """Sums over an epoch, kept on the device: loss * n, correct, n, and the first step whose loss was not
+    finite (-1 while all were). Saved in mid-epoch checkpoints so a resumed epoch reports the same numbers."""
+
+    def __init__(self, device, values: list[float] | None = None):
+        self.sums = torch.tensor(values or [0.0, 0.0, 0.0, -1.0], dtype=torch.float64 if
+                                 torch.device(device).type != "mps" else torch.float32, device=device)
+
+    @torch.no_grad()
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, step: int) -> None:
+        n = logits.shape[0]
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets  # soft (mixup) targets: the argmax
+        correct = (logits.argmax(dim=1) == labels).sum()
+        bad = ~torch.isfinite(loss.detach()) & (self.sums[3] < 0)
+        self.sums[3] = torch.where(bad, float(step), self.sums[3])
+        loss = loss.detach().float()
+        self.sums[:3] += torch.stack([loss * n, correct.float(), loss.new_tensor(float(n))]).to(self.sums.dtype)
+
+    def bad_step(self) -> int | None:
+        """The first step with a non-finite loss, or None (one device sync)."""
+        step = int(self.sums[3].item())
+        return None if step < 0 else step
+
+    def values(self) -> list[float]:
+        return self.sums.tolist()
+
+    def result(self) -> dict:
+        """{"loss", "accuracy"} summed over all processes."""
+        sums = self.sums[:3].clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        loss, correct, n = sums.tolist()
+        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1)}
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU autocast is slower than float32 for these models)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(model: nn.Module, dataloader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                device, epoch: int, *, scheduler=None, grad_clip: float | None = None, accum_steps: int = 1,
+                amp: bool = False, ema=None, step: int = 0, start_batch: int = 0,
+                running: RunningMetrics | None = None,
+                on_step: Callable[[int, int, RunningMetrics], bool] | None = None) -> dict:
+    """Train ``model`` for one epoch; returns {"loss", "accuracy"} (mean over the epoch's samples).
+
+    ``step`` is the global optimizer step count before this epoch; ``start_batch`` and ``running`` resume an
+    epoch in the middle (the loader must skip the same number of batches). After each optimizer step
+    ``on_step(step, batches_done, running)`` is called; returning True ends the epoch early. A loss that
+    is NaN or infinite raises :class:`NonFiniteLossError` naming its step at the end of the epoch, or sooner
+    when ``on_step`` checks ``running.bad_step()``.
+    """
+    device = torch.device(device)
+    model.train()
+    if hasattr(dataloader, "set_epoch"):
+        dataloader.set_epoch(epoch)
+    if start_batch and hasattr(dataloader, "skip"):
+        dataloader.skip(start_batch)
+    running = running if running is not None else RunningMetrics(device)
+    num_batches = len(dataloader)
+    batch = start_batch
+    for images, targets in dataloader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        # Micro-batches of one optimizer step: accum_steps of them, fewer for the epoch's last group.
+        group_start = batch - batch % accum_steps
+        group_size = min(accum_steps, num_batches - group_start)
+        last_micro = batch + 1 == group_start + group_size
+        # Under DistributedDataParallel, gradients are all-reduced only on the last micro-batch.
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, amp):
+                logits = model(images)  # (B, classes)
+                loss = criterion(logits.float(), targets)
+            (loss / group_size).backward()
+        running.add(loss, logits, targets, step + 1)
+        batch += 1
+        if not last_micro:
+            continue
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "no_sync") else model)
+        step += 1
+        if on_step is not None and on_step(step, batch, running):
+            break
+    bad = running.bad_step()
+    if bad is not None:
+        raise NonFiniteLossError(f"the training loss became non-finite at step {bad} (epoch {epoch + 1}); "
+                                 "lower optim.lr or set optim.grad_clip")
+    return running.result()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp: bool = False,
+             num_classes: int | None = None) -> dict:
+    """Evaluate ``model``: {"loss", "accuracy", "top5"}, summed over all processes when distributed.
+
+    With ``num_classes`` the result also has "confusion": a (num_classes, num_classes) int64 matrix whose
+    row is the true class and column the predicted one.
+    """
+    device = torch.device(device)
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=device)
+    for images, targets in dataloader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images).float()  # (B, classes)
+        loss = criterion(logits, targets)
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        k = min(5, logits.shape[1])
+        top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
+        pred = logits.argmax(dim=1)
+        sums += torch.stack([loss * len(labels), (pred == labels).sum(), top5,
+                             torch.tensor(len(labels), device=device)]).to(sums.dtype)
+        if num_classes:
+            confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view_as(confusion)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(sums)
+        if num_classes:
+            dist.all_reduce(confusion)
+    loss, correct, top5, n = sums.tolist()
+    n = max(n, 1)
+    result = {"loss": loss / n, "accuracy": correct / n, "top5": top5 / n}
+    if num_classes:
+        result["confusion"] = confusion.cpu()
+    return result

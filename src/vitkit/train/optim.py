@@ -1,0 +1,74 @@
+"""AdamW parameter groups (no decay on norms, biases, position embeddings, tokens; layer-wise lr decay) and the
+learning-rate schedule (linear warm-up, then cosine to ``min_lr``)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: embeddings 0, block i -> i + 1, norm and head depth + 1."""
+    if name.startswith(("patch_embed", "cls_token", "reg_token", "pos_embed")):
+        return 0
+    match = re.match(r"blocks\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """AdamW groups. Weight decay skips every 1-d parameter (norm weights, biases) and the names in
+    ``model.no_weight_decay()`` (position embedding, [CLS] and register tokens): decaying them only pulls
+    them toward zero, which hurts (ViT paper, DeiT). With ``layer_decay`` each group also carries
+    ``lr_scale = layer_decay ** (depth + 1 - layer_id)``: early layers of a pre-trained model move less."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    depth = len(getattr(model, "blocks", []))
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name in skip
+        layer = layer_id(name, depth) if layer_decay is not None else 0
+        key = (layer, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
+            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; the fused CUDA kernel when training on a GPU."""
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             fused=device.type == "cuda")
+
+
+class WarmupCosine:
+    """lr factor at optimizer step ``s`` of ``total``: linear from 1/warmup to 1 over ``warmup`` steps, then a
+    cosine from 1 down to ``min_factor``. A plain picklable object, so it can live in a LambdaLR."""
+
+    def __init__(self, warmup: int, total: int, min_factor: float):
+        self.warmup, self.total, self.min_factor = warmup, max(total, 1), min_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
+                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up + cosine, stepped after every optimizer step; each group keeps its layer-decay scale."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    schedule = WarmupCosine(warmup, steps_per_epoch * epochs, cfg.min_lr / cfg.lr)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
