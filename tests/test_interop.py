@@ -308,7 +308,7 @@ def test_files_by_path_and_new_head(tmp_path):
     assert max_diff(_logits(again, x), _logits(ours, x)) == 0.0
 
 
-def test_missing_and_unexpected_tensors_in_one_error():
+def test_missing_and_unexpected_tensors_in_one_error(tmp_path):
     state = randomize(TimmViT(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3)).state_dict()
     del state["blocks.1.norm2.bias"]
     state["blocks.1.attn.q_norm.weight"] = torch.ones(64)
@@ -316,6 +316,16 @@ def test_missing_and_unexpected_tensors_in_one_error():
         from_pretrained(state)
     msg = str(err.value)
     assert "missing: blocks.1.norm2.bias" in msg and "unexpected: blocks.1.attn.q_norm.weight" in msg
+    # A vitkit file whose header promises a 3-class head that is not there: an error, not a silent new head.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    path = save_weights(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4,
+                                          num_classes=3), tmp_path / "vit")
+    with safe_open(str(path), framework="pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if not k.startswith("head.")}
+    save_file(tensors, str(tmp_path / "headless.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="missing: head.weight, head.bias"):
+        from_pretrained(tmp_path / "headless.safetensors")
     with pytest.raises(CheckpointError, match="cannot tell the format"):
         from_pretrained({"foo.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="does not exist"):

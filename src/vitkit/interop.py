@@ -434,7 +434,8 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
                  img_size=None) -> ViTConfig:
     """The ``ViTConfig`` of a vitkit-keyed state dict: shapes give the sizes; ``hints`` (what the source
     says: heads, eps, pooling, image size) and then ``overrides`` (the caller) win over shape guesses.
-    ``img_size`` is used for the checkpoint's own size only when its position embedding is not square."""
+    ``img_size`` (the caller's) is taken as the checkpoint's own size only for a position embedding that
+    is no square grid plus prefix slots but fits that size (see :func:`_infer_grid`)."""
     hints, overrides = dict(hints or {}), _apply_aliases(dict(overrides or {}))
     w = state.get("patch_embed.proj.weight")
     if not isinstance(w, Tensor) or w.ndim != 4:
@@ -527,6 +528,7 @@ def from_pretrained(src, source: str = "auto", num_classes: int | None = None, i
         fmt = read.format or detect_format(_unwrap(read.state))
     state, pre_logits, facts = convert_state_dict(read.state, fmt)
     hints = {**FORMATS[fmt].defaults, **facts, **read.hints}
+    new_head = bool(pre_logits)
     if pre_logits:  # head(tanh(pre_logits(x))) cannot be reproduced: keep the features, drop both layers
         if "head.weight" in state:
             hints.setdefault("num_classes", state["head.weight"].shape[0])  # (C, R)
@@ -538,6 +540,7 @@ def from_pretrained(src, source: str = "auto", num_classes: int | None = None, i
     target = cfg.replace(**{k: v for k, v in (("num_classes", num_classes), ("img_size", img_size))
                             if v is not None})
     if target.num_classes != cfg.num_classes:
+        new_head = True
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         had = f"a {cfg.num_classes}-class head" if cfg.num_classes else "no head"
         now = f"a new {target.num_classes}-class head starts from scratch" if target.num_classes else \
@@ -549,9 +552,8 @@ def from_pretrained(src, source: str = "auto", num_classes: int | None = None, i
 
     model = VisionTransformer(target)
     own = model.state_dict()
-    for k in ("head.weight", "head.bias"):  # a new head keeps its fresh initialisation
-        if k in own and k not in state:
-            state[k] = own[k]
+    if new_head:  # the new head keeps its fresh initialisation
+        state.update({k: v for k, v in own.items() if k.startswith("head.")})
     from .checkpoint import check_state_dict
     check_state_dict(model, state, f"{read.name} ({fmt} format)")
     model.load_state_dict(state)
