@@ -48,11 +48,18 @@ def embedded_pngs(page):
             for b64 in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
 
-def test_report_is_self_contained_and_shows_the_run(tmp_path):
-    run, model, data = fake_run(tmp_path, relative=True)
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The report of a fake run with a relative position bias, written once for the tests below."""
+    torch.manual_seed(0)
+    run, model, data = fake_run(tmp_path_factory.mktemp("report"), relative=True)
     path = write_report(run, model, data, max_images=100)
     assert path == run / "report.html"
-    page = path.read_text()
+    return path
+
+
+def test_report_is_self_contained_and_shows_the_run(report):
+    page = report.read_text()
     assert page.count("<img ") == 5  # curves, confusion, mistakes, attention, bias table
     pngs = embedded_pngs(page)
     assert len(pngs) == 5 and all(p.format == "PNG" and p.size[0] > 200 for p in pngs)
@@ -105,7 +112,7 @@ def chromium():
     return exe
 
 
-def test_report_renders_in_chromium(tmp_path):
+def test_report_renders_in_chromium(report):
     """Every image decodes (natural width > 0) and the page logs no console errors.
 
     The page is loaded with a small checking script injected first in <head>: it records errors (script
@@ -113,9 +120,8 @@ def test_report_renders_in_chromium(tmp_path):
     the DOM, which --dump-dom prints. Chromium's own console log (stderr) must hold no message either.
     """
     exe = chromium()
-    run, model, data = fake_run(tmp_path, relative=True)
-    page = write_report(run, model, data, max_images=60).read_text()
-    probe = run / "probe.html"
+    page = report.read_text()
+    probe = report.with_name("probe.html")
     probe.write_text(page.replace("<head>", "<head>" + CHECKS, 1))
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(
