@@ -30,7 +30,7 @@ def fake_run(root, relative=False):
     save_weights(model, run / "checkpoints" / "best",
                  {"classes": CLASSES, "mean": [0.4], "std": [0.3], "dataset": "digits"})
     (run / "config.yaml").write_text(yaml.safe_dump({
-        "data": {"name": "digits"}, "model": model.config.to_dict(),
+        "data": {"dataset": "digits"}, "model": model.config.to_dict(),
         "train": {"epochs": 3, "lr": 0.00123, "batch_size": 64}}, sort_keys=False))
     (run / "metrics.csv").write_text("epoch,train_loss,test_loss,train_accuracy,test_accuracy,lr\n"
                                      "1,1.4,1.3,0.30,0.35,0.001\n2,1.1,1.2,0.50,0.45,0.0005\n"

@@ -305,7 +305,7 @@ def test_cli_image_views(tmp_path, checkpoint, capsys):
 
 def test_cli_run_plots(tmp_path, checkpoint):
     run = checkpoint.parents[1]
-    (run / "config.yaml").write_text("data:\n  name: digits\n")
+    (run / "config.yaml").write_text("data:\n  dataset: digits\n")
     (run / "metrics.csv").write_text("epoch,train_loss,test_accuracy\n1,2.0,0.3\n2,1.0,0.6\n")
     assert cli(["visualize", "--run", str(run), "--out", str(tmp_path / "plots")]) == 0
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion.png", "curves.png",

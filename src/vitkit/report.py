@@ -95,22 +95,28 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return f"<table>{body}</table>"
 
 
+HEADLINE = ("test_accuracy", "best_accuracy", "test_top5", "test_loss", "train_accuracy", "epochs", "wall_time",
+            "images_per_s", "parameters")  # results.json keys shown as cards, in this order when present
+
+
+def _card_value(key: str, v) -> str:
+    if ("acc" in key or "top5" in key) and 0 <= v <= 1:
+        return f"{100 * v:.2f}%"
+    if key == "wall_time":
+        return f"{v / 60:.1f} min" if v >= 120 else f"{v:.1f} s"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return f"{v:,}"
+
+
 def _cards(results: dict) -> str:
-    """The headline numbers of results.json (top-level accuracies, losses, times) as cards."""
-    cards = []
-    for k, v in results.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
-        name = k.replace("_", " ")
-        if "acc" in k.lower() and 0 <= v <= 1:
-            text = f"{100 * v:.2f}%"
-        elif isinstance(v, float):
-            text = f"{v:.4g}"
-        else:
-            text = f"{v:,}"
-        cards.append(f'<div class="card"><div class="v">{html.escape(text)}</div>'
-                     f'<div class="k">{html.escape(name)}</div></div>')
-    return f'<div class="cards">{"".join(cards[:8])}</div>' if cards else ""
+    """The headline numbers of results.json as cards: the trainer's known keys first, else any top-level
+    number (at most 8)."""
+    numbers = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    keys = [k for k in HEADLINE if k in numbers] or list(numbers)
+    cards = [f'<div class="card"><div class="v">{html.escape(_card_value(k, numbers[k]))}</div>'
+             f'<div class="k">{html.escape(k.replace("_", " "))}</div></div>' for k in keys[:8]]
+    return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
 
 
 def _section(title: str, note: str, body: str) -> str:
@@ -156,7 +162,7 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
     sections = []
     results = run["results"]
     data_cfg = run["config"].get("data") if isinstance(run["config"].get("data"), dict) else {}
-    dataset_name = data_cfg.get("name", "")
+    dataset_name = data_cfg.get("dataset") or data_cfg.get("name") or results.get("dataset") or ""
 
     sections.append(_section("Results", "From results.json." if results else "No results.json in this run.",
                              _cards(results)))
@@ -180,7 +186,7 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
         mistakes_fig = viz.plot_mistakes(ev["images"], labels, probs, classes, title="")
         sections.append(_section(
             "Confusion matrix and mistakes",
-            f"The best checkpoint on {scope}. Rows are true classes, colour is the fraction of each row; "
+            f"The model on {scope}. Rows are true classes, colour is the fraction of each row; "
             "on the right, the misclassified images the model was most sure about.",
             f'<div class="two">{_img(cm_fig, "confusion matrix")}{_img(mistakes_fig, "mistakes")}</div>'))
 
@@ -206,7 +212,10 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
                                  "patch; the centre is a patch attending to itself.",
                                  _img(fig, "relative position bias table")))
 
-    config_html = "".join(_config_part(str(name), part) for name, part in run["config"].items())
+    cfg = run["config"]
+    scalars = [(str(k), v) for k, v in cfg.items() if not isinstance(v, dict)]  # name, seed, device ...
+    config_html = (_config_part("run", dict(scalars)) if scalars else "") + "".join(
+        _config_part(str(name), part) for name, part in cfg.items() if isinstance(part, dict))
     sections.append(_section("Model and config", "The model as built, then config.yaml as the run resolved it.",
                              '<div class="two"><div><h3>model</h3>' + _table(_model_rows(model)) +
                              "</div><div>" + (config_html or "<p>No config.yaml in this run.</p>") + "</div></div>"))
@@ -230,9 +239,9 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
     return path
 
 
-def _config_part(name: str, part) -> str:
+def _config_part(name: str, part: dict) -> str:
     """One config section as a table; a long one (a full model config) folded under a <details>."""
-    rows = _flatten(part) if isinstance(part, dict) else [(name, part)]
+    rows = _flatten(part)
     if len(rows) > 12:
         return (f"<details><summary><b>{html.escape(name)}</b> ({len(rows)} keys)</summary>"
                 f"{_table(rows)}</details>")

@@ -512,15 +512,15 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
 def plot_training_curves(metrics, save_path=None, title: str = "Training curves"):
     """Loss, accuracy and learning rate per epoch, from a ``metrics.csv`` path or a {column: values} dict.
 
-    Columns are found by name: any ``*loss*`` column goes to the loss panel, ``*acc*`` to the accuracy
-    panel, ``lr`` (or ``learning_rate``) to its own panel on a log scale; a panel with no column is left out.
+    Columns are found by name: any ``*loss*`` column goes to the loss panel, ``*acc*`` and ``*top5*`` to the
+    accuracy panel, ``lr`` (or ``learning_rate``) to its own panel on a log scale; a panel with no column is left out.
     """
     cols = read_metrics(metrics) if isinstance(metrics, (str, Path)) else {k: np.asarray(v, float)
                                                                           for k, v in metrics.items()}
     n = len(next(iter(cols.values()))) if cols else 0
     x = cols.get("epoch", np.arange(1, n + 1, dtype=float))
     groups = [("loss", [k for k in cols if "loss" in k.lower()]),
-              ("accuracy", [k for k in cols if "acc" in k.lower()]),
+              ("accuracy", [k for k in cols if "acc" in k.lower() or "top5" in k.lower()]),
               ("learning rate", [k for k in cols if k.lower() in ("lr", "learning_rate")])]
     groups = [(name, keys) for name, keys in groups if keys and any(np.isfinite(cols[k]).any() for k in keys)]
     if not groups:
@@ -722,13 +722,14 @@ def read_run(run_dir: str | Path) -> dict:
 
 
 def load_test_set(config: dict):
-    """The test split of the data set a run's config names (``data.name``, ``data.root``), via vitkit.data."""
+    """The test split of the data set a run's config names (``data.dataset`` as the trainer writes it, or
+    ``data.name``; ``data.root``), via vitkit.data."""
     from .data import load_dataset
 
     data = config.get("data") or {}
-    name = data.get("name") if isinstance(data, dict) else None
+    name = (data.get("dataset") or data.get("name")) if isinstance(data, dict) else None
     if not name:
-        raise DataError("the run's config.yaml names no data set (data.name); cannot evaluate its test images")
+        raise DataError("the run's config.yaml names no data set (data.dataset); cannot evaluate its test images")
     return load_dataset(name, root=data.get("root"), split="test")
 
 
