@@ -54,8 +54,8 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors of truncated or foreign files have many types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{what} {path} is truncated or not a vitkit checkpoint ({reason[:120]})") from None
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{what} {path} is truncated or not a vitkit checkpoint ({reason[:100]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, expected a dict of training state")
     return obj
@@ -150,7 +150,7 @@ def find_resumable(checkpoint_dir: str | Path) -> tuple[Path, dict] | None:
             warnings.warn(f"{why}; resuming from the previous checkpoint {path} instead", stacklevel=2)
         return path, state
     if problems:
-        raise CheckpointError(f"no usable checkpoint in {checkpoint_dir}: {problems[0]}")
+        raise CheckpointError(f"no usable checkpoint in {checkpoint_dir}: {' and '.join(problems)}")
     return None
 
 

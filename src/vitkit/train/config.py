@@ -129,6 +129,11 @@ def parse_override(text: str) -> tuple[list[str], object]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: value {value!r} is not valid YAML") from None
+    if isinstance(parsed, str):  # YAML 1.1 reads 3e-4 (no dot) as a string; on a command line it is a number
+        try:
+            parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf", "infinity") else parsed
+        except ValueError:
+            pass
     return key.strip().split("."), parsed
 
 
