@@ -352,9 +352,10 @@ class Trainer:
     def announce(self) -> None:
         cfg, d, m = self.cfg, self.data, self.model_config
         grid = "x".join(map(str, m.grid_size))
+        size = "x".join(map(str, (m.img_size, m.img_size) if isinstance(m.img_size, int) else m.img_size))
         where = f"{self.device}" + (f", {self.ctx.world_size} processes" if self.ctx.distributed else "")
         self.log(f"data:  {cfg.data.dataset}: {d.num_train} train / {d.num_test} test images, "
-                 f"{len(d.classes)} classes, {d.in_channels}x{m.img_size} pixels")
+                 f"{len(d.classes)} classes, {d.in_channels}x{size} pixels")
         self.log(f"model: ViT {count_parameters(self.model) / 1e6:.2f}M parameters (dim {m.embed_dim}, depth "
                  f"{m.depth}, heads {m.num_heads}, patch {m.patch_size}, {grid} patches)"
                  + (f", initialised from {cfg.model['init']}" if cfg.model.get("init") else ""))
