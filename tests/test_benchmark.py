@@ -54,6 +54,7 @@ def test_tiny_run_against_timm_is_well_formed(mode):
     assert report.ratio == pytest.approx(report.results[0].images_per_s / report.results[1].images_per_s)
     assert report.paired_ratios == pytest.approx(
         [a / b for a, b in zip(*(m.window_images_per_s for m in report.results))])
+    assert report.paired_ratio == sorted(report.paired_ratios)[1]
     assert report.max_logit_diff == 0.0  # same weights, same ops: timm's logits to the bit
     text = bm.format_report(report)
     assert text.count("| vit_tiny_patch16_224 |") == 2 and "vitkit vs timm" in text

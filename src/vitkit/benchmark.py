@@ -36,6 +36,7 @@ from .errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("train", "infer")
+QUIET = 0.8  # a window at >= 80% of its library's best rate counts as uncontended (shared machines)
 LIBRARIES = ("vitkit", "timm")
 
 
@@ -70,7 +71,11 @@ class Report:
     results: list[Measurement]
     ratio: float | None = None  # vitkit images/s / timm images/s (medians)
     paired_ratios: list[float] = field(default_factory=list)  # per window: vitkit / timm, adjacent in time
+    paired_ratio: float | None = None  # their median: robust when the machine's load drifts during the run
+    quiet_ratio: float | None = None  # median over the pairs where both windows ran at >= 80% of their best rate
+    quiet_pairs: int = 0  # how many such uncontended pairs there were
     max_logit_diff: float | None = None  # same weights, same input: how far apart the two models' logits are
+    compile_mode: str | None = None
     conditions: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -114,23 +119,40 @@ def _time_calls(fn, calls: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+class MatmulPeak:
+    """Dense matmul FLOP/s of a device in a dtype, measured in short windows that can be interleaved with the
+    model's windows: ``window()`` times one, ``flops`` is the best so far (the ceiling MFU is measured against,
+    so the best window rather than the median; on a shared machine the best window is the uncontended one).
+
+    Defaults: 8192^2 bf16 on a GPU (about 1.1 TFLOP a call), 1024^2 on the CPU (2.1 GFLOP a call).
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, size: int | None = None, calls: int | None = None):
+        gpu = device.type == "cuda"
+        self.device, self.size = device, size or (8192 if gpu else 1024)
+        self.calls = calls or (20 if gpu else 4)
+        self.a = torch.randn(self.size, self.size, device=device, dtype=dtype)
+        self.b = torch.randn(self.size, self.size, device=device, dtype=dtype)
+        self.out = torch.empty(self.size, self.size, device=device, dtype=dtype)
+        self.flops = 0.0
+        _time_calls(self._mm, 2, device)  # warm-up: cuBLAS / oneDNN heuristics, caches
+
+    def _mm(self):
+        torch.mm(self.a, self.b, out=self.out)
+
+    def window(self) -> float:
+        rate = 2 * self.size**3 * self.calls / _time_calls(self._mm, self.calls, self.device)
+        self.flops = max(self.flops, rate)
+        return rate
+
+
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = None, calls: int | None = None,
                         windows: int = 5) -> float:
-    """Dense matmul FLOP/s of this device in ``dtype``: the best of ``windows`` windows of square matmuls.
-
-    The best window (not the median) because this is the ceiling MFU is measured against. Defaults: 8192^2
-    bf16 on a GPU (about 1.1 TFLOP a call), 1024^2 on the CPU (2.1 GFLOP a call).
-    """
-    gpu = device.type == "cuda"
-    size = size or (8192 if gpu else 1024)
-    calls = calls or (20 if gpu else 4)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    fn = lambda: torch.mm(a, b, out=out)  # noqa: E731
-    _time_calls(fn, 2, device)  # warm-up: cuBLAS / oneDNN heuristics, caches
-    best = min(_time_calls(fn, calls, device) for _ in range(windows))
-    return 2 * size**3 * calls / best
+    """Dense matmul FLOP/s of this device in ``dtype``: the best of ``windows`` windows (see MatmulPeak)."""
+    peak = MatmulPeak(device, dtype, size, calls)
+    for _ in range(windows):
+        peak.window()
+    return peak.flops
 
 
 def _cpu_name() -> str:
@@ -201,13 +223,13 @@ class Runner:
 
     def __init__(self, library: str, model: nn.Module, mode: str, batch_size: int, device: torch.device,
                  dtype: torch.dtype, compile: bool = False, img_size: int = 224, num_classes: int = 1000,
-                 seed: int = 0):
+                 seed: int = 0, compile_mode: str | None = None):
         self.library, self.mode, self.device, self.dtype = library, mode, device, dtype
         gen = torch.Generator().manual_seed(seed)  # the same images for every library
         self.images = torch.randn(batch_size, 3, img_size, img_size, generator=gen).to(device)
         self.labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
         self.model = model.train(mode == "train")
-        self.forward = torch.compile(model) if compile else model
+        self.forward = torch.compile(model, mode=compile_mode) if compile else model
         self.optimizer = None
         if mode == "train":  # fused AdamW on a GPU (one kernel for all parameters); foreach elsewhere
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05,
@@ -252,12 +274,14 @@ def _max_logit_diff(a: nn.Module, b: nn.Module, x: torch.Tensor, dtype: torch.dt
 
 def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_size: int = 32, dtype: str = "fp32",
               compile: bool = False, compare: str | None = None, device: str | None = None, steps: int = 2,
-              windows: int = 5, warmup: int = 2, peak_tflops: float | None = None, **overrides) -> Report:
+              windows: int = 5, warmup: int = 2, peak_tflops: float | None = None, compile_mode: str | None = None,
+              **overrides) -> Report:
     """Measure ``model`` (a preset name) in ``mode``; with ``compare="timm"`` also timm's same model, with the
     same weights, data, dtype, optimizer and compile setting, timed in alternating windows.
 
     ``steps`` steps make a window; each library gets ``warmup`` untimed steps first, then ``windows`` timed
     windows. ``peak_tflops`` skips the matmul-peak measurement (e.g. when a sweep has measured it once).
+    ``compile_mode`` is torch.compile's mode ("reduce-overhead" adds CUDA graphs, "max-autotune" kernel search).
     ``overrides`` go to the model config (e.g. ``img_size=32`` for a quick run of a small model).
     """
     from .config import get_preset
@@ -291,8 +315,9 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
         if lib == "vitkit" and compare:  # timm gets the very same weights
             weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
         runner = Runner(lib, net, mode, batch_size, dev, torch_dtype, compile, cfg.img_size
-                        if isinstance(cfg.img_size, int) else cfg.img_size[0], cfg.num_classes)
-        for _ in range(max(warmup, 1 if compile else 0)):  # compilation happens here, untimed
+                        if isinstance(cfg.img_size, int) else cfg.img_size[0], cfg.num_classes,
+                        compile_mode=compile_mode)
+        for _ in range(max(warmup, 1 if compile or dev.type == "cuda" else 0)):  # compiling, peak memory: untimed
             runner.step()
         _sync(dev)
         if dev.type == "cuda":  # params + grads + optimizer state + activations of this model alone
@@ -303,14 +328,17 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
     if compare:
         max_diff = _max_logit_diff(runners[0].model, runners[1].model, runners[0].images[:2], torch_dtype)
 
+    peak = MatmulPeak(dev, torch_dtype) if peak_tflops is None else None
     times = {r.library: [] for r in runners}
     for w in range(windows):
         order = runners if w % 2 == 0 else runners[::-1]  # neither library always goes first
         for r in order:
             times[r.library].append(r.window(steps))
-
-    if peak_tflops is None:
-        peak_tflops = measure_matmul_peak(dev, torch_dtype) / 1e12
+        if peak is not None:  # the peak under the same conditions, window by window
+            peak.window()
+    if peak is not None:
+        peak_tflops = peak.flops / 1e12
+        del peak
     fwd = flops_per_image(cfg)
     step_flops = fwd * (3 if mode == "train" else 1)
     results = []
@@ -321,10 +349,16 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
         results.append(Measurement(r.library, med, 1e3 * statistics.median(times[r.library]) / steps, tflops,
                                    tflops / peak_tflops, memory.get(r.library), ips))
     report = Report(model, mode, str(dev), dtype, batch_size, compile, steps, windows, warmup, fwd / 1e9,
-                    peak_tflops, results, max_logit_diff=max_diff, conditions=conditions(dev))
+                    peak_tflops, results, max_logit_diff=max_diff, conditions=conditions(dev),
+                    compile_mode=compile_mode if compile else None)
     if compare:
         report.ratio = results[0].images_per_s / results[1].images_per_s
         report.paired_ratios = [a / b for a, b in zip(results[0].window_images_per_s, results[1].window_images_per_s)]
+        report.paired_ratio = statistics.median(report.paired_ratios)
+        a, b = results[0].window_images_per_s, results[1].window_images_per_s
+        quiet = [x / y for x, y in zip(a, b) if x >= QUIET * max(a) and y >= QUIET * max(b)]
+        report.quiet_pairs = len(quiet)
+        report.quiet_ratio = statistics.median(quiet) if quiet else None
     return report
 
 
@@ -332,20 +366,24 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
 # Output
 
 TABLE_HEADER = ("| model | mode | batch | dtype | compile | library | images/s | ms/step | TFLOP/s | MFU | peak MB "
-                "| vitkit/timm |")
+                "| vitkit/timm: medians; paired median [range]; uncontended pairs |")
 TABLE_RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def table_rows(report: Report) -> list[str]:
-    """Markdown rows, one per library; the ratio (with the range of the per-window ratios) on vitkit's row."""
+    """Markdown rows, one per library. On vitkit's row: the ratio of the two median rates; the median and range of
+    the per-window ratios (each vitkit window against the timm window beside it in time); and the median over
+    the uncontended pairs (both windows at >= 80% of their best rate), with their count."""
     rows = []
     for m in report.results:
         ratio = ""
         if report.ratio is not None and m.library == "vitkit":
-            ratio = f"{report.ratio:.3f} ({min(report.paired_ratios):.2f}-{max(report.paired_ratios):.2f})"
+            quiet = f"{report.quiet_ratio:.3f} (n={report.quiet_pairs})" if report.quiet_pairs else "none"
+            ratio = (f"{report.ratio:.3f}; {report.paired_ratio:.3f} "
+                     f"[{min(report.paired_ratios):.2f}-{max(report.paired_ratios):.2f}]; {quiet}")
         mem = "n/a" if m.peak_memory_mb is None else f"{m.peak_memory_mb:,.0f}"
         rows.append(f"| {report.model} | {report.mode} | {report.batch_size} | {report.dtype} | "
-                    f"{'yes' if report.compiled else 'no'} | {m.library} | {m.images_per_s:,.1f} | "
+                    f"{(report.compile_mode or 'yes') if report.compiled else 'no'} | {m.library} | {m.images_per_s:,.1f} | "
                     f"{m.ms_per_step:,.1f} | {m.tflops:.3f} | {100 * m.mfu:.1f}% | {mem} | {ratio} |")
     return rows
 
@@ -355,7 +393,7 @@ def format_conditions(report: Report) -> str:
     where = c.get("gpu") or f"{c['cpu']}, {c['threads']} threads"
     load = f", load {c['loadavg_1min']}" if "loadavg_1min" in c else ""
     return (f"{where}; torch {c['torch']}, timm {c.get('timm')}, vitkit {c.get('vitkit')}{load}; "
-            f"matmul peak {report.peak_tflops * 1e3:,.1f} GFLOP/s ({report.dtype}); "
+            f"matmul peak (best window) {report.peak_tflops * 1e3:,.1f} GFLOP/s ({report.dtype}); "
             f"{report.windows} windows x {report.steps_per_window} steps after {report.warmup_steps} warm-up")
 
 
@@ -397,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                    help="fp32, or bf16 autocast (default: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both, when comparing)")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=None,
+                   help="torch.compile mode (implies --compile)")
     p.add_argument("--compare", choices=("timm",), default=None, help="also run timm's same model")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--steps", type=_positive, default=None, help="steps per timed window (default: 2 CPU, 20 GPU)")
@@ -417,8 +457,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = benchmark(args.model, args.mode, args.batch_size, args.dtype or ("bf16" if gpu else "fp32"),
-                       args.compile, args.compare, str(dev), args.steps or (20 if gpu else 2), args.windows,
-                       args.warmup if args.warmup is not None else (10 if gpu else 2))
+                       args.compile or args.compile_mode is not None, args.compare, str(dev),
+                       args.steps or (20 if gpu else 2), args.windows,
+                       args.warmup if args.warmup is not None else (10 if gpu else 2), compile_mode=args.compile_mode)
     print(format_report(report))
     if args.json:
         import json
