@@ -1,0 +1,154 @@
+"""`vitkit train | eval | predict` end to end on a tiny digits run: the run folder, what eval and predict print,
+and one-sentence errors (exit 2, no traceback) for bad configs and truncated, empty or foreign checkpoints."""
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+
+from vitkit.cli import main
+from vitkit.data import load_dataset
+from vitkit.train.trainer import METRICS_COLUMNS
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished two-epoch run; returns (run folder, recipe, stdout)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny", "out_dir": str(tmp / "runs"), "device": "cpu", "report": False,
+        "data": {"dataset": "digits", "batch_size": 64},
+        "model": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+        "optim": {"lr": 3.0e-3, "warmup_epochs": 0.5},
+        "train": {"epochs": EPOCHS, "threads": 1},
+    }))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", "--config", str(recipe)]) == 0
+    return tmp / "runs" / "tiny", recipe, out.getvalue()
+
+
+def test_train_writes_a_complete_run_folder(run):
+    folder, _, stdout = run
+    assert f"run folder: {folder}" in stdout and "test accuracy" in stdout
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["model"]["in_channels"] == 1 and config["model"]["num_classes"] == 10  # resolved from the data
+    assert config["model"]["img_size"] == 8 and config["optim"]["lr"] == 3e-3
+    with (folder / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == METRICS_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    results = json.loads((folder / "results.json").read_text())
+    assert {"train_loss", "test_accuracy", "best_accuracy", "epochs", "wall_time"} <= set(results)
+    assert results["epochs"] == EPOCHS and results["completed"] is True
+    assert results["test_accuracy"] == pytest.approx(float(rows[-1]["test_accuracy"]), abs=1e-5)
+    assert results["best_accuracy"] == pytest.approx(max(float(r["test_accuracy"]) for r in rows), abs=1e-5)
+    names = {p.name for p in (folder / "checkpoints").iterdir()}
+    assert {"last.safetensors", "best.safetensors", "last.state.pt", "previous.state.pt"} <= names
+    assert not any(n.endswith(".tmp") for n in names)
+
+
+def test_a_second_run_never_overwrites_the_first(run, capsys):
+    folder, recipe, _ = run
+    assert main(["train", "--config", str(recipe), "--set", "train.epochs=1"]) == 0
+    assert f"run folder: {folder.with_name('tiny-2')}" in capsys.readouterr().out
+    assert json.loads((folder / "results.json").read_text())["epochs"] == EPOCHS
+
+
+def test_eval_prints_loss_top1_top5_and_confusion(run, capsys):
+    folder, _, _ = run
+    assert main(["eval", "--checkpoint", str(folder / "checkpoints" / "best"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    best = json.loads((folder / "results.json").read_text())["best_accuracy"]
+    assert f"top-1 {best:.4f}" in out and "top-5" in out  # the best checkpoint scores its recorded accuracy
+    matrix = [line for line in out.splitlines() if line[:3].strip().isdigit()]
+    assert len(matrix) == 10
+    assert sum(int(v) for line in matrix for v in line.split()[2:]) == 360  # every test image counted once
+
+
+def test_predict_prints_top_k_classes(run, tmp_path, capsys):
+    folder, _, _ = run
+    test = load_dataset("digits", split="test")
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(test.images[i, 0].numpy()).resize((32, 32), Image.NEAREST).save(path)
+        paths.append(str(path))
+    assert main(["predict", *paths, "--checkpoint", str(folder / "checkpoints" / "best"), "--top-k", "3",
+                 "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for path, line in zip(paths, lines):
+        head, ranked = line.split(": ", 1)
+        entries = [e.rsplit(" ", 1) for e in ranked.split(", ")]
+        assert head == path and len(entries) == 3 and all(c in "0123456789" for c, _ in entries)
+        probs = [float(p) for _, p in entries]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
+
+
+def one_error_line(capsys, expected: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert expected in err, err
+    return err
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "wrong-architecture"])
+def test_bad_checkpoints_give_one_sentence_and_exit_2(run, tmp_path, capsys, how):
+    folder, _, _ = run
+    best = folder / "checkpoints" / "best.safetensors"
+    bad = tmp_path / "bad.safetensors"
+    if how == "truncated":
+        data = best.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        bad.write_bytes(b"")
+    else:  # the architecture in the header says dim 32; the tensors are of a dim-16 model
+        from safetensors.torch import load_file, save_file
+        from safetensors import safe_open
+        with safe_open(str(best), "pt") as f:
+            header = f.metadata()
+        header["vitkit_config"] = header["vitkit_config"].replace('"embed_dim": 32', '"embed_dim": 16')
+        save_file(load_file(best), str(bad), metadata=header)
+    assert main(["eval", "--checkpoint", str(bad), "--device", "cpu"]) == 2
+    one_error_line(capsys, "vitkit eval: error: checkpoint")
+    assert main(["predict", str(bad), "--checkpoint", str(bad), "--device", "cpu"]) == 2
+    one_error_line(capsys, "vitkit predict: error: checkpoint")
+
+
+def test_bad_training_states_and_configs_exit_2(run, tmp_path, capsys):
+    folder, recipe, _ = run
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "checkpoints" / "last.state.pt").write_bytes(b"")
+    assert main(["train", "--resume", str(broken / "checkpoints" / "last.state.pt")]) == 2
+    one_error_line(capsys, "is empty")
+
+    assert main(["train", "--config", str(recipe), "--resume", str(folder), "--set", "model.embed_dim=64"]) == 2
+    one_error_line(capsys, "another architecture")
+
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    one_error_line(capsys, "does not exist")
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(recipe.read_text().replace("optim:", "optimm:"))
+    assert main(["train", "--config", str(typo)]) == 2
+    one_error_line(capsys, "unknown config key 'optimm'")
+
+    assert main(["train", "--config", str(recipe), "--set", "train.epoch=3"]) == 2
+    one_error_line(capsys, "unknown config key 'train.epoch'; expected one of: epochs,")
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(run, capsys):
+    folder, _, _ = run
+    before = (folder / "checkpoints" / "last.safetensors").read_bytes()
+    assert main(["train", "--resume", str(folder)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert (folder / "checkpoints" / "last.safetensors").read_bytes() == before
