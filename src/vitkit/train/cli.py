@@ -73,9 +73,11 @@ def eval_loader(dataset: str, root: str | None, split: str, model, meta: dict, b
         return loader, ds.classes, len(ds)
     ds = load_dataset(dataset, root, split)
     ds = ImageDataset(ds.images, ds.labels, ds.classes, mean, std, name=ds.name)
-    if ds.in_channels != model.config.in_channels:
-        raise DataError(f"data set {dataset!r} has {ds.in_channels}-channel images but the checkpoint expects "
-                        f"{model.config.in_channels} channels")
+    size = model.config.img_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if (ds.in_channels, *ds.image_size) != (model.config.in_channels, *size):
+        raise DataError(f"data set {dataset!r} has {ds.in_channels}x{ds.image_size[0]}x{ds.image_size[1]} images "
+                        f"but the checkpoint expects {model.config.in_channels}x{size[0]}x{size[1]}")
     return DeviceLoader(ds, batch_size, shuffle=False, device=device), ds.classes, len(ds)
 
 

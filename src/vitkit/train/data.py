@@ -15,6 +15,7 @@ import torch
 
 from ..data import BatchAugment, DeviceLoader, IMAGENET_MEAN, IMAGENET_STD, imagefolder_loaders, load_dataset, \
     recommended_augment
+from ..data.loader import derive_seed
 from ..errors import ConfigError
 from .config import DataConfig
 from .distributed import Context
@@ -40,10 +41,14 @@ class ResumableLoader:
     The shuffling generator (one process) or the DistributedSampler (many) is re-seeded from the epoch,
     so a resumed run sees the same order. ``skip(k)`` drops the first k batches of the next pass; they are
     still decoded by the workers (a DataLoader cannot start mid-epoch), which costs time, not exactness.
+    With ``mix`` (a mixing :class:`BatchAugment`), batches get mixup / cutmix on the training device, drawn
+    from a generator seeded by (seed, epoch, rank, batch) like :class:`DeviceLoader`'s.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, seed: int):
+    def __init__(self, loader: torch.utils.data.DataLoader, seed: int, *, mix: BatchAugment | None = None,
+                 num_classes: int | None = None, device="cpu", rank: int = 0):
         self.loader, self.seed, self.epoch, self._skip = loader, seed, 0, 0
+        self.mix, self.num_classes, self.device, self.rank = mix, num_classes, torch.device(device), rank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -60,7 +65,12 @@ class ResumableLoader:
 
     def __iter__(self):
         start, self._skip = self._skip, 0
-        return itertools.islice(iter(self.loader), start, None)
+        for b, (images, labels) in enumerate(itertools.islice(iter(self.loader), start, None), start=start):
+            if self.mix is not None:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2, self.rank, b))
+                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                images, labels = self.mix.mix(images, labels, g, self.num_classes)
+            yield images, labels
 
 
 def per_rank_batch(batch_size: int, ctx: Context, key: str) -> int:
@@ -78,8 +88,12 @@ def build_data(cfg: DataConfig, seed: int, ctx: Context) -> RunData:
             root, cfg.img_size, batch, cfg.workers, val_fraction=cfg.val_fraction, seed=seed,
             randaugment=cfg.randaugment, hflip=cfg.hflip if cfg.hflip is not None else True,
             rank=ctx.rank, world_size=ctx.world_size)
-        return RunData(ResumableLoader(train, seed), test, None, list(train.dataset.classes), IMAGENET_MEAN,
-                       IMAGENET_STD, 3, cfg.img_size, len(train.dataset), len(test.dataset))
+        classes = list(train.dataset.classes)
+        mix = BatchAugment(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, num_classes=len(classes))
+        train = ResumableLoader(train, seed, mix=mix if mix.mixing else None, num_classes=len(classes),
+                                device=ctx.device, rank=ctx.rank)
+        return RunData(train, test, None, classes, IMAGENET_MEAN, IMAGENET_STD, 3, cfg.img_size,
+                       len(train.loader.dataset), len(test.dataset))
 
     train_set = load_dataset(cfg.dataset, cfg.root, "train", download=cfg.download and ctx.is_main)
     test_set = load_dataset(cfg.dataset, cfg.root, "test", download=False)
