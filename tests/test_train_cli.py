@@ -152,3 +152,41 @@ def test_resume_of_a_finished_run_trains_nothing_more(run, capsys):
     assert main(["train", "--resume", str(folder)]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert (folder / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+def test_fine_tuning_starts_from_the_init_weights_and_ema_is_exported(run, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from vitkit.train import load_run_config
+    from vitkit.train.checkpoint import load_training_state
+    from vitkit.train.trainer import Trainer
+
+    folder, recipe, _ = run
+    best = folder / "checkpoints" / "best.safetensors"
+    cfg = load_run_config(recipe, [f"model.init={best}", "train.epochs=1", "train.ema_decay=0.9"])
+    trainer = Trainer(cfg, tmp_path / "ft", log=lambda *_: None)
+    start = load_file(best)
+    assert all(torch.equal(v, start[k]) for k, v in trainer.model.state_dict().items())
+    assert trainer.run() == 0
+    state = load_training_state(tmp_path / "ft" / "checkpoints" / "last.state.pt")
+    exported = load_file(tmp_path / "ft" / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(exported[k], v) for k, v in state["ema"].items())  # the EMA is what is exported
+    assert not torch.equal(state["ema"]["head.weight"], state["model"]["head.weight"])
+
+
+def test_first_signal_asks_to_stop_second_sigint_stops_at_once():
+    import os
+    import signal
+
+    from vitkit.train.signals import StopRequest
+
+    with StopRequest(announce=False) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.exit_code == 143
+    with StopRequest(announce=False) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
