@@ -51,6 +51,17 @@ def state_step(run_dir: Path) -> int:
     return load_training_state(run_dir / "checkpoints" / "last.state.pt")["step"]
 
 
+def saved_step(run_dir: Path) -> int:
+    """The step a resume would start from; a kill (or a poll) can fall between the two renames of a save,
+    when only previous.state.pt exists."""
+    for name in ("last", "previous"):
+        try:
+            return load_training_state(run_dir / "checkpoints" / f"{name}.state.pt")["step"]
+        except CheckpointError:
+            continue
+    return 0
+
+
 def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     recipe = tiny_recipe(tmp_path)
     reference = tmp_path / "reference"
@@ -63,10 +74,10 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     interrupted_at = []
     for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        before = state_step(run_dir) if (run_dir / "checkpoints" / "last.state.pt").exists() else 0
+        before = saved_step(run_dir)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:  # wait until this session has saved a step
-            if (run_dir / "checkpoints" / "last.state.pt").exists() and state_step(run_dir) > before:
+            if saved_step(run_dir) > before:
                 break
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
@@ -76,7 +87,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
             break
         expected = -signal.SIGKILL if sig == signal.SIGKILL else 143
         assert proc.returncode == expected, err.decode()[-2000:]
-        interrupted_at.append(state_step(run_dir))
+        interrupted_at.append(saved_step(run_dir))
     assert len(interrupted_at) >= 2 and all(0 < s < EPOCHS * STEPS_PER_EPOCH for s in interrupted_at), interrupted_at
 
     final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
