@@ -14,6 +14,22 @@ import torch
 from ..errors import CheckpointError, DataError
 
 
+def training_recipes() -> list[str]:
+    """Names of the packaged recipes that are training configs (the folder also holds other tools' configs)."""
+    import dataclasses
+
+    import yaml
+
+    from .config import RunConfig, packaged_config_dir
+    keys = {f.name for f in dataclasses.fields(RunConfig)}
+    names = []
+    for path in sorted(packaged_config_dir().glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if isinstance(data, dict) and set(data) <= keys:
+            names.append(path.stem)
+    return names
+
+
 def train_main(argv: list[str] | None = None) -> int:
     from .config import load_run_config, packaged_config_dir
     from .trainer import train
@@ -21,8 +37,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitkit train", description="Train a ViT from a YAML recipe. With no arguments: the digits recipe "
         "(a small ViT on scikit-learn's 8x8 digits, CPU, under a minute).",
-        epilog=f"recipes: {', '.join(sorted(p.stem for p in packaged_config_dir().glob('*.yaml')))} "
-        "(pass --config configs/NAME.yaml or just --config NAME)")
+        epilog=f"recipes: {', '.join(training_recipes())} (pass --config configs/NAME.yaml or just --config NAME)")
     parser.add_argument("--config", help="YAML recipe (a path, or the name of a packaged recipe)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (YAML syntax), e.g. --set optim.lr=3e-4; repeatable")

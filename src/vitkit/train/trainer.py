@@ -32,7 +32,8 @@ from ..config import save_config
 from ..errors import CheckpointError
 from ..model import VisionTransformer, count_parameters
 from . import distributed
-from .checkpoint import find_resumable, load_training_state, rng_state, save_training_state, set_rng_state
+from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
+                         set_rng_state)
 from .config import RunConfig, resolve_model_config
 from .data import RunData, build_data
 from .ema import ModelEma
@@ -51,7 +52,6 @@ def choose_run_dir(cfg: RunConfig, resume: str | None) -> Path:
     if resume == "auto":
         return base
     if resume is not None:
-        from .checkpoint import resolve_state_path
         return resolve_state_path(resume).resolve().parent.parent
     candidate, n = base, 1
     while candidate.exists() and any(candidate.iterdir()):
@@ -138,7 +138,6 @@ class Trainer:
                 return None
             path, state = found
         else:
-            from .checkpoint import resolve_state_path
             path = resolve_state_path(resume)
             state = load_training_state(path)
         if state.get("model_config") != self.model_config.to_dict():
