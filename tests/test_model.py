@@ -195,3 +195,20 @@ def test_config_from_dict_names_bad_keys():
         create_model("vit_bse_patch16_224")
     cfg = ViTConfig.from_dict({"img_size": [32, 48], "patch_size": 8, "n_heads": 4, "embed_dim": 64})
     assert cfg.img_size == (32, 48) and cfg.num_heads == 4 and cfg.grid_size == (4, 6)
+
+
+def test_config_accepts_yaml11_float_strings():
+    # YAML 1.1 (PyYAML) reads `3e-4` without a dot as a string; float fields take it as the number it is.
+    cfg = ViTConfig.from_dict({"drop_path_rate": "1e-1", "norm_eps": "1e-6"})
+    assert cfg.drop_path_rate == 0.1 and cfg.norm_eps == 1e-6
+    with pytest.raises(ConfigError, match=r"config key 'model.norm_eps' must be a number, got 'tiny' \(str\)"):
+        ViTConfig.from_dict({"norm_eps": "tiny"})
+
+
+def test_building_a_model_does_not_import_torchvision():
+    import subprocess
+    import sys
+    code = ("import sys, vitkit; vitkit.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8);"
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

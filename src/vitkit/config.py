@@ -4,6 +4,7 @@ validation of plain dicts into dataclasses, and YAML load/save."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ def _coerce(value: Any, tp, key: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_STRING.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -100,6 +103,9 @@ def _coerce(value: Any, tp, key: str):
     else:
         return value
     raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {_describe(value)}")
+
+
+_FLOAT_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(tp) -> str:
@@ -253,13 +259,13 @@ class ViTConfig:
     @classmethod
     def from_dict(cls, data: dict, section: str = "model") -> "ViTConfig":
         """A validated config from plain data (YAML); aliases as in :meth:`from_kwargs`."""
-        return from_dict(cls, _apply_aliases(dict(data)), section)
+        return from_dict(cls, apply_aliases(dict(data)), section)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "ViTConfig":
         """Like the constructor, also accepting the seeds' and timm's aliases: ``n_heads`` (num_heads),
         ``dropout`` (drop_rate), ``in_chans`` (in_channels)."""
-        return cls(**_apply_aliases(kwargs))
+        return cls(**apply_aliases(kwargs))
 
     @classmethod
     def from_hf(cls, hf: Any, **overrides) -> "ViTConfig":
@@ -281,7 +287,7 @@ class ViTConfig:
 
     def replace(self, **changes) -> "ViTConfig":
         """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **_apply_aliases(changes))
+        return dataclasses.replace(self, **apply_aliases(changes))
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -290,7 +296,8 @@ class ViTConfig:
 _ALIASES = {"n_heads": "num_heads", "dropout": "drop_rate", "in_chans": "in_channels"}
 
 
-def _apply_aliases(kwargs: dict) -> dict:
+def apply_aliases(kwargs: dict) -> dict:
+    """Rename the accepted aliases (``n_heads``, ``dropout``, ``in_chans``) to ViTConfig's field names."""
     for alias, name in _ALIASES.items():
         if alias in kwargs:
             value = kwargs.pop(alias)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import VARIANTS, ViTConfig, _apply_aliases
+from .config import VARIANTS, ViTConfig, apply_aliases
 from .errors import CheckpointError, ConfigError
 
 Tensor = torch.Tensor
@@ -436,7 +436,7 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
     says: heads, eps, pooling, image size) and then ``overrides`` (the caller) win over shape guesses.
     ``img_size`` (the caller's) is taken as the checkpoint's own size only for a position embedding that
     is no square grid plus prefix slots but fits that size (see :func:`_infer_grid`)."""
-    hints, overrides = dict(hints or {}), _apply_aliases(dict(overrides or {}))
+    hints, overrides = dict(hints or {}), apply_aliases(dict(overrides or {}))
     w = state.get("patch_embed.proj.weight")
     if not isinstance(w, Tensor) or w.ndim != 4:
         raise CheckpointError("the weights have no 4-d patch embedding 'patch_embed.proj.weight' "

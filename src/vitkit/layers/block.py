@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.modules.module import _global_forward_hooks
-from torchvision.ops import StochasticDepth
 
 from .attention import MultiHeadAttention
 
@@ -61,6 +60,17 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(h)))
 
 
+def drop_path_layer(p: float) -> nn.Module:
+    """Stochastic depth (drop a whole residual branch per sample), or an identity when ``p`` is 0.
+
+    torchvision's is used; it is imported only when asked for, so that building a model (and starting the
+    CLI) does not pay for importing torchvision."""
+    if p <= 0:
+        return nn.Identity()
+    from torchvision.ops import StochasticDepth
+    return StochasticDepth(p, "row")
+
+
 class LayerScale(nn.Module):
     """Per-channel learned scale of a residual branch (CaiT), initialised small."""
 
@@ -94,11 +104,11 @@ class TransformerBlock(nn.Module):
         self.attn = MultiHeadAttention(embed_dim, num_heads, dropout, use_relative_position, rpb_kwargs,
                                        qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=dropout)
         self.ls1 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.drop_path1 = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+        self.drop_path1 = drop_path_layer(drop_path)
         self.norm2 = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.mlp = Mlp(embed_dim, int(embed_dim * mlp_ratio), act, dropout)
         self.ls2 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.drop_path2 = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+        self.drop_path2 = drop_path_layer(drop_path)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """(B, N, C) -> (B, N, C); with ``return_attention`` also this block's weights (B, H, N, N)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import PRESETS, ViTConfig, _apply_aliases, from_dict, get_preset, load_config, to_dict
+from ..config import PRESETS, ViTConfig, apply_aliases, from_dict, get_preset, load_config, to_dict
 from ..errors import ConfigError
 
 
@@ -159,7 +159,7 @@ def validate(data: dict) -> RunConfig:
     model = dict(cfg.model or {})
     allowed = [f.name for f in dataclasses.fields(ViTConfig)]
     try:
-        model = _apply_aliases(model)
+        model = apply_aliases(model)
     except ConfigError as e:
         raise ConfigError(f"config section 'model': {e}") from None
     for key in model:
