@@ -7,7 +7,7 @@ is forward, cross-entropy and backward; "train step" adds the SGD update (NumPy 
 PyTorch with ``torch.optim.SGD``). Times are the best of ``--repeats`` steps after warm-up (the least
 disturbed by other work on the machine). NumPy's BLAS and PyTorch both use ``--threads`` threads (1 is what
 ``vitkit scratch`` trains with). Not a test: run it by hand and copy the table into
-benchmarks/results_scratch.md.
+BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 1,797 grey 8x8 images of the digits 0-9 (bundled with scikit-learn, no download), 80% for training and 20%
 held out. With 4x4 patches an image is 4 tokens plus [CLS] (with ``--patch-size 2``, 16 tokens plus [CLS]).
 Nothing but NumPy runs the model: the forward pass, the hand-written backward pass and the SGD updates all
-come from vitkit.scratch. See benchmarks/results_scratch.md for the accuracy and time measured.
+come from vitkit.scratch. See BENCHMARKS.md for the accuracy and time measured.
 """
 
 from __future__ import annotations

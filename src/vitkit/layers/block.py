@@ -22,7 +22,7 @@ def _overwritable(*modules: nn.Module) -> bool:
 
     Inference overwrites the MLP's hidden activation and the residual branch outputs instead of allocating new
     tensors: the same kernels give bit-identical values, while fewer fresh tensors mean fewer page faults on
-    the CPU (about 8% of ViT-Ti/16's inference time at batch 32; see benchmarks/results_throughput.md).
+    the CPU (about 8% of ViT-Ti/16's inference time at batch 32; see BENCHMARKS.md).
     """
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or _global_forward_hooks:
         return False
