@@ -43,6 +43,15 @@ def from_dict(cls, data: dict | None, section: str = ""):
         raise ConfigError(f"invalid config section '{section or 'top level'}': {e}") from None
 
 
+def check_positive(obj, names, section: str = "") -> None:
+    """Raise a ConfigError naming the first of the fields ``names`` of ``obj`` that is not a positive integer."""
+    where = f"{section}." if section else ""
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{where}{name} must be a positive integer, got {value!r}")
+
+
 def to_dict(obj) -> dict:
     """A dataclass as plain YAML-safe data (tuples become lists)."""
     def plain(v):
@@ -175,9 +184,7 @@ class ViTConfig:
         if isinstance(self.img_size, list):
             self.img_size = tuple(self.img_size)
         h, w = self.grid_size_of(self.img_size)  # validates divisibility
-        for name in ("patch_size", "in_channels", "embed_dim", "depth", "num_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive(self, ("patch_size", "in_channels", "embed_dim", "depth", "num_heads"))
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
         if self.embed_dim % self.num_heads:

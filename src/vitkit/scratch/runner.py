@@ -25,7 +25,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from vitkit.config import from_dict, load_config
+from vitkit.config import check_positive, from_dict, load_config
 from vitkit.errors import ConfigError
 
 from .data import generate_synthetic_images
@@ -37,12 +37,6 @@ __all__ = ["ModelConfig", "DataConfig", "TrainingConfig", "ScratchConfig", "ViTR
 
 # --------------------------------------------------------------------------------------------------------------
 # The config
-
-
-def _check_positive(section: str, obj, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(obj, name) < 1:
-            raise ConfigError(f"{section}.{name} must be a positive integer, got {getattr(obj, name)}")
 
 
 @dataclass
@@ -59,7 +53,7 @@ class ModelConfig:
     num_classes: int = 10
 
     def __post_init__(self):
-        _check_positive("model", self, tuple(f.name for f in dataclasses.fields(self)))
+        check_positive(self, tuple(f.name for f in dataclasses.fields(self)), "model")
         if self.dim_model % self.num_heads:
             raise ConfigError(f"model.dim_model ({self.dim_model}) must be divisible by model.num_heads "
                               f"({self.num_heads})")
@@ -78,7 +72,7 @@ class DataConfig:
     random_seed: int = 0
 
     def __post_init__(self):
-        _check_positive("data", self, ("n_train", "n_test"))
+        check_positive(self, ("n_train", "n_test"), "data")
         if self.noise < 0:
             raise ConfigError(f"data.noise must be >= 0, got {self.noise}")
 
@@ -100,7 +94,7 @@ class TrainingConfig:
     threads: int = 1
 
     def __post_init__(self):
-        _check_positive("training", self, ("epochs", "batch_size"))
+        check_positive(self, ("epochs", "batch_size"), "training")
         if not self.learning_rate > 0:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if self.threads < 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import PRESETS, ViTConfig, apply_aliases, from_dict, get_preset, load_config, to_dict
+from ..config import PRESETS, ViTConfig, apply_aliases, check_positive, from_dict, get_preset, load_config, to_dict
 from ..errors import ConfigError
 
 
@@ -39,9 +39,7 @@ class DataConfig:
     randaugment: bool = True
 
     def __post_init__(self):
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be a positive integer, got {getattr(self, name)}")
+        check_positive(self, ("batch_size", "eval_batch_size"), "data")
 
 
 @dataclass
@@ -66,8 +64,7 @@ class OptimConfig:
             raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"optim.label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.accum_steps < 1:
-            raise ConfigError(f"optim.accum_steps must be a positive integer, got {self.accum_steps}")
+        check_positive(self, ("accum_steps",), "optim")
         if self.warmup_epochs < 0:
             raise ConfigError(f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
@@ -85,8 +82,7 @@ class LoopConfig:
     threads: int | None = None  # torch.set_num_threads; None: PyTorch's default
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"train.epochs must be a positive integer, got {self.epochs}")
+        check_positive(self, ("epochs",), "train")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.checkpoint_every_steps < 0:
