@@ -51,3 +51,14 @@ def test_wrong_architecture_lists_differences(tmp_path):
     message = str(info.value)
     assert "does not fit this model" in message
     assert "cls_token (1, 1, 24) vs (1, 1, 32)" in message and "missing: blocks.2.norm1.weight" in message
+
+
+def test_atomic_write_keeps_old_file_and_leaves_no_temporary_on_failure(tmp_path):
+    from vitkit.fileio import atomic_path, atomic_write_text
+    path = atomic_write_text(tmp_path / "sub" / "results.json", "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half-writ")
+            raise RuntimeError("interrupted mid-write")
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]

@@ -4,7 +4,6 @@ names, normalisation) in its header, so a weights file alone rebuilds the model.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch import nn
 
 from .config import ViTConfig
 from .errors import CheckpointError
+from .fileio import atomic_path
 
 WEIGHTS_SUFFIX = ".safetensors"
 
@@ -36,14 +36,12 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
     path = Path(path)
     if path.suffix != WEIGHTS_SUFFIX:
         path = path.with_name(path.name + WEIGHTS_SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": "vitkit", "metadata": json.dumps(metadata or {})}
     if isinstance(getattr(model, "config", None), ViTConfig):
         header["vitkit_config"] = json.dumps(model.config.to_dict())
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 # --------------------------------------------------------------------------------------------------------------
 # Typed dict -> dataclass
@@ -387,8 +388,4 @@ def save_config(config: dict, save_path: str | Path) -> None:
     """Write a dict (or dataclass) as YAML, atomically, creating parent folders."""
     if dataclasses.is_dataclass(config):
         config = to_dict(config)
-    path = Path(save_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(save_path, yaml.safe_dump(config, sort_keys=False))

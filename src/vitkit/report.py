@@ -19,6 +19,7 @@ import numpy as np
 
 from . import visualize as viz
 from .errors import DataError
+from .fileio import atomic_write_text
 
 MAX_EVAL_IMAGES = 3000  # enough for a stable confusion matrix, a few seconds on a laptop CPU
 NUM_ATTENTION_IMAGES = 4
@@ -232,11 +233,7 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
             f'<header><div class="wrap"><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></div></header>'
             f'<main><div class="wrap">{"".join(sections)}</div></main>'
             f'<footer>Written by vitkit from {html.escape(str(run["dir"]))}.</footer></body></html>\n')
-    path = run["dir"] / "report.html"
-    tmp = path.with_name("report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(run["dir"] / "report.html", page)
 
 
 def _config_part(name: str, part: dict) -> str:

@@ -24,24 +24,11 @@ from torch import nn
 
 from ..checkpoint import check_state_dict
 from ..errors import CheckpointError
+from ..fileio import atomic_path
 
 STATE_FORMAT = "vitkit-train-state"
 STATE_SUFFIX = ".state.pt"
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "batch", "step", "best_accuracy", "rng")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Atomic files
-
-
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to ``path.tmp`` and rename over ``path``: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def read_torch_file(path: str | Path, what: str = "checkpoint") -> dict:
@@ -96,12 +83,10 @@ def save_training_state(state: dict, checkpoint_dir: str | Path) -> Path:
     """Write ``last.state.pt``, keeping the one it replaces as ``previous.state.pt``."""
     checkpoint_dir = Path(checkpoint_dir)
     last = checkpoint_dir / f"last{STATE_SUFFIX}"
-    tmp = checkpoint_dir / f"last{STATE_SUFFIX}.tmp"
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": STATE_FORMAT, **state}, tmp)
-    if last.exists():
-        os.replace(last, checkpoint_dir / f"previous{STATE_SUFFIX}")
-    os.replace(tmp, last)
+    with atomic_path(last) as tmp:
+        torch.save({"format": STATE_FORMAT, **state}, tmp)
+        if last.exists():  # only once the new state is fully written
+            os.replace(last, checkpoint_dir / f"previous{STATE_SUFFIX}")
     return last
 
 
@@ -162,10 +147,11 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, e
                     save_path: str | Path) -> None:
     """Save model weights, optimizer state, epoch and metrics to one file, atomically."""
     config = getattr(model, "config", None)
-    atomic_save({"model": model.state_dict(),
-                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                 "epoch": int(epoch), "metrics": dict(metrics),
-                 "model_config": config.to_dict() if hasattr(config, "to_dict") else None}, save_path)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "epoch": int(epoch), "metrics": dict(metrics),
+             "model_config": config.to_dict() if hasattr(config, "to_dict") else None}
+    with atomic_path(save_path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None,

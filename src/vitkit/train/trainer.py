@@ -30,6 +30,7 @@ from torch import nn
 from .. import checkpoint as weights_io
 from ..config import save_config
 from ..errors import CheckpointError
+from ..fileio import atomic_write_text
 from ..model import VisionTransformer, count_parameters
 from . import distributed
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
@@ -241,9 +242,7 @@ class Trainer:
             "parameters": count_parameters(self.model), "device": str(self.device),
             "world_size": self.ctx.world_size, "ema": self.ema is not None,
         }
-        tmp = self.run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "results.json")
+        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         return results
 
     # ---------------------------------------------------------------------------------------------------------
