@@ -113,6 +113,24 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_explicit_attention_trains_like_fused(relative):
+    """attn_impl='explicit' is the same model: same keys, same logits and gradients up to float64 rounding,
+    with attention dropout off (the two draw different dropout masks)."""
+    torch.manual_seed(0)
+    fused = tiny(use_relative_position=relative, reg_tokens=1).double().train()
+    explicit = tiny(use_relative_position=relative, reg_tokens=1, attn_impl="explicit").double().train()
+    explicit.load_state_dict(fused.state_dict())
+    assert all(not b.attn.fused for b in explicit.blocks) and all(b.attn.fused for b in fused.blocks)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    for model in (fused, explicit):
+        model(x).logsumexp(-1).sum().backward()
+    torch.testing.assert_close(explicit(x), fused(x), rtol=0, atol=1e-12)
+    grads = dict(fused.named_parameters())
+    for name, p in explicit.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=0, atol=1e-12, msg=name)
+
+
 def test_attention_maps_only_for_requested_layers(monkeypatch):
     model = tiny(depth=4).eval()
     calls = []
@@ -180,6 +198,7 @@ def test_compile_and_export_match_eager():
      r"window_size \(7, 7\) must match the patch grid \(4, 4\)"),
     (dict(num_heads=3, n_heads=4), r"n_heads=4 contradicts num_heads=3"),
     (dict(pool="cls", class_token=False), r"pool='cls' needs class_token=True"),
+    (dict(attn_impl="flash"), r"attn_impl must be one of 'fused', 'explicit', got 'flash'"),
 ])
 def test_invalid_configs_name_argument_and_values(kwargs, message):
     with pytest.raises(ValueError, match=message):

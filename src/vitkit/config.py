@@ -142,6 +142,7 @@ def _describe(value) -> str:
 
 PoolType = Literal["cls", "mean"]
 PosEmbedType = Literal["learn", "sincos2d", "none"]
+AttnImpl = Literal["fused", "explicit"]
 
 
 @dataclass
@@ -152,6 +153,9 @@ class ViTConfig:
     by :meth:`from_hf`. ``pool="cls"`` classifies from the [CLS] token, ``"mean"`` from the average patch
     token (then ``fc_norm`` defaults to on and the final ``norm`` moves after pooling, as in timm).
     ``norm_style="post"`` with ``act="relu"`` and ``final_norm=False`` is the network of vitkit.scratch.
+    ``attn_impl="fused"`` runs ``scaled_dot_product_attention`` (what timm runs: logits equal timm's bit for
+    bit); ``"explicit"`` runs matmul-softmax-matmul, which trains faster on a CPU for short sequences (Hugging
+    Face's ``attn_implementation="eager"``). It changes no weights, only the float rounding.
     """
 
     img_size: int | tuple[int, int] = 224
@@ -180,6 +184,7 @@ class ViTConfig:
     norm_style: Literal["pre", "post"] = "pre"
     act: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
     dynamic_img_size: bool = False
+    attn_impl: AttnImpl = "fused"
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
@@ -192,7 +197,7 @@ class ViTConfig:
             raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         for name, choices in (("pool", PoolType), ("pos_embed", PosEmbedType),
                               ("norm_style", Literal["pre", "post"]),
-                              ("act", Literal["gelu", "gelu_tanh", "relu"])):
+                              ("act", Literal["gelu", "gelu_tanh", "relu"]), ("attn_impl", AttnImpl)):
             if getattr(self, name) not in typing.get_args(choices):
                 raise ConfigError(f"{name} must be one of {', '.join(map(repr, typing.get_args(choices)))}, "
                                   f"got {getattr(self, name)!r}")

@@ -70,7 +70,7 @@ class VisionTransformer(nn.Module):
             TransformerBlock(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position,
                              rpb_kwargs, qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
                              layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps,
-                             norm_style=cfg.norm_style, act=cfg.act)
+                             norm_style=cfg.norm_style, act=cfg.act, fused_attn=cfg.attn_impl == "fused")
             for i in range(cfg.depth))
         use_fc_norm = cfg.use_fc_norm
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and not use_fc_norm else nn.Identity()

@@ -1,5 +1,5 @@
 """Multi-head self-attention: fused (``scaled_dot_product_attention``) by default, explicit when the attention
-weights are wanted."""
+weights are wanted or when asked for (``fused=False``: faster for short sequences on a CPU)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,16 @@ class MultiHeadAttention(nn.Module):
     relative position bias, which the fused kernel receives as its additive mask.
 
     ``dropout`` is used for both the attention weights and the output projection unless ``attn_drop`` or
-    ``proj_drop`` are given.
+    ``proj_drop`` are given. ``fused=False`` always computes the attention explicitly (matmul, softmax,
+    matmul). The fused kernel is what timm runs, so it matches timm bit for bit. On a CPU, with sequences of
+    a few dozen tokens, PyTorch's fused kernel has a large fixed cost. There the explicit form trains about
+    1.2x faster, for example 17 tokens of 28x28 images in 7x7 patches (BENCHMARKS.md). The two agree to
+    float rounding.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, use_relative_position: bool = False,
                  rpb_kwargs: dict | None = None, *, qkv_bias: bool = True, attn_drop: float | None = None,
-                 proj_drop: float | None = None, scale: bool = True):
+                 proj_drop: float | None = None, scale: bool = True, fused: bool = True):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
@@ -52,6 +56,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.attn_drop = dropout if attn_drop is None else attn_drop
         self.scale = scale
+        self.fused = fused
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
         self.attention = ScaledDotProductAttention(scale=scale, dropout=self.attn_drop)
         self.proj = nn.Linear(embed_dim, embed_dim)
@@ -75,7 +80,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"the relative position bias covers {bias.shape[-1]} tokens but the input has {n}")
             bias = bias.to(q.dtype)
         attn = None
-        if return_attention:
+        if return_attention or not self.fused:
             out, attn = self.attention(q, k, v, bias)
         else:
             out = F.scaled_dot_product_attention(

@@ -93,7 +93,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  use_relative_position: bool = False, rpb_kwargs: dict | None = None, *, qkv_bias: bool = True,
                  attn_drop: float | None = None, drop_path: float = 0.0, layer_scale_init: float | None = None,
-                 norm_eps: float = 1e-6, norm_style: str = "pre", act: str = "gelu"):
+                 norm_eps: float = 1e-6, norm_style: str = "pre", act: str = "gelu", fused_attn: bool = True):
         super().__init__()
         if norm_style not in ("pre", "post"):
             raise ValueError(f"norm_style must be 'pre' or 'post', got {norm_style!r}")
@@ -102,7 +102,8 @@ class TransformerBlock(nn.Module):
         self.pre_norm = norm_style == "pre"
         self.norm1 = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.attn = MultiHeadAttention(embed_dim, num_heads, dropout, use_relative_position, rpb_kwargs,
-                                       qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=dropout)
+                                       qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=dropout,
+                                       fused=fused_attn)
         self.ls1 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path1 = drop_path_layer(drop_path)
         self.norm2 = nn.LayerNorm(embed_dim, eps=norm_eps)
