@@ -55,6 +55,20 @@ def test_train_writes_a_complete_run_folder(run):
     assert not any(n.endswith(".tmp") for n in names)
 
 
+def test_tensorboard_events_hold_the_metrics_csv_values(run):
+    """With tensorboard installed (it is in the dev extra), every metrics.csv column is a scalar per epoch."""
+    from tensorboard.backend.event_processing import event_accumulator
+    folder, _, _ = run
+    events = event_accumulator.EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    with (folder / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for column in METRICS_COLUMNS[1:]:
+        scalars = events.Scalars(column)
+        assert [s.step for s in scalars] == [1, 2], column
+        assert [s.value for s in scalars] == pytest.approx([float(r[column]) for r in rows], rel=1e-5), column
+
+
 def test_a_second_run_never_overwrites_the_first(run, capsys):
     folder, recipe, _ = run
     assert main(["train", "--config", str(recipe), "--set", "train.epochs=1"]) == 0
