@@ -1,17 +1,23 @@
-"""A 2-process gloo run (torchrun) takes the same steps as a 1-process run with the same global batch."""
+"""2-process gloo runs (torchrun): the same steps as a 1-process run with the same global batch, and a run
+killed with SIGKILL then resumed with ``--resume auto`` ends bit-identical to an uninterrupted one."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import torch
 import yaml
 from safetensors.torch import load_file
 
+from vitkit.errors import CheckpointError
 from vitkit.train import load_run_config, train
+from vitkit.train.checkpoint import load_training_state
 
 
-def test_two_process_gloo_run_matches_one_process(tmp_path):
+def recipe(tmp_path, **overrides):
     cfg = {
         "name": "ddp", "out_dir": str(tmp_path / "runs"), "device": "cpu", "report": False, "seed": 1,
         "data": {"dataset": "digits", "batch_size": 64, "crop_padding": 0},  # rank-independent batches
@@ -20,22 +26,59 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
         "optim": {"lr": 3.0e-3, "warmup_epochs": 0.5},
         "train": {"epochs": 1, "threads": 1},
     }
-    recipe = tmp_path / "ddp.yaml"
-    recipe.write_text(yaml.safe_dump(cfg))
+    for section, values in overrides.items():
+        cfg[section].update(values)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
+
+def torchrun(path, *args, **popen):
+    """A 2-process gloo `vitkit train` (a Popen, so the caller can wait for it or kill it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "vitkit", "train", "--config", str(path), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finished(proc) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def weights(run_dir):
+    return load_training_state(run_dir / "checkpoints" / "last.state.pt")["model"]
+
+
+def test_two_process_gloo_run_matches_one_process(tmp_path):
+    path = recipe(tmp_path)
     threads = torch.get_num_threads()
     try:
-        assert train(load_run_config(recipe), run_dir=tmp_path / "single", log=lambda *_: None) == 0
+        assert train(load_run_config(path), run_dir=tmp_path / "single", log=lambda *_: None) == 0
     finally:
         torch.set_num_threads(threads)
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "vitkit", "train", "--config", str(recipe)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 processes" in proc.stdout and proc.stdout.count("epoch   1/1") == 1  # rank 0 alone logs
+    out = finished(torchrun(path))
+    assert "2 processes" in out and out.count("epoch   1/1") == 1  # rank 0 alone logs
 
     single = load_file(tmp_path / "single" / "checkpoints" / "last.safetensors")
     multi = load_file(tmp_path / "runs" / "ddp" / "checkpoints" / "last.safetensors")
@@ -43,3 +86,37 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
     for name in single:
         torch.testing.assert_close(multi[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
     assert not torch.equal(single["head.weight"], torch.zeros_like(single["head.weight"]))
+
+
+def test_killed_two_process_run_resumes_bit_identical(tmp_path):
+    """Random crops (each rank draws its own), dropout and mid-epoch checkpoints: every rank's RNG and loader
+    position must come back for the resumed run to equal the uninterrupted one."""
+    path = recipe(tmp_path, data={"crop_padding": 1, "batch_size": 32}, model={"drop_rate": 0.1},
+                  train={"epochs": 2, "checkpoint_every_steps": 1, "deterministic": True})
+    finished(torchrun(path, "--set", "name=reference"))
+    steps = 2 * (1437 // 32)
+
+    run_dir = tmp_path / "runs" / "ddp"
+    proc = torchrun(path, "--resume", "auto")
+    deadline, step = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None and step < 3:  # early in the first epoch
+        try:
+            step = load_training_state(run_dir / "checkpoints" / "last.state.pt")["step"]
+        except (CheckpointError, FileNotFoundError):
+            pass
+        time.sleep(0.02)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and both workers (in sessions of their own)
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0, f"the run ended before the kill (last step seen: {step})"
+    killed_at = max(load_training_state(run_dir / "checkpoints" / n)["step"] for n in ("last.state.pt", "previous.state.pt")
+                    if (run_dir / "checkpoints" / n).exists())
+    assert 0 < killed_at < steps
+
+    out = finished(torchrun(path, "--resume", "auto"))
+    assert "resumed from" in out
+    ours, theirs = weights(run_dir), weights(tmp_path / "runs" / "reference")
+    assert load_training_state(run_dir / "checkpoints" / "last.state.pt")["step"] == steps
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), f"{name} differs after a resume from step {killed_at}"
