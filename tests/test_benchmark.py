@@ -55,7 +55,10 @@ def test_tiny_run_against_timm_is_well_formed(mode):
     assert report.paired_ratios == pytest.approx(
         [a / b for a, b in zip(*(m.window_images_per_s for m in report.results))])
     assert report.paired_ratio == sorted(report.paired_ratios)[1]
-    assert report.max_logit_diff == 0.0  # same weights, same ops: timm's logits to the bit
+    if mode == "infer":
+        assert report.max_logit_diff == 0.0  # same weights, same ops: timm's logits to the bit
+    else:  # training mode on a CPU embeds patches with a matrix product instead of timm's convolution
+        assert 0.0 <= report.max_logit_diff <= 1e-5
     text = bm.format_report(report)
     assert text.count("| vit_tiny_patch16_224 |") == 2 and "vitkit vs timm" in text
 

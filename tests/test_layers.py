@@ -146,17 +146,40 @@ def test_layer_scale_and_drop_path():
     assert not torch.equal(block(x), x)
 
 
+def autograd_nodes(t: torch.Tensor) -> set[str]:
+    """The names of every node in ``t``'s backward graph."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in seen:
+            seen.add(type(node).__name__)
+            todo += [n for n, _ in node.next_functions]
+    return seen
+
+
 def test_patch_embedding_is_linear_map_of_patches():
+    """Both paths (the convolution in eval mode, the matrix product in training mode on a CPU) equal
+    F.unfold's patches times the weight, on a non-square image; their weight gradients agree too."""
     torch.manual_seed(0)
-    pe = PatchEmbedding(8, 4, 3, 5).double()
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    out = pe(x)
-    assert out.shape == (2, 4, 5)
+    pe = PatchEmbedding((8, 12), 4, 3, 5).double()
+    x = torch.randn(2, 3, 8, 12, dtype=torch.float64)
     patches = x.unfold(2, 4, 4).unfold(3, 4, 4)  # (B, C, gh, gw, P, P)
-    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(2, 4, 48)  # (B, N, C*P*P), row-major patch order
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(2, 6, 48)  # (B, N, C*P*P), row-major patch order
     expected = patches @ pe.proj.weight.reshape(5, 48).T + pe.proj.bias
-    torch.testing.assert_close(out, expected)
-    with pytest.raises(ValueError, match="expected 8x8 images, got 12x12"):
+    conv = pe.eval()(x)  # the convolution
+    trained = pe.train()(x)  # training mode on a CPU: the matrix product
+    assert "ConvolutionBackward0" not in autograd_nodes(trained) and "AddmmBackward0" in autograd_nodes(trained)
+    assert "ConvolutionBackward0" in autograd_nodes(pe.proj(x))
+    torch.testing.assert_close(conv, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(trained, expected, rtol=0, atol=1e-12)
+    grad_out = torch.randn_like(expected)
+    (trained * grad_out).sum().backward()
+    via_matmul = pe.proj.weight.grad.clone()
+    pe.zero_grad()
+    y = pe.proj(x).flatten(2).transpose(1, 2)  # the convolution, with its own backward
+    (y * grad_out).sum().backward()
+    torch.testing.assert_close(via_matmul, pe.proj.weight.grad, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="expected 8x12 images, got 12x12"):
         pe(torch.randn(1, 3, 12, 12, dtype=torch.float64))
     with pytest.raises(ValueError, match="divisible"):
         PatchEmbedding(10, 4, 3, 5)
