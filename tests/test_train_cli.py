@@ -160,6 +160,16 @@ def test_bad_training_states_and_configs_exit_2(run, tmp_path, capsys):
     one_error_line(capsys, "unknown config key 'train.epoch'; expected one of: epochs,")
 
 
+def test_compile_without_a_compiler_is_one_sentence(run, tmp_path, monkeypatch, capsys):
+    _, recipe, _ = run
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    out = tmp_path / "runs"
+    assert main(["train", "--config", str(recipe), "--set", "train.compile=true", "--set", f"out_dir={out}"]) == 2
+    one_error_line(capsys, "train.compile=true on the CPU needs a C++ compiler")
+    assert not any(out.glob("*/checkpoints/*"))  # nothing trained, nothing written
+
+
 def test_resume_of_a_finished_run_trains_nothing_more(run, capsys):
     folder, _, _ = run
     before = (folder / "checkpoints" / "last.safetensors").read_bytes()

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -29,7 +30,7 @@ from torch import nn
 
 from .. import checkpoint as weights_io
 from ..config import save_config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_text
 from ..model import VisionTransformer, count_parameters
 from . import distributed
@@ -59,6 +60,14 @@ def choose_run_dir(cfg: RunConfig, resume: str | None) -> Path:
         n += 1
         candidate = base.with_name(f"{cfg.name}-{n}")
     return candidate
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile for a CPU builds C++ kernels: without a compiler it would fail deep inside the first
+    step, so say so before anything runs."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++", "c++")):
+        raise ConfigError("train.compile=true on the CPU needs a C++ compiler (g++ or clang++ on the PATH, or "
+                          "$CXX); install one or set train.compile=false")
 
 
 class Trainer:
@@ -106,6 +115,7 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:
+            check_compiler(self.device)
             self.train_model = torch.compile(self.train_model)
         self.stop = StopRequest(announce=ctx.is_main)
         self.tb = self.tensorboard() if ctx.is_main else None
