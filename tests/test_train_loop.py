@@ -12,7 +12,8 @@ from vitkit.data import DeviceLoader, load_dataset
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.train import evaluate, load_checkpoint, load_run_config, save_checkpoint, train_epoch
 from vitkit.train.ema import ModelEma
-from vitkit.train.optim import WarmupCosine, param_groups
+from vitkit.train.config import OptimConfig
+from vitkit.train.optim import WarmupCosine, build_optimizer, param_groups
 
 
 def tiny_model(**kw):
@@ -65,6 +66,27 @@ def test_layer_decay_scales_lr_by_depth():
     assert scale["patch_embed.proj.weight"] == scale["pos_embed"] == 0.5 ** 3
     assert scale["blocks.0.attn.qkv.weight"] == 0.5 ** 2 and scale["blocks.1.mlp.fc1.bias"] == 0.5
     assert scale["head.weight"] == scale["norm.bias"] == 1.0
+
+
+def test_cpu_optimizer_is_fused_adamw_with_the_reference_update():
+    """The fused kernel on the CPU takes the same steps as PyTorch's reference AdamW (for-loop)."""
+    torch.manual_seed(0)
+    model, reference = tiny_model(qkv_bias=False), tiny_model(qkv_bias=False)  # no key bias: see below
+    reference.load_state_dict(model.state_dict())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
+    fused = build_optimizer(model, cfg, torch.device("cpu"))
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(param_groups(reference, cfg.weight_decay), lr=cfg.lr, foreach=False)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        for m, opt in ((model, fused), (reference, plain)):
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert not torch.equal(p, start[name]), name
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_warmup_then_cosine():
