@@ -40,8 +40,8 @@ class MultiHeadAttention(nn.Module):
     ``dropout`` is used for both the attention weights and the output projection unless ``attn_drop`` or
     ``proj_drop`` are given. ``fused=False`` always computes the attention explicitly (matmul, softmax,
     matmul). The fused kernel is what timm runs, so it matches timm bit for bit. On a CPU, with sequences of
-    a few dozen tokens, PyTorch's fused kernel has a large fixed cost. There the explicit form trains about
-    1.2x faster, for example 17 tokens of 28x28 images in 7x7 patches (BENCHMARKS.md). The two agree to
+    a few dozen tokens, PyTorch's fused kernel has a large fixed cost. There the explicit form trains 1.1-1.2x
+    faster, for example on 17 tokens of 28x28 images in 7x7 patches (BENCHMARKS.md). The two agree to
     float rounding.
     """
 
