@@ -27,6 +27,19 @@ def require_data(name: str) -> Path:
     return path
 
 
+def saved_step(run_dir: Path) -> int:
+    """The step a resume of the run folder would start from (0: none saved yet). A kill, or a poll, can fall
+    between the two renames of a save, when only previous.state.pt exists."""
+    from vitkit.errors import CheckpointError
+    from vitkit.train.checkpoint import load_training_state
+    for name in ("last", "previous"):
+        try:
+            return load_training_state(run_dir / "checkpoints" / f"{name}.state.pt")["step"]
+        except CheckpointError:
+            continue
+    return 0
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vitkit.errors import CheckpointError
+from conftest import saved_step
+
 from vitkit.train import load_run_config, train
 from vitkit.train.checkpoint import load_training_state
 
@@ -98,19 +99,14 @@ def test_killed_two_process_run_resumes_bit_identical(tmp_path):
 
     run_dir = tmp_path / "runs" / "ddp"
     proc = torchrun(path, "--resume", "auto")
-    deadline, step = time.time() + 120, 0
-    while time.time() < deadline and proc.poll() is None and step < 3:  # early in the first epoch
-        try:
-            step = load_training_state(run_dir / "checkpoints" / "last.state.pt")["step"]
-        except (CheckpointError, FileNotFoundError):
-            pass
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and saved_step(run_dir) < 3:  # early in epoch 1
         time.sleep(0.02)
     for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and both workers (in sessions of their own)
         os.kill(pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0, f"the run ended before the kill (last step seen: {step})"
-    killed_at = max(load_training_state(run_dir / "checkpoints" / n)["step"] for n in ("last.state.pt", "previous.state.pt")
-                    if (run_dir / "checkpoints" / n).exists())
+    proc.communicate(timeout=60)
+    killed_at = saved_step(run_dir)
+    assert proc.returncode != 0, f"the run ended before the kill (at step {killed_at})"
     assert 0 < killed_at < steps
 
     out = finished(torchrun(path, "--resume", "auto"))

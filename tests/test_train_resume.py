@@ -15,6 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import saved_step
+
 from vitkit.errors import CheckpointError
 from vitkit.train import load_run_config, train
 from vitkit.train.checkpoint import find_resumable, load_training_state
@@ -49,17 +51,6 @@ def run_in_process(recipe: Path, run_dir: Path, sets=()) -> int:
 
 def state_step(run_dir: Path) -> int:
     return load_training_state(run_dir / "checkpoints" / "last.state.pt")["step"]
-
-
-def saved_step(run_dir: Path) -> int:
-    """The step a resume would start from; a kill (or a poll) can fall between the two renames of a save,
-    when only previous.state.pt exists."""
-    for name in ("last", "previous"):
-        try:
-            return load_training_state(run_dir / "checkpoints" / f"{name}.state.pt")["step"]
-        except CheckpointError:
-            continue
-    return 0
 
 
 def test_killed_and_resumed_run_is_bit_identical(tmp_path):
