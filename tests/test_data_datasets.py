@@ -263,7 +263,7 @@ def test_learnable_synthetic_set_is_balanced_and_separable():
 def test_missing_folder_names_folder_and_remedy(tmp_path, monkeypatch):
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path))
     assert default_root("cifar10") == tmp_path / "cifar-10"
-    with pytest.raises(DataError, match=r"cifar-10 is missing or empty; pass download=True .* VITKIT_DATA"):
+    with pytest.raises(DataError, match=r"cifar-10 is missing or empty; set VITKIT_DATA .* --set data.download=true \(vitkit train\) or download=True"):
         load_dataset("cifar10")
     monkeypatch.delenv("VITKIT_DATA")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -145,7 +145,7 @@ def test_cifar10_archive_download_extract_and_load(server, tmp_path, monkeypatch
     monkeypatch.setitem(download.RESOURCES, "cifar10", {"mirrors": [server.url], "extract": True,
                         "files": {"cifar-10-python.tar.gz": hashlib.md5(archive).hexdigest()}})
     monkeypatch.setenv("VITKIT_DATA", str(tmp_path))
-    with pytest.raises(DataError, match="pass download=True"):
+    with pytest.raises(DataError, match="fetch it with --set data.download=true"):
         load_dataset("cifar10")
     ds = load_dataset("cifar10", download=True)
     assert len(ds) == 10 and ds.labels.tolist() == [1, 7] * 5 and (tmp_path / "cifar-10" / "cifar-10-batches-py").is_dir()

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vitkit.data import (IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, imagefolder_loaders, load_dataset,
+from vitkit.data import (IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, Preprocess, load_dataset, open_splits,
                          preprocess_image)
+from vitkit.data.splits import eval_set
 from vitkit.errors import ConfigError, DataError
 
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -46,9 +47,9 @@ def test_greyscale_rgba_and_16_bit_rules(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")  # a real 16-bit PNG (PIL opens it as I;16 or I)
     torch.testing.assert_close(preprocess_image(tmp_path / "deep.png", 6), _norm([0.2] * 3).expand(1, 3, 6, 6))
     rgb = np.zeros((4, 4, 3), np.float32)
-    rgb[..., 1] = 1.0  # green, one-channel statistics -> luma 0.587
+    rgb[..., 1] = 1.0  # green, one-channel statistics -> luma 0.587, in 8 bits round(0.587 * 255) = 150
     out = preprocess_image(rgb, 4, mean=(0.5,), std=(0.25,))
-    torch.testing.assert_close(out, torch.full((1, 1, 4, 4), (0.587 - 0.5) / 0.25))
+    torch.testing.assert_close(out, torch.full((1, 1, 4, 4), (150 / 255 - 0.5) / 0.25))
 
 
 def test_bad_inputs_raise_data_errors(tmp_path):
@@ -111,20 +112,22 @@ def test_truncated_image_raises_when_strict_and_never_gives_a_wrong_label(tmp_pa
     assert round(float(image[0, 0, 0]) * 255) == 40 * (label + 1)  # the substitute carries its own label
 
 
-def test_imagefolder_loaders_split_and_pipelines(tmp_path):
+def test_folder_splits_and_the_evaluation_pipeline(tmp_path):
     root = _folder(tmp_path / "one", n=10)
-    train, evaluation = imagefolder_loaders(root, 16, 4, workers=0, val_fraction=0.2, seed=0)
-    assert len(train.dataset) == 24 and len(evaluation.dataset) == 6
-    assert sorted(evaluation.dataset.targets) == [0, 0, 1, 1, 2, 2]  # stratified
-    assert not {p for p, _ in train.dataset.samples} & {p for p, _ in evaluation.dataset.samples}
-    x, y = next(iter(train))
+    splits = open_splits(f"imagefolder:{root}", val_fraction=0.2, split_seed=0)
+    train, val = splits.parts["train"], splits.parts["val"]
+    assert len(train) == 24 and len(val) == 6 and "test" not in splits.parts
+    assert sorted(val.targets) == [0, 0, 1, 1, 2, 2]  # stratified
+    assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    preprocess = Preprocess(16, IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875)
+    ev = eval_set(splits, "val", preprocess, 4)
+    x, y = next(iter(ev.loader))  # flat colours: resize + center-crop + normalise is exact
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
-    x, y = next(iter(evaluation))  # flat colours: resize + center-crop + normalise is exact
     colour = torch.tensor([40.0 * (k + 1) for k in y.tolist()]).view(-1, 1, 1, 1) / 255
     torch.testing.assert_close(x, ((colour - MEAN) / STD).expand(len(y), 3, 16, 16), atol=1e-5, rtol=0)
     split = tmp_path / "split"
     _folder(split / "train", n=3)
     _folder(split / "val", n=2)
-    train, evaluation = imagefolder_loaders(split, 8, 2, workers=0)
-    assert len(train.dataset) == 9 and len(evaluation.dataset) == 6
+    splits = open_splits(f"imagefolder:{split}")
+    assert (len(splits.parts["train"]), len(splits.parts["val"])) == (9, 6)
     assert len(load_dataset(f"imagefolder:{split}", split="train")) == 9

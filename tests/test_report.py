@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import types
 
 import pytest
 import torch
@@ -17,7 +16,10 @@ from PIL import Image
 
 from vitkit import VisionTransformer
 from vitkit.checkpoint import save_weights
+from vitkit.data import ImageDataset, Preprocess, Splits
+from vitkit.data.splits import eval_set
 from vitkit.report import write_report
+from vitkit.train import evaluate
 
 CLASSES = ["zero", "one", "two", "three"]
 
@@ -38,9 +40,12 @@ def fake_run(root, relative=False):
     (run / "results.json").write_text(json.dumps({"test_accuracy": 0.5321, "test_loss": 1.1, "best_epoch": 3,
                                                   "confusion_matrix": [[1, 0], [0, 1]]}))
     g = torch.Generator().manual_seed(0)
-    data = types.SimpleNamespace(images=torch.randint(0, 256, (120, 1, 8, 8), dtype=torch.uint8, generator=g),
-                                 labels=torch.arange(120) % 4, classes=CLASSES, mean=(0.4,), std=(0.3,))
-    return run, model, data
+    test = ImageDataset(torch.randint(0, 256, (120, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(120) % 4,
+                        CLASSES, (0.4,), (0.3,), name="digits")
+    splits = Splits("digits", CLASSES, 1, {"test": test}, "test only", image_size=(8, 8), mean=(0.4,), std=(0.3,))
+    ev = eval_set(splits, "test", Preprocess(8, (0.4,), (0.3,)), 32)
+    predictions = evaluate(model, ev.loader, torch.nn.CrossEntropyLoss(), "cpu")["predictions"]
+    return run, model, (ev, predictions)
 
 
 def embedded_pngs(page):
@@ -52,8 +57,8 @@ def embedded_pngs(page):
 def report(tmp_path_factory):
     """The report of a fake run with a relative position bias, written once for the tests below."""
     torch.manual_seed(0)
-    run, model, data = fake_run(tmp_path_factory.mktemp("report"), relative=True)
-    path = write_report(run, model, data, max_images=100)
+    run, model, (ev, predictions) = fake_run(tmp_path_factory.mktemp("report"), relative=True)
+    path = write_report(run, model, ev, predictions)
     assert path == run / "report.html"
     return path
 
@@ -66,16 +71,17 @@ def test_report_is_self_contained_and_shows_the_run(report):
     assert not re.search(r'(src|href)="(?!data:)', page) and "<script" not in page  # nothing to fetch or run
     assert "53.21%" in page  # results.json's headline accuracy as a card
     assert "0.00123" in page and "digits" in page  # the config
-    assert "100 of the 120 test images" in page
+    assert "all 120 images of the test split" in page and "Accuracy per class" in page
+    assert all(page.count(f"<tr><th>{name}</th>") == 1 for name in CLASSES)  # one accuracy row per class
     assert "Relative position bias" in page and "Where the model looks" in page
 
 
 def test_report_without_a_test_set_or_results(tmp_path):
     run, model, _ = fake_run(tmp_path)
     (run / "results.json").unlink()
-    page = write_report(run, model, None).read_text()
+    page = write_report(run, model).read_text()
     assert page.count("<img ") == 1  # the curves only
-    assert "No in-memory test set" in page and "No results.json" in page
+    assert "scored no validation or test split" in page and "No results.json" in page
     assert "Relative position bias" not in page
 
 
@@ -83,7 +89,7 @@ def test_report_of_a_missing_run_is_a_data_error(tmp_path):
     from vitkit.errors import DataError
     with pytest.raises(DataError, match="does not exist"):
         write_report(tmp_path / "nope", VisionTransformer(img_size=8, patch_size=4, num_classes=2, embed_dim=8,
-                                                          depth=1, num_heads=1), None)
+                                                          depth=1, num_heads=1))
 
 
 CHECKS = """<script>

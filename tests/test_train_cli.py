@@ -13,7 +13,7 @@ from PIL import Image
 
 from vitkit.cli import main
 from vitkit.data import load_dataset
-from vitkit.train.trainer import METRICS_COLUMNS
+from vitkit.runs import METRICS_COLUMNS
 
 EPOCHS = 2
 
@@ -38,7 +38,7 @@ def run(tmp_path_factory):
 
 def test_train_writes_a_complete_run_folder(run):
     folder, _, stdout = run
-    assert f"run folder: {folder}" in stdout and "test accuracy" in stdout
+    assert f"run folder: {folder}" in stdout and "test accuracy" in stdout and "val accuracy" in stdout
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["model"]["in_channels"] == 1 and config["model"]["num_classes"] == 10  # resolved from the data
     assert config["model"]["img_size"] == 8 and config["optim"]["lr"] == 3e-3
@@ -46,10 +46,13 @@ def test_train_writes_a_complete_run_folder(run):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == METRICS_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
     results = json.loads((folder / "results.json").read_text())
-    assert {"train_loss", "test_accuracy", "best_accuracy", "epochs", "wall_time"} <= set(results)
+    assert {"train_loss", "val_accuracy", "test_accuracy", "best_epoch", "epochs", "wall_time"} <= set(results)
     assert results["epochs"] == EPOCHS and results["completed"] is True
-    assert results["test_accuracy"] == pytest.approx(float(rows[-1]["test_accuracy"]), abs=1e-5)
-    assert results["best_accuracy"] == pytest.approx(max(float(r["test_accuracy"]) for r in rows), abs=1e-5)
+    assert (results["num_train"], results["num_val"], results["num_test"]) == (1295, 142, 360)
+    val = [float(r["val_accuracy"]) for r in rows]
+    assert results["best_epoch"] == val.index(max(val)) + 1  # the first epoch with the best validation accuracy
+    assert results["val_accuracy"] == max(val) and results["chosen_on"] == "val"
+    assert 0 < results["test_accuracy"] <= 1 and "test_accuracy" not in rows[0]  # test: once, at the end
     names = {p.name for p in (folder / "checkpoints").iterdir()}
     assert {"last.safetensors", "best.safetensors", "last.state.pt", "previous.state.pt"} <= names
     assert not any(n.endswith(".tmp") for n in names)
@@ -76,15 +79,18 @@ def test_a_second_run_never_overwrites_the_first(run, capsys):
     assert json.loads((folder / "results.json").read_text())["epochs"] == EPOCHS
 
 
-def test_eval_prints_loss_top1_top5_and_confusion(run, capsys):
+@pytest.mark.parametrize("split, key, count", [(None, "val_accuracy", 142), ("test", "test_accuracy", 360)])
+def test_eval_scores_the_runs_own_splits(run, capsys, split, key, count):
     folder, _, _ = run
-    assert main(["eval", "--checkpoint", str(folder / "checkpoints" / "best"), "--device", "cpu"]) == 0
+    flags = ["--split", split] if split else []
+    assert main(["eval", "--checkpoint", str(folder / "checkpoints" / "best"), "--device", "cpu", *flags]) == 0
     out = capsys.readouterr().out
-    best = json.loads((folder / "results.json").read_text())["best_accuracy"]
-    assert f"top-1 {best:.4f}" in out and "top-5" in out  # the best checkpoint scores its recorded accuracy
+    recorded = json.loads((folder / "results.json").read_text())[key]
+    assert f"{split or 'val'} split: {count} images" in out
+    assert f"top-1 {recorded:.4f}" in out and "top-5" in out  # the best checkpoint scores its recorded accuracy
     matrix = [line for line in out.splitlines() if line[:3].strip().isdigit()]
     assert len(matrix) == 10
-    assert sum(int(v) for line in matrix for v in line.split()[2:]) == 360  # every test image counted once
+    assert sum(int(v) for line in matrix for v in line.split()[2:]) == count  # every image counted once
 
 
 def test_predict_prints_top_k_classes(run, tmp_path, capsys):
@@ -97,13 +103,12 @@ def test_predict_prints_top_k_classes(run, tmp_path, capsys):
         paths.append(str(path))
     assert main(["predict", *paths, "--checkpoint", str(folder / "checkpoints" / "best"), "--top-k", "3",
                  "--device", "cpu"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["image", "top-1", "p", "top-2", "p", "top-3", "p"] and len(lines) == 2
     for path, line in zip(paths, lines):
-        head, ranked = line.split(": ", 1)
-        entries = [e.rsplit(" ", 1) for e in ranked.split(", ")]
-        assert head == path and len(entries) == 3 and all(c in "0123456789" for c, _ in entries)
-        probs = [float(p) for _, p in entries]
+        head, *ranked = line.split()
+        classes, probs = ranked[0::2], [float(p) for p in ranked[1::2]]
+        assert head == path and len(classes) == 3 and all(c in "0123456789" for c in classes)
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
 
 

@@ -209,15 +209,6 @@ def test_image_patches_and_display_undo_normalisation():
     np.testing.assert_allclose(viz.to_display(u8), u8.permute(1, 2, 0).numpy() / 255)
 
 
-def test_normalize_images_matches_the_formula_and_fits_the_model():
-    model = tiny(in_channels=3, img_size=8, patch_size=4)
-    u8 = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    x = viz.normalize_images(u8, model, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
-    torch.testing.assert_close(x, (u8 / 255.0 - torch.tensor([0.5, 0.4, 0.3])[:, None, None]) / 0.2)
-    grey = viz.normalize_images(torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8), model)
-    assert grey.shape == (2, 3, 8, 8)  # grey repeated to RGB, resized to the model's 8x8
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Runs: curves, confusion matrix, mistakes
 
@@ -273,11 +264,21 @@ def test_mistakes_are_the_most_confident_wrong_predictions():
     assert "No mistakes" in none.texts[0].get_text()
 
 
-def test_spread_indices_cover_a_sorted_set():
-    idx = viz.spread_indices(1000, 10)
-    assert len(idx) == 10 and idx[0] == 0 and idx[-1] == 999
-    assert len(set((idx // 100).tolist())) == 10
-    np.testing.assert_array_equal(viz.spread_indices(5, 10), np.arange(5))
+def test_mistakes_figure_shows_the_most_confident_mistakes_with_their_files():
+    import types
+    images = torch.arange(4 * 1 * 2 * 2, dtype=torch.uint8).view(4, 1, 2, 2) * 10  # (4, 1, 2, 2)
+    eval_set = types.SimpleNamespace(classes=["cat", "dog"], sources=[f"img/{i}.png" for i in range(4)],
+                                     view=lambda idx: images[list(idx)])
+    predictions = {"label": torch.tensor([0, 1, 0, 1]), "pred": torch.tensor([1, 1, 1, 0]),
+                   "confidence": torch.tensor([0.6, 0.9, 0.8, 0.7])}
+    fig = viz.mistakes_figure(eval_set, predictions)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["true cat", "true dog", "true cat"]  # images 2, 3, 0: 80%, 70%, 60%
+    assert [ax.get_xlabel() for ax in shown] == ["pred dog (80%)\nimg/2.png", "pred cat (70%)\nimg/3.png",
+                                                 "pred dog (60%)\nimg/0.png"]
+    np.testing.assert_allclose(shown[0].get_images()[0].get_array(), images[2, 0].numpy() / 255)
+    none = viz.mistakes_figure(eval_set, {**predictions, "pred": predictions["label"]})
+    assert "No mistakes" in none.texts[0].get_text()
 
 
 # --------------------------------------------------------------------------------------------------------------

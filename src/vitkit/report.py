@@ -1,8 +1,8 @@
 """The run report: one self-contained HTML page (``RUN/report.html``) that a person opens in a browser.
 
-It shows the results, the training curves, the confusion matrix, the most confident mistakes, where the model
-looks (attention rollout and last-layer [CLS] attention on a few test images), the relative position bias when
-the model has one, the model and the config. Images are PNGs embedded as base64 data URIs and the style is
+It shows the results, the training curves, the confusion matrix, per-class accuracy, the most confident mistakes
+(with their files), where the model looks (attention rollout and last-layer [CLS] attention on a few images),
+the relative position bias when the model has one, the model and the config. Images are PNGs embedded as base64 data URIs and the style is
 inline, so the file can be mailed or archived alone; there is no script.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 from . import visualize as viz
 from .errors import DataError
 from .fileio import atomic_write_text
+from .runs import Run
 
-MAX_EVAL_IMAGES = 3000  # enough for a stable confusion matrix, a few seconds on a laptop CPU
 NUM_ATTENTION_IMAGES = 4
 
 CSS = """
@@ -96,7 +96,7 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return f"<table>{body}</table>"
 
 
-HEADLINE = ("test_accuracy", "best_accuracy", "test_top5", "test_loss", "train_accuracy", "epochs", "wall_time",
+HEADLINE = ("test_accuracy", "val_accuracy", "test_top5", "best_epoch", "train_accuracy", "epochs", "wall_time",
             "images_per_s", "parameters")  # results.json keys shown as cards, in this order when present
 
 
@@ -148,62 +148,61 @@ def _model_rows(model) -> list[tuple[str, object]]:
             ("pooling", cfg.pool)]
 
 
-def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: int = MAX_EVAL_IMAGES,
+def _class_table(confusion: np.ndarray, classes: list[str], limit: int = 30) -> str:
+    """Per-class accuracy, worst first when there are more classes than ``limit``, with each class's most
+    frequent wrong prediction."""
+    totals = confusion.sum(axis=1)
+    correct = np.diag(confusion)
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    order = list(range(len(classes)))
+    if len(classes) > limit:
+        order = sorted(order, key=lambda k: correct[k] / max(totals[k], 1))[:limit]
+    rows = []
+    for k in order:
+        confused = f"{classes[int(off[k].argmax())]} ({int(off[k].max())})" if off[k].max() else "—"
+        acc = f"{correct[k] / totals[k]:.1%}" if totals[k] else "no images"
+        rows.append(f"<tr><th>{html.escape(classes[k])}</th><td>{acc}</td><td>{int(correct[k])} / {int(totals[k])}"
+                    f"</td><td>{html.escape(confused)}</td></tr>")
+    head = "<tr><th>class</th><th>accuracy</th><th>correct / images</th><th>most often taken for</th></tr>"
+    return f'<table class="classes">{head}{"".join(rows)}</table>'
+
+
+def write_report(run_dir, model, eval_set=None, predictions: dict | None = None, device="cpu",
                  num_attention: int = NUM_ATTENTION_IMAGES) -> Path:
     """Write ``run_dir/report.html`` and return its path.
 
-    ``model`` is the trained model; ``test_dataset`` an in-memory data set (``.images`` uint8 (N, C, H, W),
-    ``.labels``, ``.classes``, ``.mean``, ``.std``) of which at most ``max_images`` images, spread over the
-    set, are evaluated for the confusion matrix and the mistakes, and ``num_attention`` get attention
-    overlays. With ``test_dataset=None`` (a streamed image folder) those sections are left out. The page
-    reads ``config.yaml``, ``results.json`` and ``metrics.csv`` from the run folder when they are there.
+    ``model`` is the model the run reports (its ``best`` checkpoint). ``eval_set`` (a
+    :class:`vitkit.data.splits.EvalSet`) and ``predictions`` (its rows as :func:`vitkit.train.evaluate`
+    returns them, or as ``RUN/predictions/<split>.csv`` holds them) give the confusion matrix, per-class
+    accuracy, the most confident mistakes with their file names, and the images for the attention overlays:
+    the page is built from the evaluation the trainer already ran, without scoring anything again. Without
+    them those sections are left out. The page reads ``config.yaml``, ``results.json`` and ``metrics.csv``.
     """
-    run = viz.read_run(run_dir)
+    run = Run(run_dir)
+    if not run.path.is_dir():
+        raise DataError(f"run folder {run.path} does not exist")
     model = model.to(device).eval()
     sections = []
-    results = run["results"]
-    data_cfg = run["config"].get("data") if isinstance(run["config"].get("data"), dict) else {}
-    dataset_name = data_cfg.get("dataset") or data_cfg.get("name") or results.get("dataset") or ""
+    results, config = run.read_results(), run.read_config()
+    data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
+    dataset_name = data_cfg.get("dataset") or results.get("dataset") or ""
 
-    sections.append(_section("Results", "From results.json." if results else "No results.json in this run.",
-                             _cards(results)))
-    if run["metrics"] is not None:
+    note = "From results.json: the best checkpoint, chosen on the validation split, and its test score."
+    sections.append(_section("Results", note if results else "No results.json in this run.", _cards(results)))
+    if run.metrics_path.is_file():
         try:
-            fig = viz.plot_training_curves(run["metrics"], title="")
+            fig = viz.plot_training_curves(run.metrics_path, title="")
             sections.append(_section("Training curves", "One point per epoch, from metrics.csv.",
                                      _img(fig, "training curves")))
         except DataError as e:
             sections.append(_section("Training curves", html.escape(str(e)), ""))
 
-    if getattr(test_dataset, "images", None) is not None and len(test_dataset.labels):
-        ev = viz.evaluate_for_plots(model, test_dataset, max_images, device)
-        classes = ev["classes"]
-        labels, probs = ev["labels"].numpy(), ev["probs"]
-        cm = viz.confusion_matrix(labels, probs.argmax(1).numpy(), probs.shape[1])
-        scope = (f"all {ev['total']:,} test images" if len(labels) == ev["total"]
-                 else f"{len(labels):,} of the {ev['total']:,} test images, spread evenly over the set")
-        dmean, dstd = viz.display_stats(ev["mean"], ev["std"], model.config.in_channels)
-        cm_fig = viz.plot_confusion_matrix(cm, classes, title="Confusion matrix")
-        mistakes_fig = viz.plot_mistakes(ev["images"], labels, probs, classes, title="")
-        sections.append(_section(
-            "Confusion matrix and mistakes",
-            f"The model on {scope}. Rows are true classes, colour is the fraction of each row; "
-            "on the right, the misclassified images the model was most sure about.",
-            f'<div class="two">{_img(cm_fig, "confusion matrix")}{_img(mistakes_fig, "mistakes")}</div>'))
-
-        pick = _attention_examples(labels, num_attention)
-        x = viz.normalize_images(ev["images"][pick], model, ev["mean"], ev["std"]).to(device)  # (k, C, H, W)
-        att_fig = viz.visualize_attention_grid(model, x, mean=dmean, std=dstd,
-                                               labels=labels[pick], class_names=classes, title="")
-        sections.append(_section(
-            "Where the model looks",
-            "Attention rollout (Abnar &amp; Zuidema 2020) multiplies the attention of all layers, with the "
-            "skip connections, to follow what flows into the [CLS] token; the last column is the [CLS] "
-            "token's attention in the last layer, averaged over heads. Brighter is more attention.",
-            _img(att_fig, "attention overlays")))
+    if eval_set is not None and predictions is not None and len(predictions["label"]):
+        sections += _evaluation_sections(model, eval_set, predictions, device, num_attention)
     else:
-        sections.append(_section("Test images", "No in-memory test set was given (a streamed image folder), "
-                                 "so the confusion matrix, mistakes and attention overlays are left out.", ""))
+        sections.append(_section("Predictions", "The run scored no validation or test split, so the confusion "
+                                 "matrix, mistakes and attention overlays are left out.", ""))
 
     rpb = model.blocks[-1].attn.relative_position_bias
     if rpb is not None:
@@ -213,10 +212,9 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
                                  "patch; the centre is a patch attending to itself.",
                                  _img(fig, "relative position bias table")))
 
-    cfg = run["config"]
-    scalars = [(str(k), v) for k, v in cfg.items() if not isinstance(v, dict)]  # name, seed, device ...
+    scalars = [(str(k), v) for k, v in config.items() if not isinstance(v, dict)]  # name, seed, device ...
     config_html = (_config_part("run", dict(scalars)) if scalars else "") + "".join(
-        _config_part(str(name), part) for name, part in cfg.items() if isinstance(part, dict))
+        _config_part(str(name), part) for name, part in config.items() if isinstance(part, dict))
     sections.append(_section("Model and config", "The model as built, then config.yaml as the run resolved it.",
                              '<div class="two"><div><h3>model</h3>' + _table(_model_rows(model)) +
                              "</div><div>" + (config_html or "<p>No config.yaml in this run.</p>") + "</div></div>"))
@@ -224,7 +222,7 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
     if other:
         sections.append(_section("All results", "Every entry of results.json.", _table(other)))
 
-    title = f"vitkit run report — {run['dir'].resolve().name}"
+    title = f"vitkit run report — {run.path.resolve().name}"
     subtitle = " · ".join(x for x in (dataset_name and f"data: {dataset_name}", _model_name(model),
                                       time.strftime("%Y-%m-%d %H:%M")) if x)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -232,8 +230,40 @@ def write_report(run_dir, model, test_dataset=None, device="cpu", max_images: in
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             f'<header><div class="wrap"><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></div></header>'
             f'<main><div class="wrap">{"".join(sections)}</div></main>'
-            f'<footer>Written by vitkit from {html.escape(str(run["dir"]))}.</footer></body></html>\n')
-    return atomic_write_text(run["dir"] / "report.html", page)
+            f'<footer>Written by vitkit from {html.escape(str(run.path))}.</footer></body></html>\n')
+    return atomic_write_text(run.report_path, page)
+
+
+def _evaluation_sections(model, eval_set, predictions: dict, device, num_attention: int) -> list[str]:
+    """Confusion matrix, per-class accuracy, mistakes and attention overlays of one scored split."""
+    classes = eval_set.classes
+    labels, preds = predictions["label"].numpy(), predictions["pred"].numpy()
+    cm = viz.confusion_matrix(labels, preds, len(classes))
+    split = {"val": "validation", "test": "test", "train": "training"}.get(eval_set.split, eval_set.split)
+    mean, std = eval_set.preprocess.mean, eval_set.preprocess.std
+
+    cm_fig = viz.plot_confusion_matrix(cm, classes, title="Confusion matrix")
+    mistakes = _img(viz.mistakes_figure(eval_set, predictions), "most confident mistakes") \
+        if (labels != preds).any() else "<p>No mistakes on this split.</p>"
+    sections = [_section(
+        "Confusion matrix and mistakes",
+        f"The best checkpoint on all {len(labels):,} images of the {split} split (scored once by the trainer). "
+        "Rows are true classes, colour is the fraction of each row; on the right, the misclassified images "
+        "the model was most sure about, with their files.",
+        f'<div class="two">{_img(cm_fig, "confusion matrix")}{mistakes}</div>'),
+        _section("Accuracy per class", f"On the {split} split.", _class_table(cm, classes))]
+
+    pick = _attention_examples(labels, num_attention)
+    x = eval_set.preprocess.normalize(eval_set.view(pick)).to(device)  # (k, C, H, W)
+    att_fig = viz.visualize_attention_grid(model, x, mean=np.asarray(mean), std=np.asarray(std),
+                                           labels=labels[pick], class_names=classes, title="")
+    sections.append(_section(
+        "Where the model looks",
+        "Attention rollout (Abnar &amp; Zuidema 2020) multiplies the attention of all layers, with the "
+        "skip connections, to follow what flows into the [CLS] token; the last column is the [CLS] "
+        "token's attention in the last layer, averaged over heads. Brighter is more attention.",
+        _img(att_fig, "attention overlays")))
+    return sections
 
 
 def _config_part(name: str, part: dict) -> str:

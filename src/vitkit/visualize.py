@@ -548,66 +548,6 @@ def plot_training_curves(metrics, save_path=None, title: str = "Training curves"
     return save_figure(fig, save_path)
 
 
-def normalize_images(images, model, mean=None, std=None) -> torch.Tensor:
-    """uint8 (B, C, H, W) images -> the model's float input: scaled to [0, 1], normalised with ``mean``/``std``
-    (given in [0, 1] units, or 0-255 ones), channels matched (grey repeated to RGB, RGB averaged to grey) and
-    resized to the model's image size when it has a fixed one."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()  # (B, C, H, W)
-    cfg = model.config
-    if x.shape[1] != cfg.in_channels:
-        x = x.repeat(1, cfg.in_channels, 1, 1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
-    if not cfg.dynamic_img_size:
-        size = tuple(model.patch_embed.img_size)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    if mean is not None and std is not None:
-        m, s = _channel_stats(mean, x.shape[1]), _channel_stats(std, x.shape[1])
-        if m.max() > 1.0 or s.max() > 1.0:  # statistics in 0-255 units
-            m, s = m / 255.0, s / 255.0
-        x = (x - m[:, None, None]) / s[:, None, None]
-    return x
-
-
-def _channel_stats(v, channels: int) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(v, dtype=np.float32)).flatten()
-    if t.numel() == 1:
-        t = t.repeat(channels)
-    elif t.numel() != channels:
-        t = t.mean().repeat(channels)  # e.g. RGB statistics for a grey model
-    return t
-
-
-def display_stats(mean, std, channels: int):
-    """(mean, std) as (channels,) arrays in [0, 1] units: what :func:`to_display` needs to undo
-    :func:`normalize_images`."""
-    if mean is None or std is None:
-        return None, None
-    m, s = _channel_stats(mean, channels), _channel_stats(std, channels)
-    if m.max() > 1.0 or s.max() > 1.0:
-        m, s = m / 255.0, s / 255.0
-    return m.numpy(), s.numpy()
-
-
-def spread_indices(n: int, k: int) -> np.ndarray:
-    """``k`` indices spread evenly over ``range(n)`` (all of them when ``k >= n``), so a subset of a data set
-    sorted by class still covers every class."""
-    if k >= n:
-        return np.arange(n)
-    return np.linspace(0, n - 1, k).round().astype(np.int64)
-
-
-@torch.no_grad()
-def predict(model, images, mean=None, std=None, batch_size: int = 256, device="cpu") -> torch.Tensor:
-    """Class probabilities (N, classes) of uint8 images (N, C, H, W), computed in batches on ``device``."""
-    model = model.to(device).eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = normalize_images(images[i:i + batch_size], model, mean, std).to(device)  # (b, C, H, W)
-        out.append(model(x).float().softmax(-1).cpu())  # (b, classes)
-    return torch.cat(out) if out else torch.empty(0, model.num_classes)
-
-
 def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
     """Counts (num_classes, num_classes): row = true class, column = predicted class."""
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
@@ -653,6 +593,22 @@ def most_confident_mistakes(labels, probs, k: int = 16) -> np.ndarray:
     return wrong[order[:k]]
 
 
+def plot_image_grid(images, titles: Sequence[str], captions: Sequence[str] = (), save_path=None, title: str = "",
+                    mean=None, std=None, max_cols: int = 4):
+    """Images (N, C, H, W) in a grid, each with a title above (green) and a caption below (red)."""
+    n = len(images)
+    rows, cols = _grid(n, max_cols)
+    fig = new_figure(1.9 * cols, 2.25 * rows + 0.4)
+    axes = _subplots(fig, n, max_cols)
+    for i, ax in enumerate(axes):
+        _imshow(ax, to_display(images[i], mean, std))
+        ax.set_title(titles[i], fontsize=8, color="#1a7f37")
+        if i < len(captions):
+            ax.set_xlabel(captions[i], fontsize=7, color="#cf222e")
+    fig.suptitle(title)
+    return save_figure(fig, save_path)
+
+
 def plot_mistakes(images, labels, probs, class_names: Sequence[str] | None = None, save_path=None,
                   k: int = 16, title: str = "Most confident mistakes", mean=None, std=None, max_cols: int = 4):
     """A grid of the ``k`` most confidently misclassified images, each captioned with its true class and
@@ -665,89 +621,30 @@ def plot_mistakes(images, labels, probs, class_names: Sequence[str] | None = Non
         fig = new_figure(5, 1.4)
         fig.text(0.5, 0.5, "No mistakes on these images.", ha="center", va="center", fontsize=12)
         return save_figure(fig, save_path)
-    rows, cols = _grid(len(idx), max_cols)
-    fig = new_figure(1.75 * cols, 2.05 * rows + 0.4)
-    axes = _subplots(fig, len(idx), max_cols)
-    for ax, i in zip(axes, idx):
-        p = int(probs[i].argmax())
-        _imshow(ax, to_display(images[i], mean, std))
-        ax.set_title(f"true {names[int(labels[i])]}", fontsize=8, color="#1a7f37")
-        ax.set_xlabel(f"pred {names[p]} ({probs[i, p]:.0%})", fontsize=8, color="#cf222e")
-    fig.suptitle(title)
-    return save_figure(fig, save_path)
+    preds = probs[idx].argmax(axis=1)
+    return plot_image_grid([images[i] for i in idx], [f"true {names[int(labels[i])]}" for i in idx],
+                           [f"pred {names[p]} ({probs[i, p]:.0%})" for i, p in zip(idx, preds)], save_path,
+                           title, mean, std, max_cols)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Loading images and runs for the command line
-
-
-def load_image(path: str | Path, model, mean=None, std=None) -> torch.Tensor:
-    """An image file as the model's normalised input (1, C, H, W), by :func:`vitkit.data.preprocess_image`:
-    converted to the model's channels and resized to its image size. A missing or unreadable file is a
-    DataError (raised there)."""
-    from .data import preprocess_image
-
-    channels = model.config.in_channels
-    if channels not in (1, 3):
-        raise DataError(f"the model takes {channels}-channel images; only grey or RGB images can be shown to it")
-    m, s = display_stats([0.0] if mean is None else mean, [1.0] if std is None else std, channels)
-    return preprocess_image(path, tuple(model.patch_embed.img_size), m.tolist(), s.tolist())  # (1, C, H, W)
-
-
-def read_run(run_dir: str | Path) -> dict:
-    """What a run folder holds for plots: {"dir", "config" (dict), "results" (dict), "metrics" (path or None)}.
-    A missing folder is a DataError."""
-    import json
-
-    import yaml
-
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise DataError(f"run folder {run} does not exist")
-    config, results = {}, {}
-    if (run / "config.yaml").is_file():
-        try:
-            config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DataError(f"{run / 'config.yaml'} is not valid YAML ({e})") from None
-    if (run / "results.json").is_file():
-        try:
-            results = json.loads((run / "results.json").read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{run / 'results.json'} is not valid JSON ({e})") from None
-    metrics = run / "metrics.csv"
-    return {"dir": run, "config": config if isinstance(config, dict) else {},
-            "results": results if isinstance(results, dict) else {},
-            "metrics": metrics if metrics.is_file() else None}
-
-
-def load_test_set(config: dict):
-    """The test split of the data set a run's config names (``data.dataset`` as the trainer writes it, or
-    ``data.name``; ``data.root``), via vitkit.data."""
-    from .data import load_dataset
-
-    data = config.get("data") or {}
-    name = (data.get("dataset") or data.get("name")) if isinstance(data, dict) else None
-    if not name:
-        raise DataError("the run's config.yaml names no data set (data.dataset); cannot evaluate its test images")
-    return load_dataset(name, root=data.get("root"), split="test")
-
-
-def evaluate_for_plots(model, dataset, max_images: int = 3000, device="cpu") -> dict:
-    """Predictions on at most ``max_images`` test images spread over the set, for the confusion matrix and
-    the mistakes grid: {"images" uint8 (n, C, H, W), "labels" (n,), "probs" (n, classes), "classes",
-    "total" (size of the test set)}."""
-    n = len(dataset.labels)
-    idx = torch.as_tensor(spread_indices(n, max_images))
-    images = torch.as_tensor(np.asarray(dataset.images) if not isinstance(dataset.images, torch.Tensor)
-                             else dataset.images)[idx]  # (n, C, H, W)
-    labels = torch.as_tensor(np.asarray(dataset.labels) if not isinstance(dataset.labels, torch.Tensor)
-                             else dataset.labels)[idx].cpu().long()
-    mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
-    probs = predict(model, images, mean, std, device=device)
-    classes = list(getattr(dataset, "classes", None) or [str(i) for i in range(probs.shape[1])])
-    return {"images": images.cpu(), "labels": labels, "probs": probs, "classes": classes, "total": n,
-            "mean": mean, "std": std}
+def mistakes_figure(eval_set, predictions: dict, k: int = 16, save_path=None, title: str = ""):
+    """The ``k`` most confident mistakes of a scored split, each captioned with its true and predicted class,
+    the confidence and its file. ``eval_set`` (:class:`vitkit.data.splits.EvalSet`) shows the images as the
+    model saw them; ``predictions`` holds "label", "pred" and "confidence" per image, in its order."""
+    classes = eval_set.classes
+    labels, preds = predictions["label"].numpy(), predictions["pred"].numpy()
+    confidence = predictions["confidence"].numpy()
+    sources = predictions.get("source") or eval_set.sources
+    wrong = np.flatnonzero(preds != labels)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")[:k]]
+    if len(worst) == 0:
+        fig = new_figure(5, 1.4)
+        fig.text(0.5, 0.5, "No mistakes on these images.", ha="center", va="center", fontsize=12)
+        return save_figure(fig, save_path)
+    short = lambda s: s if len(s) <= 28 else "…" + s[-27:]  # noqa: E731
+    return plot_image_grid(eval_set.view(worst.tolist()), [f"true {classes[labels[i]]}" for i in worst],
+                           [f"pred {classes[preds[i]]} ({confidence[i]:.0%})\n{short(sources[i])}" for i in worst],
+                           save_path, title)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -757,23 +654,23 @@ def evaluate_for_plots(model, dataset, max_images: int = 3000, device="cpu") -> 
 def visualize_image(checkpoint: str | Path, image: str | Path, out_dir: str | Path, layer: int = -1) -> list[Path]:
     """``vitkit visualize --checkpoint --image``: attention.png (per-head [CLS] attention of ``layer``),
     rollout.png (the input next to the rollout), patches.png, and for a model with a relative position
-    bias, bias.png and bias_table.png (of ``layer``). Returns the paths written."""
-    from .checkpoint import load_model
+    bias, bias.png and bias_table.png (of ``layer``). The image is preprocessed as the checkpoint's run
+    validated its images. Returns the paths written."""
+    from .predictor import Predictor
 
-    model, meta = load_model(checkpoint)
+    predictor = Predictor.load(checkpoint)
+    model, preprocess = predictor.model, predictor.preprocess
     depth = len(model.blocks)
     if not -depth <= layer < depth:
         raise ConfigError(f"--layer {layer} does not exist; the model has layers 0..{depth - 1}")
-    mean, std = meta.get("mean"), meta.get("std")
-    x = load_image(image, model, mean, std)  # (1, C, H, W)
-    dmean, dstd = display_stats(mean, std, x.shape[1])
+    x = preprocess(image)[None]  # (1, C, H, W)
+    mean, std = np.asarray(preprocess.mean), np.asarray(preprocess.std)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    classes = meta.get("classes")
     written = []
-    fig = visualize_attention_on_image(model, x, mean=dmean, std=dstd, layer=layer, class_names=classes)
+    fig = visualize_attention_on_image(model, x, mean=mean, std=std, layer=layer, class_names=predictor.classes)
     written.append(_save(fig, out / "attention.png"))
-    img = to_display(x[0], dmean, dstd)
+    img = to_display(x[0], mean, std)
     roll = rollout_maps(model, x)[0]  # (gh, gw)
     fig = new_figure(6.4, 3.4 * img.shape[0] / img.shape[1] + 0.5)
     a, b = fig.subplots(1, 2)
@@ -782,7 +679,7 @@ def visualize_image(checkpoint: str | Path, image: str | Path, out_dir: str | Pa
     _overlay(b, img, roll.numpy(), "attention rollout, [CLS] over all layers")
     fig.suptitle("Attention rollout (Abnar & Zuidema 2020)")
     written.append(_save(fig, out / "rollout.png"))
-    fig = visualize_patches(x[0], model.patch_embed.patch_size, mean=dmean, std=dstd)
+    fig = visualize_patches(x[0], model.patch_embed.patch_size, mean=mean, std=std)
     written.append(_save(fig, out / "patches.png"))
     rpb = model.blocks[layer].attn.relative_position_bias
     if rpb is not None:
@@ -793,31 +690,45 @@ def visualize_image(checkpoint: str | Path, image: str | Path, out_dir: str | Pa
     return written
 
 
-def visualize_run(run_dir: str | Path, out_dir: str | Path | None = None, device="cpu",
-                  max_images: int = 3000) -> list[Path]:
-    """``vitkit visualize --run``: curves.png from metrics.csv, and confusion.png and mistakes.png from the
-    best checkpoint on the run's test set (at most ``max_images`` of it). Returns the paths written."""
-    from .checkpoint import load_model
+def run_predictions(run_dir, device="cpu"):
+    """(predictor, eval set, predictions) of a run folder's best checkpoint on the split it scored last (test,
+    else val), from its ``predictions/<split>.csv``; a run without one is scored once now (said on stderr)."""
+    from .predictor import Predictor
+    from .runs import Run
 
-    run = read_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run["dir"] / "plots"
+    run = Run(run_dir)
+    if not run.path.is_dir():
+        raise DataError(f"run folder {run.path} does not exist")
+    predictor = Predictor.load(run.path, device)
+    split = next((s for s in ("test", "val") if run.predictions_path(s).is_file()), None)
+    eval_set, _ = predictor.eval_set(split)
+    predictions = run.read_predictions(eval_set.split, predictor.classes)
+    if predictions is None:
+        from .train.loop import evaluate
+        print(f"vitkit visualize: {run.path} has no predictions file; scoring its {eval_set.split} split now",
+              file=sys.stderr)
+        predictions = evaluate(predictor.model, eval_set.loader, torch.nn.CrossEntropyLoss(), predictor.device)[
+            "predictions"]
+    return predictor, eval_set, predictions
+
+
+def visualize_run(run_dir: str | Path, out_dir: str | Path | None = None, device="cpu") -> list[Path]:
+    """``vitkit visualize --run``: curves.png from metrics.csv, and confusion.png and mistakes.png of the best
+    checkpoint on the split the run scored last (see :func:`run_predictions`). Returns the paths written."""
+    from .runs import Run
+
+    run = Run(run_dir)
+    if not run.path.is_dir():
+        raise DataError(f"run folder {run.path} does not exist")
+    out = Path(out_dir) if out_dir is not None else run.path / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if run["metrics"] is not None:
-        written.append(_save(plot_training_curves(run["metrics"]), out / "curves.png"))
-    model, meta = load_model(run["dir"], device=device)
-    test_set = load_test_set(run["config"])
-    if not hasattr(test_set, "images"):  # a streamed image folder: no uint8 array to index
-        print(f"vitkit visualize: the test set of {run['dir']} is streamed from an image folder; "
-              "the confusion matrix and mistakes need an in-memory data set and were skipped", file=sys.stderr)
-        return written
-    ev = evaluate_for_plots(model, test_set, max_images, device)
-    classes = meta.get("classes") or ev["classes"]
-    preds = ev["probs"].argmax(1).numpy()
-    cm = confusion_matrix(ev["labels"].numpy(), preds, ev["probs"].shape[1])
-    written.append(_save(plot_confusion_matrix(cm, classes), out / "confusion.png"))
-    written.append(_save(plot_mistakes(ev["images"], ev["labels"].numpy(), ev["probs"], classes),
-                         out / "mistakes.png"))
+    if run.metrics_path.is_file():
+        written.append(_save(plot_training_curves(run.metrics_path), out / "curves.png"))
+    predictor, eval_set, predictions = run_predictions(run.path, device)
+    cm = confusion_matrix(predictions["label"].numpy(), predictions["pred"].numpy(), len(predictor.classes))
+    written.append(_save(plot_confusion_matrix(cm, predictor.classes), out / "confusion.png"))
+    written.append(_save(mistakes_figure(eval_set, predictions, title="Most confident mistakes"), out / "mistakes.png"))
     return written
 
 
@@ -845,12 +756,10 @@ def cli_main(argv: Iterable[str] | None = None) -> int:
     if args.run:
         written = visualize_run(args.run, args.out, device=args.device)
         if args.report:
-            from .checkpoint import load_model
             from .report import write_report
 
-            model, _ = load_model(args.run, device=args.device)
-            written.append(write_report(args.run, model, load_test_set(read_run(args.run)["config"]),
-                                        device=args.device))
+            predictor, eval_set, predictions = run_predictions(args.run, args.device)
+            written.append(write_report(args.run, predictor.model, eval_set, predictions, device=args.device))
     elif args.checkpoint and args.image:
         written = visualize_image(args.checkpoint, args.image, args.out or "visualize", args.layer)
     else:

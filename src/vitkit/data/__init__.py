@@ -1,4 +1,5 @@
-"""vitkit.data: data sets by name, verified downloads, preprocessing, batched augmentation, a device loader.
+"""vitkit.data: data sets by name, their train/val/test splits, one preprocessing path, batched augmentation,
+a device-resident loader and streamed image folders.
 
     >>> from vitkit.data import load_dataset, DeviceLoader, BatchAugment
     >>> train = load_dataset("digits", split="train")
@@ -6,19 +7,23 @@
     >>> images, labels = next(iter(loader))   # float32 (64, 1, 8, 8) normalised, int64 (64,)
 """
 
-from .augment import BatchAugment, recommended_augment
+from .augment import BatchAugment, recommended_augment, train_transform
 from .datasets import (FOLDERS, NAMES, TRAIN_STATS, ImageDataset, SyntheticImageDataset, channel_stats,
                        default_root, load_dataset, make_synthetic)
 from .download import check_md5, download_dataset, download_url, md5sum, verify_md5sums
-from .imagefolder import ImageFolderDataset, imagefolder_loaders
+from .imagefolder import FolderLoader, FolderSamples, ImageFolderDataset, decode_folder
+from .images import IMAGE_EXTENSIONS, list_images, open_image, to_uint8_chw
 from .loader import DeviceLoader
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, preprocess_image, train_transform
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, Preprocess, preprocess_image
+from .splits import Splits, open_splits, stratified_split
 
 __all__ = [
     "load_dataset", "ImageDataset", "SyntheticImageDataset", "make_synthetic", "default_root", "channel_stats",
     "FOLDERS", "NAMES", "TRAIN_STATS",
-    "DeviceLoader", "BatchAugment", "recommended_augment",
-    "ImageFolderDataset", "imagefolder_loaders",
+    "DeviceLoader", "BatchAugment", "recommended_augment", "train_transform",
+    "ImageFolderDataset", "FolderSamples", "FolderLoader", "decode_folder",
+    "Splits", "open_splits", "stratified_split",
+    "IMAGE_EXTENSIONS", "list_images", "open_image", "to_uint8_chw",
+    "Preprocess", "Normalize", "preprocess_image", "IMAGENET_MEAN", "IMAGENET_STD",
     "download_url", "download_dataset", "md5sum", "check_md5", "verify_md5sums",
-    "preprocess_image", "IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform",
 ]

@@ -142,3 +142,21 @@ def recommended_augment(name: str, num_classes: int | None = None, mixup_alpha: 
     padding, flip = {"cifar10": (4, True), "cifar100": (4, True), "fashion-mnist": (2, True), "mnist": (2, False),
                      "digits": (1, False), "synthetic": (2, False)}.get(name, (0, False))
     return BatchAugment(padding, flip, mixup_alpha, cutmix_alpha, num_classes)
+
+
+def train_transform(img_size, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "bilinear",
+                    hflip: bool = True, randaugment: bool = True, ra_num_ops: int = 2, ra_magnitude: int = 9):
+    """Per-sample training augmentation of a streamed image folder, on uint8 (C, H, W) tensors:
+    random-resized-crop (``scale``, ``ratio``), flip, RandAugment; the result is uint8 at ``img_size``
+    (normalised afterwards by the same :class:`~vitkit.data.preprocess.Normalize` as evaluation)."""
+    from torchvision.transforms import v2
+
+    from .preprocess import INTERPOLATIONS, pair
+
+    steps = [v2.RandomResizedCrop(pair(img_size), scale=tuple(scale), ratio=tuple(ratio),
+                                  interpolation=INTERPOLATIONS[interpolation], antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if randaugment:
+        steps.append(v2.RandAugment(num_ops=ra_num_ops, magnitude=ra_magnitude))
+    return v2.Compose(steps)

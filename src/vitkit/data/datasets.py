@@ -27,6 +27,7 @@ ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "c
            "cifar-100": "cifar100", "cifar_10": "cifar10", "cifar_100": "cifar100"}
 NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic", "imagefolder:PATH")
 SPLITS = ("train", "test")
+FETCH_HINT = "--set data.download=true (vitkit train) or download=True (Python)"
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -72,7 +73,7 @@ class ImageDataset(Dataset):
     ``(float image (C, H, W) in [0, 1], int label)`` for code that wants a plain map-style data set.
     """
 
-    def __init__(self, images, labels, classes, mean=None, std=None, name: str = "dataset"):
+    def __init__(self, images, labels, classes, mean=None, std=None, name: str = "dataset", sources=None):
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels).to(torch.int64)
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -88,6 +89,7 @@ class ImageDataset(Dataset):
         if len(mean) != images.shape[1] or len(std) != images.shape[1]:
             raise DataError(f"mean/std of data set {name!r} need {images.shape[1]} values, got {len(mean)}/{len(std)}")
         self.images, self.labels = images, labels
+        self.sources = list(sources) if sources is not None else None  # file of each image, when from files
         self.classes = list(classes)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.name = name
@@ -113,7 +115,8 @@ class ImageDataset(Dataset):
     def subset(self, indices) -> "ImageDataset":
         """The samples at ``indices`` as a new data set with the same classes and statistics."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.mean, self.std, self.name)
+        sources = [self.sources[i] for i in idx.tolist()] if self.sources is not None else None
+        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.mean, self.std, self.name, sources)
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape
@@ -226,8 +229,8 @@ def load_dataset(name: str, root=None, split: str = "train", download: bool = Fa
     folder = Path(root).expanduser() if root is not None else default_root(key)
     if not folder.is_dir() or not any(folder.iterdir()):
         if not download:
-            raise DataError(f"data set {key!r} not found: folder {folder} is missing or empty; pass download=True "
-                            f"to fetch it, or set VITKIT_DATA to a folder that holds '{FOLDERS[key]}/'")
+            raise DataError(f"data set {key!r} not found: folder {folder} is missing or empty; set VITKIT_DATA to "
+                            f"a folder that holds '{FOLDERS[key]}/', or fetch it with {FETCH_HINT}")
         from .download import download_dataset
         download_dataset(key, folder)
     if key in ("mnist", "fashion-mnist"):
@@ -267,7 +270,7 @@ def load_idx_dataset(key: str, folder: Path, split: str) -> ImageDataset:
     for stem in IDX_FILES[split]:
         path = readers.find_file(folder, stem) or readers.find_file(folder / "raw", stem)
         if path is None:
-            raise DataError(f"data set {key!r}: {folder} lacks {stem}.gz (or {stem}); pass download=True to fetch it")
+            raise DataError(f"data set {key!r}: {folder} lacks {stem}.gz (or {stem}); fetch it with {FETCH_HINT}")
         paths.append(path)
     images, labels = readers.read_idx(paths[0]), readers.read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -301,7 +304,7 @@ def load_cifar10(folder: Path, split: str) -> ImageDataset:
             break
     else:
         raise DataError(f"data set 'cifar10': {folder} holds no CIFAR-10 files (expected cifar-10-batches-py/, "
-                        "cifar-10-batches-bin/ or train_1.bin.xz ... test.bin.xz); pass download=True to fetch it")
+                        f"cifar-10-batches-bin/ or train_1.bin.xz ... test.bin.xz); fetch it with {FETCH_HINT}")
     if kind == "pickle":
         images, labels = readers.read_many(lambda p: readers.read_cifar_pickle(p, "labels"), files)
         classes = readers.read_pickle(meta)["label_names"] if meta.is_file() else CIFAR10_CLASSES
@@ -320,7 +323,7 @@ def load_cifar100(folder: Path, split: str) -> ImageDataset:
         if (d / split).is_file():
             break
     else:
-        raise DataError(f"data set 'cifar100': {folder} lacks cifar-100-python/{split}; pass download=True to fetch it")
+        raise DataError(f"data set 'cifar100': {folder} lacks cifar-100-python/{split}; fetch it with {FETCH_HINT}")
     images, labels = readers.read_cifar_pickle(d / split, "fine_labels")
     meta = d / "meta"
     classes = readers.read_pickle(meta)["fine_label_names"] if meta.is_file() else [str(k) for k in range(100)]

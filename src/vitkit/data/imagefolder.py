@@ -1,156 +1,294 @@
-"""Image folders (one sub-folder per class), streamed from disk through DataLoader worker processes.
+"""Image folders (one sub-folder per class): scanning, a dataset, resumable streaming loaders, decoding once.
 
 Unreadable images never turn into silent wrong labels: the scan opens every file's header and runs PIL's
 ``verify()``. With ``strict=True`` the first bad file raises a DataError naming it; otherwise bad files are
-left out with one warning that counts them (``dataset.skipped`` lists them). A file that passes the scan but
-fails to decode later (a truncated JPEG, say) raises in strict mode, or is replaced by the next readable
-sample *with that sample's own label* and a warning.
+left out with one warning that counts them. A file that passes the scan but fails to decode later (a
+truncated JPEG, say) raises in strict mode, or is replaced by the next readable sample *with that sample's
+own label* and a warning.
+
+Streaming is exactly resumable: the sampler yields ``(epoch, index)`` keys in the order
+:func:`~vitkit.data.loader.epoch_indices` gives (the in-memory loader's order), and each sample's random
+augmentation is drawn from a generator seeded by (seed, epoch, index), so what a worker produces does not
+depend on which worker it is, on worker restarts, or on where a resumed run starts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import ConfigError, DataError
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_image, to_rgb, train_transform
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def _verifies(path: Path) -> bool:
-    """Whether PIL can identify the file and its structure verifies (cheap: no full decode for JPEG)."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:  # PIL raises many types for a bad file; any of them means "unreadable"
-        return False
+from ..errors import DataError
+from .images import IMAGE_EXTENSIONS, open_image, probe_image, to_uint8_chw
+from .loader import derive_seed, epoch_indices, samples_per_rank
+from .preprocess import Preprocess
 
 
-class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>`` files as ``(transform(RGB PIL image), label)``; classes sorted by folder name.
+@dataclass
+class FolderSamples:
+    """The files of one split: ``samples`` is a list of (path, label)."""
 
-    Without a transform a sample is a float (3, H, W) tensor in [0, 1]. Images are converted to RGB by the
-    rules of :mod:`vitkit.data.transforms` (grey copied, alpha over white, 16-bit scaled).
-    """
-
-    def __init__(self, root, transform=None, *, strict: bool = False, verify: bool = True):
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            raise DataError(f"image folder {root} does not exist; expected one sub-folder of images per class")
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not self.classes:
-            raise DataError(f"image folder {root} has no class sub-folders; expected root/<class>/<image>.jpg")
-        self.root, self.strict = root, strict
-        self.samples: list[tuple[Path, int]] = []
-        self.skipped: list[Path] = []
-        for label, name in enumerate(self.classes):
-            for path in sorted((root / name).rglob("*")):
-                if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-                    continue
-                if verify and not _verifies(path):
-                    if strict:
-                        raise DataError(f"image file {path} is unreadable; fix or remove it, or load with "
-                                        "strict=False to skip unreadable files")
-                    self.skipped.append(path)
-                    continue
-                self.samples.append((path, label))
-        if self.skipped:
-            warnings.warn(f"skipped {len(self.skipped)} unreadable image file(s) in {root}, "
-                          f"e.g. {self.skipped[0]}", stacklevel=2)
-        if not self.samples:
-            raise DataError(f"image folder {root} holds no readable {'/'.join(IMAGE_EXTENSIONS)} images")
-        self.targets = [label for _, label in self.samples]
-        self.transform = transform if transform is not None else \
-            v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    samples: list[tuple[Path, int]]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+def scan_class_folders(root, *, strict: bool = False, verify: bool = True):
+    """``root/<class>/**/<image>`` -> (classes sorted by folder name, [(path, label)], skipped paths, the set
+    of PIL modes seen). See the module docstring for unreadable files."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; expected one sub-folder of images per class")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"image folder {root} has no class sub-folders; expected {root}/<class>/<image>.jpg")
+    samples, skipped, modes = [], [], set()
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                continue
+            mode = probe_image(path) if verify else "RGB"
+            if mode is None:
+                if strict:
+                    raise DataError(f"image file {path} is unreadable; fix or remove it, or load with "
+                                    "strict=False to skip unreadable files")
+                skipped.append(path)
+                continue
+            modes.add(mode)
+            samples.append((path, label))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {root}, e.g. {skipped[0]}", stacklevel=2)
+    if not samples:
+        raise DataError(f"image folder {root} holds no readable {'/'.join(IMAGE_EXTENSIONS)} images")
+    return classes, samples, skipped, modes
+
+
+def image_modes(paths) -> set[str]:
+    """The PIL modes of image files, from their headers only."""
+    modes = set()
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                modes.add(img.mode)
+        except Exception:  # an unreadable file is reported where it is decoded
+            continue
+    return modes
+
+
+class ImageFolderDataset(Dataset):
+    """Image files as ``(transform(uint8 (C, H, W)), label)``; without a transform a float (C, H, W) in [0, 1].
+
+    Build it from a folder (``root/<class>/<image>``, classes sorted by folder name) or from ``samples``
+    (``[(path, label)]``) and ``classes``. Images are decoded to ``channels`` by the rules of
+    :mod:`vitkit.data.images`. A key may be an index or an ``(epoch, index)`` pair (from :class:`EpochSampler`);
+    with a pair and a ``seed``, the transform's random draws come from a generator seeded by
+    (seed, epoch, index).
+    """
+
+    def __init__(self, root=None, transform=None, *, samples=None, classes=None, channels: int = 3,
+                 strict: bool = False, verify: bool = True, seed: int | None = None):
+        if samples is None:
+            classes, samples, skipped, _ = scan_class_folders(root, strict=strict, verify=verify)
+        else:
+            skipped = []
+            if not samples:
+                raise DataError("an image folder split with no images cannot be loaded")
+        self.root = Path(root) if root is not None else None
+        self.classes, self.samples, self.skipped = list(classes), list(samples), skipped
+        self.targets = [label for _, label in self.samples]
+        self.transform, self.channels, self.strict, self.seed = transform, channels, strict, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def decode(self, i: int) -> tuple[torch.Tensor, int]:
+        """Sample ``i`` as (uint8 (C, H, W), label), or the next readable one (see the module docstring)."""
         for offset in range(len(self.samples)):
             path, label = self.samples[(i + offset) % len(self.samples)]
             try:
-                image = to_rgb(open_image(path))
+                return to_uint8_chw(open_image(path), self.channels), label
             except DataError:
                 if self.strict:
                     raise
                 warnings.warn(f"image file {path} failed to decode; using the next readable sample instead")
-                continue
-            return self.transform(image), label
-        raise DataError(f"no image in {self.root} could be decoded")
+        raise DataError(f"no image of this split could be decoded (the first is {self.samples[0][0]})")
 
-    def view(self, indices=None, transform=None) -> "ImageFolderDataset":
-        """A copy restricted to ``indices`` (all by default) with another transform; the scan is not redone."""
-        new = object.__new__(ImageFolderDataset)
-        new.__dict__.update(self.__dict__)
-        if indices is not None:
-            new.samples = [self.samples[i] for i in indices]
-            new.targets = [label for _, label in new.samples]
-        if transform is not None:
-            new.transform = transform
-        return new
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (None, key)
+        x, label = self.decode(i)
+        if self.transform is None:
+            return x.float() / 255, label
+        if epoch is None or self.seed is None:
+            return self.transform(x), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, epoch, 3, i))
+            return self.transform(x), label
 
 
-def stratified_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, val): ``round(fraction * n_k)`` (at least 1 when n_k > 1) random samples of each class."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.tensor(targets)
-    train, val = [], []
-    for k in labels.unique().tolist():
-        idx = (labels == k).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)].tolist()
-        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
-        val += idx[:n_val]
-        train += idx[n_val:]
-    return sorted(train), sorted(val)
+class EpochSampler(Sampler):
+    """``(epoch, index)`` keys of this rank's share of an epoch, in :func:`epoch_indices` order, optionally
+    starting part-way (a resumed epoch skips the batches it already trained on, without decoding them)."""
+
+    def __init__(self, n: int, seed: int = 0, *, shuffle: bool, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False):
+        self.n, self.seed, self.shuffle, self.drop_last = n, seed, shuffle, drop_last
+        self.rank, self.world_size, self.epoch, self.start = rank, world_size, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return samples_per_rank(self.n, self.world_size, self.drop_last)
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        order = epoch_indices(self.n, self.seed, self.epoch, shuffle=self.shuffle, rank=self.rank,
+                              world_size=self.world_size, drop_last=self.drop_last)
+        return iter([(self.epoch, i) for i in order[start:].tolist()])
 
 
-def imagefolder_loaders(root, img_size: int, batch_size: int, workers: int = 4, *, val_fraction: float = 0.1,
-                        seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, randaugment: bool = True,
-                        hflip: bool = True, scale=(0.08, 1.0), crop_pct: float = 0.875, strict: bool = False,
-                        rank: int = 0, world_size: int = 1, pin_memory: bool | None = None):
-    """Train and eval ``DataLoader``s over an image folder; returns ``(train_loader, eval_loader)``.
+def _quiet_worker(_: int) -> None:
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which stops the run once and cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    Layout: ``root/train/<class>/`` with ``root/val/<class>/`` (or ``root/test/``); or a single
-    ``root/<class>/`` split per class into train and eval with ``val_fraction`` and ``seed``. Training uses
-    random-resized-crop, flip and RandAugment (:func:`train_transform`), evaluation resize + center-crop
-    (:func:`eval_transform`), both in ``workers`` worker processes. With ``world_size > 1`` both loaders use a
-    ``DistributedSampler`` (call ``train_loader.sampler.set_epoch(e)`` each epoch); with one process the
-    training order comes from a generator seeded with ``seed``. Batches: (float (B, 3, S, S), int64 (B,)).
-    """
-    if not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"workers must be a non-negative integer, got {workers!r}")
-    root = Path(root).expanduser()
-    train_tf = train_transform(img_size, mean, std, scale=scale, hflip=hflip, randaugment=randaugment)
-    eval_tf = eval_transform(img_size, mean, std, crop_pct=crop_pct)
-    val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
-    if (root / "train").is_dir() and val_dir is not None:
-        train_set = ImageFolderDataset(root / "train", train_tf, strict=strict)
-        eval_set = ImageFolderDataset(val_dir, eval_tf, strict=strict)
-        if eval_set.classes != train_set.classes:
-            raise DataError(f"class folders of {val_dir} differ from those of {root / 'train'}")
-    else:
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-        full = ImageFolderDataset(root, strict=strict)
-        train_idx, val_idx = stratified_split(full.targets, val_fraction, seed)
-        train_set, eval_set = full.view(train_idx, train_tf), full.view(val_idx, eval_tf)
-    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    common = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-    if world_size > 1:
-        train_sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=seed, drop_last=True)
-        eval_sampler = DistributedSampler(eval_set, world_size, rank, shuffle=False)
-        train = DataLoader(train_set, sampler=train_sampler, drop_last=True, **common)
-        evaluation = DataLoader(eval_set, sampler=eval_sampler, **common)
-    else:
-        g = torch.Generator().manual_seed(seed)
-        train = DataLoader(train_set, shuffle=True, generator=g, drop_last=len(train_set) >= batch_size, **common)
-        evaluation = DataLoader(eval_set, shuffle=False, **common)
-    return train, evaluation
+
+class FolderLoader:
+    """Batches ``(float images (B, C, H, W), int64 labels (B,))`` streamed from a :class:`ImageFolderDataset`
+    through ``workers`` processes, with the in-memory loader's interface: ``set_epoch(e)``, ``skip(k)`` (start
+    the next pass at batch k) and ``len()``. With ``mix`` (a mixing BatchAugment) batches are mixed on
+    ``device`` with a generator seeded by (seed, epoch, rank, batch), like the in-memory loader's."""
+
+    def __init__(self, dataset: ImageFolderDataset, batch_size: int, *, shuffle: bool, drop_last: bool = False,
+                 seed: int = 0, workers: int = 0, rank: int = 0, world_size: int = 1, mix=None, device="cpu",
+                 pin_memory: bool | None = None):
+        drop_last = drop_last and samples_per_rank(len(dataset), world_size, True) >= batch_size
+        self.sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, rank=rank, world_size=world_size,
+                                    drop_last=drop_last)
+        self.dataset, self.batch_size, self.seed, self.rank = dataset, batch_size, seed, rank
+        self.mix, self.device, self.num_classes = mix, torch.device(device), len(dataset.classes)
+        pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
+                                 num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                                 worker_init_fn=_quiet_worker if workers > 0 else None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def skip(self, k: int) -> None:
+        self.sampler.start = k * self.batch_size
+        self._first = k
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        first, self._first = getattr(self, "_first", 0), 0
+        for b, (images, labels) in enumerate(self.loader, start=first):
+            if self.mix is not None:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2, self.rank, b))
+                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                images, labels = self.mix.mix(images, labels, g, self.num_classes)
+            yield images, labels
+
+
+class Chain:
+    """Callables applied in turn; picklable (unlike a lambda), so it can travel to loader worker processes
+    started by spawn (macOS, Windows)."""
+
+    def __init__(self, *steps):
+        self.steps = steps
+
+    def __call__(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def eval_transform(preprocess: Preprocess) -> Chain:
+    """The per-sample form of :class:`Preprocess` for a decoded uint8 image (geometry, then normalisation)."""
+    return Chain(preprocess.geometry, preprocess.normalize)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding a folder once into memory (and optionally a cache file)
+
+
+def decode_folder(samples: FolderSamples, classes, preprocess: Preprocess, *, cache_dir=None, workers: int = 0,
+                  name: str = "folder"):
+    """Every image of ``samples`` decoded once through ``preprocess``'s geometry into an in-memory
+    :class:`~vitkit.data.ImageDataset` (uint8 (N, C, H, W) at the model's size, normalised later with
+    ``preprocess``'s statistics; ``sources`` holds each image's file), for the device loader. Files that fail
+    to decode are left out with one warning. With ``cache_dir`` the result is stored there as safetensors,
+    keyed by the files (path, size, modification time) and the geometry, and read back on the next run."""
+    from .datasets import ImageDataset
+
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir).expanduser() / f"{_cache_key(samples, preprocess)}.safetensors"
+    tensors = _read_cache(cached) if cached is not None and cached.is_file() else None
+    if tensors is None:
+        tensors = _decode_all(samples, preprocess, workers)
+        if cached is not None:
+            from safetensors.torch import save_file
+
+            from ..fileio import atomic_path
+            with atomic_path(cached) as tmp:
+                save_file(tensors, str(tmp))
+    kept = tensors["kept"].tolist()
+    return ImageDataset(tensors["images"], tensors["labels"], classes, preprocess.mean, preprocess.std, name=name,
+                        sources=[str(samples.samples[i][0]) for i in kept])
+
+
+def _decode_all(samples: FolderSamples, preprocess: Preprocess, workers: int) -> dict[str, torch.Tensor]:
+    def one(path):
+        try:
+            return preprocess.load(path)  # (C, H, W) uint8
+        except DataError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(one, [p for p, _ in samples.samples]))
+    kept = [i for i, x in enumerate(decoded) if x is not None]
+    if len(kept) < len(decoded):
+        bad = next(samples.samples[i][0] for i, x in enumerate(decoded) if x is None)
+        warnings.warn(f"left out {len(decoded) - len(kept)} image(s) that failed to decode, e.g. {bad}", stacklevel=3)
+    if not kept:
+        raise DataError(f"none of the {len(decoded)} images of this split could be decoded")
+    return {"images": torch.stack([decoded[i] for i in kept]),  # (N, C, H, W) uint8
+            "labels": torch.tensor([samples.samples[i][1] for i in kept], dtype=torch.int64),
+            "kept": torch.tensor(kept, dtype=torch.int64)}
+
+
+def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except Exception:  # a damaged cache file is rebuilt, never trusted
+        warnings.warn(f"decoded-image cache {path} is unreadable; decoding the folder again", stacklevel=3)
+        return None
+
+
+def _cache_key(samples: FolderSamples, preprocess: Preprocess) -> str:
+    h = hashlib.sha1(repr(sorted(preprocess.to_dict().items())).encode())
+    for path, label in samples.samples:
+        st = path.stat()
+        h.update(f"{path.resolve()}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]

@@ -14,12 +14,31 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .preprocess import Normalize
 
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed that is a well-mixed function of the given non-negative integers (NumPy SeedSequence)."""
     words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+def samples_per_rank(n: int, world_size: int, drop_last: bool) -> int:
+    return n // world_size if drop_last else math.ceil(n / world_size)
+
+
+def epoch_indices(n: int, seed: int, epoch: int, *, shuffle: bool, rank: int = 0, world_size: int = 1,
+                  drop_last: bool = False) -> torch.Tensor:
+    """This rank's sample indices of an epoch, in order: a seeded permutation of f(seed, epoch) (identity
+    without ``shuffle``), sharded round-robin, padded by repetition (``drop_last=False``) or cut
+    (``drop_last=True``) so every rank gets the same count. Shared by both loaders, so an in-memory set and
+    a streamed folder see their samples in the same order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 0))) if shuffle \
+        else torch.arange(n)
+    total = samples_per_rank(n, world_size, drop_last) * world_size
+    if total > n:  # pad by repeating the start of the order
+        order = order.repeat(math.ceil(total / n))
+    return order[:total][rank::world_size]
 
 
 class DeviceLoader:
@@ -47,7 +66,7 @@ class DeviceLoader:
         images = getattr(dataset, "images", None)
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
             raise DataError("DeviceLoader needs an in-memory data set with uint8 images (N, C, H, W); "
-                            "stream image folders with imagefolder_loaders instead")
+                            "stream image folders with folder_loader instead")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.augment = seed, rank, world_size, augment
         self.device = torch.device(device)
@@ -55,12 +74,9 @@ class DeviceLoader:
         self.labels = dataset.labels.to(self.device, torch.int64)  # (N,)
         self.num_classes = (getattr(augment, "num_classes", None) or len(dataset.classes))
         self.mean, self.std = tuple(dataset.mean), tuple(dataset.std)
-        std = torch.tensor(self.std, dtype=torch.float32)
-        # x_norm = (x / 255 - mean) / std = x * scale + shift, per channel; shapes (1, C, 1, 1).
-        self._scale = (1 / (255 * std)).view(1, -1, 1, 1).to(self.device)
-        self._shift = (-torch.tensor(self.mean, dtype=torch.float32) / std).view(1, -1, 1, 1).to(self.device)
+        self.normalize = Normalize(self.mean, self.std)
         n = len(self.images)
-        self.samples_per_rank = n // world_size if drop_last else math.ceil(n / world_size)
+        self.samples_per_rank = samples_per_rank(n, world_size, drop_last)
         if self.samples_per_rank == 0:
             raise DataError(f"data set of {n} samples is too small for {world_size} ranks")
         self.epoch, self._skip = 0, 0
@@ -82,18 +98,12 @@ class DeviceLoader:
 
     def epoch_order(self) -> torch.Tensor:
         """The epoch's permutation of all N sample indices (CPU int64), identical on every rank."""
-        n = len(self.images)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 0)))
+        return epoch_indices(len(self.images), self.seed, self.epoch, shuffle=self.shuffle)
 
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in order (samples_per_rank,)."""
-        order = self.epoch_order()
-        total = self.samples_per_rank * self.world_size
-        if total > len(order):  # pad by repeating the start of the order
-            order = order.repeat(math.ceil(total / len(order)))
-        return order[:total][self.rank::self.world_size]
+        return epoch_indices(len(self.images), self.seed, self.epoch, shuffle=self.shuffle, rank=self.rank,
+                             world_size=self.world_size, drop_last=self.drop_last)
 
     def batch_generator(self, batch_index: int) -> torch.Generator:
         """The CPU generator whose draws augment batch ``batch_index`` of this epoch on this rank."""
@@ -110,7 +120,7 @@ class DeviceLoader:
             g = self.batch_generator(b) if aug is not None else None
             if aug is not None:
                 x = aug.spatial(x, g)
-            x = x.to(torch.float32).mul_(self._scale).add_(self._shift)  # normalise (B, C, H, W)
+            x = self.normalize(x)  # (B, C, H, W) float32
             if aug is not None and aug.mixing:
                 x, y = aug.mix(x, y, g, self.num_classes)
             yield x, y

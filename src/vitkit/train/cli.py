@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, DataError
-
 
 def training_recipes() -> list[str]:
     """Names of the packaged recipes that are training configs (the folder also holds other tools' configs)."""
@@ -57,43 +55,10 @@ def train_main(argv: list[str] | None = None) -> int:
     return train(cfg, resume=args.resume)
 
 
-def _load(checkpoint: str, device: str):
-    from ..checkpoint import load_model
+def _predictor(checkpoint: str, device: str):
+    from ..predictor import Predictor
     from .distributed import pick_device
-
-    dev = pick_device(device)
-    model, meta = load_model(checkpoint, dev)
-    classes = meta.get("classes") or [str(k) for k in range(model.config.num_classes)]
-    if len(classes) != model.config.num_classes:
-        raise CheckpointError(f"checkpoint {checkpoint} names {len(classes)} classes but its head has "
-                              f"{model.config.num_classes} outputs")
-    return model, meta, classes, dev
-
-
-def eval_loader(dataset: str, root: str | None, split: str, model, meta: dict, batch_size: int, device, workers: int):
-    """A test loader normalised with the checkpoint's own statistics (those it was trained with)."""
-    from ..data import DeviceLoader, ImageDataset, load_dataset
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-
-    mean = tuple(meta.get("mean") or IMAGENET_MEAN)
-    std = tuple(meta.get("std") or IMAGENET_STD)
-    if dataset.startswith("imagefolder:"):
-        from ..data import ImageFolderDataset
-        folder = Path(dataset.split(":", 1)[1]).expanduser()
-        if (folder / split).is_dir():
-            folder = folder / split
-        size = model.config.img_size if isinstance(model.config.img_size, int) else model.config.img_size[0]
-        ds = ImageFolderDataset(folder, eval_transform(size, mean, std))
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
-        return loader, ds.classes, len(ds)
-    ds = load_dataset(dataset, root, split)
-    ds = ImageDataset(ds.images, ds.labels, ds.classes, mean, std, name=ds.name)
-    size = model.config.img_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if (ds.in_channels, *ds.image_size) != (model.config.in_channels, *size):
-        raise DataError(f"data set {dataset!r} has {ds.in_channels}x{ds.image_size[0]}x{ds.image_size[1]} images "
-                        f"but the checkpoint expects {model.config.in_channels}x{size[0]}x{size[1]}")
-    return DeviceLoader(ds, batch_size, shuffle=False, device=device), ds.classes, len(ds)
+    return Predictor.load(checkpoint, pick_device(device))
 
 
 def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
@@ -112,30 +77,36 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     from .loop import evaluate
 
-    parser = argparse.ArgumentParser(prog="vitkit eval", description="Evaluate a checkpoint: loss, top-1, top-5 "
-                                     "accuracy and the confusion matrix.")
+    parser = argparse.ArgumentParser(
+        prog="vitkit eval", description="Evaluate a checkpoint on a split of its data: loss, top-1, top-5 accuracy "
+        "and the confusion matrix. With no other flag: the run's own validation split (the files in RUN/split.csv "
+        "for an image folder), preprocessed as during training.")
     parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best (or a .safetensors file or run)")
-    parser.add_argument("--dataset", help="data set name or imagefolder:PATH (default: the one it was trained on)")
-    parser.add_argument("--root", help="the data set's folder (default: $VITKIT_DATA or ~/.cache/vitkit)")
-    parser.add_argument("--split", default="test", choices=["train", "test"])
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--split", choices=["train", "val", "test"],
+                        help="which split to score (default: val, or test when the run has no validation split)")
+    parser.add_argument("--dataset", help="another data set name or imagefolder:PATH, split by the run's rule")
+    parser.add_argument("--root", help="the data set's folder (default: the run's, $VITKIT_DATA or ~/.cache/vitkit)")
+    parser.add_argument("--batch-size", type=_positive, default=256)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=4, help="loader processes for image folders")
+    parser.add_argument("--workers", type=_non_negative, default=0, help="loader processes for image folders")
+    parser.add_argument("--predictions", metavar="CSV", help="also write each image's prediction to this file")
     args = parser.parse_args(argv)
 
-    model, meta, classes, device = _load(args.checkpoint, args.device)
-    dataset = args.dataset or meta.get("dataset")
-    if not dataset:
-        raise CheckpointError(f"checkpoint {args.checkpoint} does not record its data set; pass --dataset")
-    loader, data_classes, n = eval_loader(dataset, args.root, args.split, model, meta, args.batch_size, device,
-                                          args.workers)
-    if len(data_classes) != len(classes):
-        raise DataError(f"data set {dataset!r} has {len(data_classes)} classes but the checkpoint predicts "
-                        f"{len(classes)}")
-    result = evaluate(model, loader, nn.CrossEntropyLoss(), device, num_classes=len(classes))
-    print(f"checkpoint: {args.checkpoint}\ndata:       {dataset} ({args.split}, {n} images)")
+    predictor = _predictor(args.checkpoint, args.device)
+    eval_set, splits = predictor.eval_set(args.split, dataset=args.dataset, root=args.root,
+                                          batch_size=args.batch_size, workers=args.workers)
+    result = evaluate(predictor.model, eval_set.loader, nn.CrossEntropyLoss(), predictor.device,
+                      num_classes=len(predictor.classes))
+    epoch = predictor.meta.get("epoch")
+    print(f"checkpoint: {predictor.path}" + (f" (epoch {epoch})" if epoch else ""))
+    print(f"data:       {splits.dataset}, {eval_set.split} split: {result['n']} images ({splits.rule})")
+    print(f"preprocess: {predictor.preprocess.describe()}")
     print(f"loss {result['loss']:.4f}   top-1 {result['accuracy']:.4f}   top-5 {result['top5']:.4f}")
-    confusion = result["confusion"]
+    if args.predictions:
+        from ..runs import write_predictions
+        write_predictions(args.predictions, eval_set.sources, result["predictions"], predictor.classes)
+        print(f"predictions: {args.predictions} (one row per image)")
+    classes, confusion = predictor.classes, result["confusion"]
     if len(classes) <= 30:
         print("confusion matrix (rows: true class, columns: predicted class):")
         print(format_confusion(confusion, classes))
@@ -150,27 +121,112 @@ def eval_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def predict_main(argv: list[str] | None = None) -> int:
-    from ..data import preprocess_image
+def _positive(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
-    parser = argparse.ArgumentParser(prog="vitkit predict", description="Print the top-k classes of images.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (jpg, png, ...)")
+
+def _non_negative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def collect_images(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to predict: each path, or every image under a folder (recursively); and (path, reason) for the
+    paths that are neither."""
+    from ..data import list_images
+
+    files, problems = [], []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                problems.append((text, "the folder holds no jpg/png/webp/bmp/tif images"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append((text, "no such file or folder"))
+    return files, problems
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    import csv
+    import json
+    import sys
+
+    from ..errors import ConfigError, VitkitError
+
+    parser = argparse.ArgumentParser(
+        prog="vitkit predict", description="Print the top-k classes of images (files, or folders searched "
+        "recursively), preprocessed exactly as the checkpoint's run validated them.")
+    parser.add_argument("images", nargs="+", metavar="PATH", help="image files or folders of images")
     parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best (or a .safetensors file or run)")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=int, default=5, help="how many classes to show per image (default 5)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    output.add_argument("--csv", action="store_true", help="CSV on stdout: image, then class and probability per rank")
+    parser.add_argument("--batch-size", type=_positive, default=64)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
-    model, meta, classes, device = _load(args.checkpoint, args.device)
-    cfg = model.config
-    channels = cfg.in_channels
-    mean = tuple(meta.get("mean") or (0.5,) * channels)
-    std = tuple(meta.get("std") or (0.5,) * channels)
-    k = max(1, min(args.top_k, len(classes)))
-    for path in args.images:
-        x = preprocess_image(path, cfg.img_size, mean, std).to(device)  # (1, C, H, W)
-        with torch.no_grad():
-            probs = model(x).float().softmax(dim=1)[0]
-        top = probs.topk(k)
-        ranked = ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist()))
-        print(f"{path}: {ranked}")
+    predictor = _predictor(args.checkpoint, args.device)
+    classes = predictor.classes
+    if not 1 <= args.top_k <= len(classes):
+        raise ConfigError(f"--top-k must lie between 1 and {len(classes)} (the checkpoint's classes), got {args.top_k}")
+    files, problems = collect_images(args.images)
+    results = []
+    for start in range(0, len(files), args.batch_size):
+        batch, names = [], []
+        for path in files[start:start + args.batch_size]:
+            try:
+                batch.append(predictor.preprocess(path))  # (C, H, W)
+                names.append(str(path))
+            except VitkitError as e:
+                problems.append((str(path), str(e)))
+        if batch:
+            probs = predictor.probabilities(torch.stack(batch))  # (b, classes)
+            top = probs.topk(args.top_k, dim=1)
+            results += [(name, [(classes[i], p) for p, i in zip(ps, idx)])
+                        for name, ps, idx in zip(names, top.values.tolist(), top.indices.tolist())]
+    if args.json:
+        print(json.dumps([{"image": name, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in ranked]}
+                          for name, ranked in results], indent=2))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image"] + [f"{k}{n}" for n in range(1, args.top_k + 1) for k in ("class", "p")])
+        for name, ranked in results:
+            writer.writerow([name] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+    elif results:
+        print(format_predictions(results))
+    for path, reason in problems:
+        print(f"vitkit predict: skipped {path}: {reason}", file=sys.stderr)
+    if problems:
+        print(f"vitkit predict: {len(problems)} of {len(results) + len(problems)} inputs could not be predicted",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def format_predictions(results: list[tuple[str, list[tuple[str, float]]]]) -> str:
+    """A table: the image, then each ranked class with its probability."""
+    k = len(results[0][1])
+    width = max(len(name) for name, _ in results)
+    cls = max(5, min(20, max(len(c) for _, ranked in results for c, _ in ranked)))
+    head = f"{'image':<{width}}" + "".join(f"  {'top-' + str(r + 1):<{cls}} {'p':>5}" for r in range(k))
+    lines = [head]
+    for name, ranked in results:
+        lines.append(f"{name:<{width}}" + "".join(f"  {c[:cls]:<{cls}} {p:5.3f}" for c, p in ranked))
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -21,25 +22,54 @@ from ..errors import ConfigError
 
 @dataclass
 class DataConfig:
-    """What to train on and how batches are made. ``batch_size`` is the global batch (all processes)."""
+    """What to train on, how it is split, and how batches are made. ``batch_size`` is the global batch (all
+    processes). Splits follow :mod:`vitkit.data.splits`: ``val_fraction`` of each class is held out of the
+    training split (unless a folder has ``val/``) with ``split_seed``."""
 
     dataset: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | cifar100 | synthetic | imagefolder:PATH
     root: str | None = None  # the data set's folder; None: $VITKIT_DATA/<folder> or ~/.cache/vitkit/<folder>
     download: bool = False
+    val_fraction: float = 0.1  # validation hold-out from the training split; 0: none (the last epoch is kept)
+    split_seed: int = 0
     batch_size: int = 128
     eval_batch_size: int = 512
+    # Batched augmentation on the device (in-memory sets and folders decoded once):
     crop_padding: int | None = None  # None: the data set's usual value (vitkit.data.recommended_augment)
     hflip: bool | None = None  # None: the data set's usual value
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
-    # Image folders only (streamed through torchvision transforms in worker processes):
-    img_size: int = 224
-    workers: int = 4
-    val_fraction: float = 0.1
-    randaugment: bool = True
+    # Image folders:
+    img_size: int | tuple[int, int] | None = None  # None: model.img_size, else 224
+    channels: int | None = None  # 1 or 3; None: 1 when every image is grey, else 3
+    mean: tuple[float, ...] | None = None  # normalisation; None: ImageNet's (its grey version for 1 channel)
+    std: tuple[float, ...] | None = None
+    crop_pct: float = 0.875  # evaluation: short side to img_size / crop_pct, then the centre img_size (timm)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # training: random-resized-crop area fraction (streamed)
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # and aspect ratio range
+    randaugment: bool = True  # streamed only
+    cache: Literal["none", "memory", "disk"] = "none"  # decode every image once (then train on the device)
+    cache_dir: str | None = None  # for cache: disk; None: ~/.cache/vitkit/decoded
+    workers: int = 4  # loader processes when streaming
 
     def __post_init__(self):
         check_positive(self, ("batch_size", "eval_batch_size"), "data")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels must be 1, 3 or null (decided by the images), got {self.channels!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"data.crop_pct must lie in (0, 1], got {self.crop_pct}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.crop_ratio must be [low, high] with 0 < low <= high, got {list(self.crop_ratio)}")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("data.mean and data.std go together: give both or neither")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
 
 
 @dataclass
@@ -60,6 +90,9 @@ class OptimConfig:
     def __post_init__(self):
         if self.lr <= 0 or self.min_lr < 0:
             raise ConfigError(f"optim.lr must be > 0 and optim.min_lr >= 0, got {self.lr} and {self.min_lr}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr ({self.min_lr:g}) must not exceed optim.lr ({self.lr:g}): the schedule "
+                              "decays from lr down to min_lr")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
         if not 0 <= self.label_smoothing < 1:
@@ -80,6 +113,7 @@ class LoopConfig:
     checkpoint_every_steps: int = 0  # also save `last` every N optimizer steps; 0: at the end of each epoch only
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on the CPU needs nothing more)
     threads: int | None = None  # torch.set_num_threads; None: PyTorch's default
+    patience: int | None = None  # stop after this many epochs without a better validation accuracy; None: never
 
     def __post_init__(self):
         check_positive(self, ("epochs",), "train")
@@ -87,6 +121,8 @@ class LoopConfig:
             raise ConfigError(f"train.ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.checkpoint_every_steps < 0:
             raise ConfigError(f"train.checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
+        if self.patience is not None:
+            check_positive(self, ("patience",), "train")
 
 
 @dataclass

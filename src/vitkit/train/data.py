@@ -1,21 +1,23 @@
-"""Train and test loaders for a run, from the ``data`` section, on one process or as this rank's shard.
+"""A run's data, from its ``data`` section: the splits (:mod:`vitkit.data.splits`), the preprocessing the model
+is evaluated with, the training loader, and the validation and test sets, on one process or as this rank's
+shard.
 
-In-memory data sets (digits, MNIST, Fashion-MNIST, CIFAR, synthetic) use :class:`vitkit.data.DeviceLoader`,
-which already reproduces any epoch and batch position from (seed, epoch, batch). Image folders stream
-through torch DataLoaders (:func:`vitkit.data.imagefolder_loaders`); :class:`ResumableLoader` gives those the
-same ``set_epoch`` / ``skip`` interface so the loop treats both alike.
+In-memory data sets, and image folders decoded once (``data.cache``), train through the device-resident
+:class:`~vitkit.data.DeviceLoader` with batched augmentation; other image folders stream through worker
+processes (:class:`~vitkit.data.FolderLoader`) with per-sample augmentation. Both reproduce any epoch and
+batch position from (seed, epoch, batch), so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-from ..data import BatchAugment, DeviceLoader, IMAGENET_MEAN, IMAGENET_STD, imagefolder_loaders, load_dataset, \
-    recommended_augment
-from ..data.loader import derive_seed
+from ..data import (BatchAugment, DeviceLoader, FolderLoader, FolderSamples, ImageFolderDataset, Preprocess,
+                    decode_folder, open_splits, recommended_augment, train_transform)
+from ..data.imagefolder import Chain
+from ..data.preprocess import default_stats, pair
+from ..data.splits import EvalSet, Splits, eval_set, in_memory
 from ..errors import ConfigError
 from .config import DataConfig
 from .distributed import Context
@@ -23,54 +25,27 @@ from .distributed import Context
 
 @dataclass
 class RunData:
+    splits: Splits
+    preprocess: Preprocess  # how the model's evaluation input is made (stored with every checkpoint)
     train_loader: object
-    test_loader: object
-    test_dataset: object  # the in-memory test ImageDataset (for the report), None for image folders
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    in_channels: int
-    img_size: int | tuple[int, int]
-    num_train: int
-    num_test: int
+    val: EvalSet | None
+    test: EvalSet | None
 
+    @property
+    def classes(self) -> list[str]:
+        return self.splits.classes
 
-class ResumableLoader:
-    """A torch DataLoader whose epoch order is a function of (seed, epoch), and that can skip batches.
+    @property
+    def in_channels(self) -> int:
+        return self.preprocess.channels
 
-    The shuffling generator (one process) or the DistributedSampler (many) is re-seeded from the epoch,
-    so a resumed run sees the same order. ``skip(k)`` drops the first k batches of the next pass; they are
-    still decoded by the workers (a DataLoader cannot start mid-epoch), which costs time, not exactness.
-    With ``mix`` (a mixing :class:`BatchAugment`), batches get mixup / cutmix on the training device, drawn
-    from a generator seeded by (seed, epoch, rank, batch) like :class:`DeviceLoader`'s.
-    """
+    @property
+    def img_size(self) -> int | tuple[int, int]:
+        h, w = self.preprocess.img_size
+        return h if h == w else (h, w)
 
-    def __init__(self, loader: torch.utils.data.DataLoader, seed: int, *, mix: BatchAugment | None = None,
-                 num_classes: int | None = None, device="cpu", rank: int = 0):
-        self.loader, self.seed, self.epoch, self._skip = loader, seed, 0, 0
-        self.mix, self.num_classes, self.device, self.rank = mix, num_classes, torch.device(device), rank
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.loader.sampler, "set_epoch"):
-            self.loader.sampler.set_epoch(epoch)
-        if self.loader.generator is not None:
-            self.loader.generator.manual_seed(self.seed * 1_000_003 + epoch)
-
-    def skip(self, k: int) -> None:
-        self._skip = k
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        start, self._skip = self._skip, 0
-        for b, (images, labels) in enumerate(itertools.islice(iter(self.loader), start, None), start=start):
-            if self.mix is not None:
-                g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2, self.rank, b))
-                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-                images, labels = self.mix.mix(images, labels, g, self.num_classes)
-            yield images, labels
+    def size(self, split: str) -> int:
+        return self.splits.size(split)
 
 
 def per_rank_batch(batch_size: int, ctx: Context, key: str) -> int:
@@ -79,36 +54,66 @@ def per_rank_batch(batch_size: int, ctx: Context, key: str) -> int:
     return batch_size // ctx.world_size
 
 
-def build_data(cfg: DataConfig, seed: int, ctx: Context) -> RunData:
-    """The run's loaders. ``batch_size`` is global: each of the N processes gets ``batch_size / N``."""
-    batch = per_rank_batch(cfg.batch_size, ctx, "data.batch_size")
-    if cfg.dataset.startswith("imagefolder:"):
-        root = cfg.dataset.split(":", 1)[1]
-        train, test = imagefolder_loaders(
-            root, cfg.img_size, batch, cfg.workers, val_fraction=cfg.val_fraction, seed=seed,
-            randaugment=cfg.randaugment, hflip=cfg.hflip if cfg.hflip is not None else True,
-            rank=ctx.rank, world_size=ctx.world_size)
-        classes = list(train.dataset.classes)
-        mix = BatchAugment(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, num_classes=len(classes))
-        train = ResumableLoader(train, seed, mix=mix if mix.mixing else None, num_classes=len(classes),
-                                device=ctx.device, rank=ctx.rank)
-        return RunData(train, test, None, classes, IMAGENET_MEAN, IMAGENET_STD, 3, cfg.img_size,
-                       len(train.loader.dataset), len(test.dataset))
+def run_preprocess(cfg: DataConfig, splits: Splits, model_img_size=None) -> Preprocess:
+    """The evaluation preprocessing a run's data implies: an in-memory set's own size and statistics; for a
+    folder, ``data.img_size`` (or the model's, else 224), ``data.crop_pct``, interpolation and statistics."""
+    if not splits.is_folder:
+        for key in ("img_size", "mean", "channels"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"data.{key} applies to image folders only; {splits.dataset} images are "
+                                  f"{splits.channels}x{splits.image_size[0]}x{splits.image_size[1]} as they are")
+        return Preprocess(splits.image_size, splits.mean, splits.std, crop_pct=1.0, interpolation=cfg.interpolation)
+    size = cfg.img_size if cfg.img_size is not None else (model_img_size if model_img_size is not None else 224)
+    if cfg.img_size is not None and model_img_size is not None and pair(cfg.img_size) != pair(model_img_size):
+        raise ConfigError(f"data.img_size {cfg.img_size} and model.img_size {model_img_size} differ; the images "
+                          "are made the model's size, so give one of them (or the same value)")
+    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else default_stats(splits.channels)
+    if len(mean) != splits.channels:
+        raise ConfigError(f"data.mean and data.std have {len(mean)} values but the images are made "
+                          f"{splits.channels}-channel (data.channels)")
+    return Preprocess(pair(size, "data.img_size"), tuple(mean), tuple(std), crop_pct=cfg.crop_pct,
+                      interpolation=cfg.interpolation)
 
-    train_set = load_dataset(cfg.dataset, cfg.root, "train", download=cfg.download and ctx.is_main)
-    test_set = load_dataset(cfg.dataset, cfg.root, "test", download=False)
-    num_classes = len(train_set.classes)
-    usual = recommended_augment(train_set.name)
-    augment = BatchAugment(
-        crop_padding=usual.crop_padding if cfg.crop_padding is None else cfg.crop_padding,
-        hflip=usual.hflip if cfg.hflip is None else cfg.hflip,
-        mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, num_classes=num_classes)
-    if augment.crop_padding == 0 and not augment.hflip and not augment.mixing:
-        augment = None
-    common = dict(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
-    train = DeviceLoader(train_set, batch, shuffle=True, drop_last=True, seed=seed, augment=augment, **common)
-    test = DeviceLoader(test_set, per_rank_batch(cfg.eval_batch_size, ctx, "data.eval_batch_size"),
-                        shuffle=False, drop_last=False, **common)
-    h, w = train_set.image_size
-    return RunData(train, test, test_set, list(train_set.classes), train_set.mean, train_set.std,
-                   train_set.in_channels, h if h == w else (h, w), len(train_set), len(test_set))
+
+def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None, split_file=None) -> RunData:
+    """The run's splits, preprocessing and loaders. ``split_file`` (a run's ``split.csv``) fixes an image
+    folder's files; ``batch_size`` is global: each of the N processes gets ``batch_size / N``."""
+    splits = open_splits(cfg.dataset, cfg.root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
+                         split_file=split_file, channels=cfg.channels, download=cfg.download and ctx.is_main)
+    preprocess = run_preprocess(cfg, splits, model_img_size)
+    batch = per_rank_batch(cfg.batch_size, ctx, "data.batch_size")
+    eval_batch = per_rank_batch(cfg.eval_batch_size, ctx, "data.eval_batch_size")
+    shard = dict(rank=ctx.rank, world_size=ctx.world_size)
+    parts = dict(splits.parts)
+    if splits.is_folder and cfg.cache != "none":  # decode once, then everything is in memory
+        cache_dir = None if cfg.cache == "memory" else (cfg.cache_dir or Path.home() / ".cache" / "vitkit" / "decoded")
+        parts = {name: decode_folder(part, splits.classes, preprocess, cache_dir=cache_dir, workers=cfg.workers,
+                                     name=splits.dataset) for name, part in parts.items()}
+    num_classes = len(splits.classes)
+    train = parts["train"]
+    if isinstance(train, FolderSamples):
+        mix = BatchAugment(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, num_classes=num_classes)
+        augment = train_transform(preprocess.img_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
+                                  interpolation=cfg.interpolation, hflip=cfg.hflip if cfg.hflip is not None else True,
+                                  randaugment=cfg.randaugment)
+        ds = ImageFolderDataset(samples=train.samples, classes=splits.classes, channels=preprocess.channels,
+                                transform=Chain(augment, preprocess.normalize), seed=seed)
+        loader = FolderLoader(ds, batch, shuffle=True, drop_last=True, seed=seed, workers=cfg.workers,
+                              mix=mix if mix.mixing else None, device=ctx.device, **shard)
+    else:
+        usual = recommended_augment(train.name) if not splits.is_folder else \
+            BatchAugment(max(1, preprocess.img_size[0] // 8), True)
+        augment = BatchAugment(
+            crop_padding=usual.crop_padding if cfg.crop_padding is None else cfg.crop_padding,
+            hflip=usual.hflip if cfg.hflip is None else cfg.hflip,
+            mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, num_classes=num_classes)
+        if augment.crop_padding == 0 and not augment.hflip and not augment.mixing:
+            augment = None
+        loader = DeviceLoader(in_memory(train, preprocess), batch, shuffle=True, drop_last=True, seed=seed,
+                              augment=augment, device=ctx.device, **shard)
+    if len(loader) == 0:
+        raise ConfigError(f"data.batch_size {cfg.batch_size} is larger than the {splits.size('train')} training "
+                          "images, so an epoch would train no step; lower data.batch_size")
+    sets = {name: eval_set(splits, name, preprocess, eval_batch, device=ctx.device, workers=cfg.workers,
+                           part=parts[name], **shard) for name in ("val", "test") if name in parts}
+    return RunData(splits, preprocess, loader, sets.get("val"), sets.get("test"))

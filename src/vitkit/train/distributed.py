@@ -47,7 +47,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use device=cpu or auto")
+            raise ConfigError(f"device {name!r} was asked for but this machine has no CUDA GPU; a GPU recipe (such "
+                              "as imagefolder-gpu) is too large for a CPU, so use a CPU recipe (digits, "
+                              "fashion-mnist, imagefolder), or --set device=cpu to run this one anyway")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -9,6 +9,7 @@ accumulation, clipping, autocast, EMA, a per-step callback for checkpoints and s
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable
 
 import torch
@@ -125,35 +126,55 @@ def train_epoch(model: nn.Module, dataloader, criterion: nn.Module, optimizer: t
 @torch.no_grad()
 def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp: bool = False,
              num_classes: int | None = None) -> dict:
-    """Evaluate ``model``: {"loss", "accuracy", "top5"}, summed over all processes when distributed.
+    """Evaluate ``model`` on every sample of ``dataloader``: {"loss", "accuracy", "top5", "n", "predictions"}.
 
-    With ``num_classes`` the result also has "confusion": a (num_classes, num_classes) int64 matrix whose
-    row is the true class and column the predicted one.
+    ``predictions`` holds one row per sample, in the loader's order: "label", "pred" (int64) and
+    "confidence" (the softmax probability of "pred"), and "loss" (float32). Under torch.distributed the
+    shards of all processes are gathered and the padding the loaders add to even out the shards is dropped,
+    so every sample counts exactly once. With ``num_classes`` the result also has "confusion", a
+    (num_classes, num_classes) int64 matrix: row = true class, column = predicted class.
     """
     device = torch.device(device)
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
-    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=device)
+    per_sample = copy.copy(criterion)
+    if hasattr(per_sample, "reduction"):
+        per_sample.reduction = "none"
+    rows: dict[str, list[torch.Tensor]] = {"label": [], "pred": [], "confidence": [], "loss": [], "top5": []}
     for images, targets in dataloader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(images).float()  # (B, classes)
-        loss = criterion(logits, targets)
+        loss = per_sample(logits, targets)
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        probs = logits.softmax(dim=1)
+        confidence, pred = probs.max(dim=1)
         k = min(5, logits.shape[1])
-        top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
-        pred = logits.argmax(dim=1)
-        sums += torch.stack([loss * len(labels), (pred == labels).sum(), top5,
-                             torch.tensor(len(labels), device=device)]).to(sums.dtype)
-        if num_classes:
-            confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view_as(confusion)
+        rows["label"].append(labels)
+        rows["pred"].append(pred)
+        rows["confidence"].append(confidence)
+        rows["loss"].append(loss.expand(len(labels)) if loss.ndim == 0 else loss)
+        rows["top5"].append((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1))
+    out = {k: torch.cat(v).cpu() if v else torch.empty(0) for k, v in rows.items()}  # one device sync
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
-        if num_classes:
-            dist.all_reduce(confusion)
-    loss, correct, top5, n = sums.tolist()
-    n = max(n, 1)
-    result = {"loss": loss / n, "accuracy": correct / n, "top5": top5 / n}
+        out = _gather_shards(out, len(getattr(dataloader, "dataset", ())) or None)
+    n = len(out["label"])
+    result = {"loss": float(out["loss"].double().mean()) if n else 0.0,
+              "accuracy": float((out["pred"] == out["label"]).double().mean()) if n else 0.0,
+              "top5": float(out["top5"].double().mean()) if n else 0.0, "n": n,
+              "predictions": {k: out[k] for k in ("label", "pred", "confidence", "loss")}}
     if num_classes:
-        result["confusion"] = confusion.cpu()
+        flat = out["label"].long() * num_classes + out["pred"].long()
+        result["confusion"] = torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes)
     return result
+
+
+def _gather_shards(rows: dict[str, torch.Tensor], total: int | None) -> dict[str, torch.Tensor]:
+    """Re-interleave the round-robin shards of all ranks (rank r holds samples r, r + W, ...) and drop the
+    padding at the end."""
+    shards = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, rows)
+    out = {}
+    for key in rows:
+        stacked = torch.stack([s[key] for s in shards], dim=1)  # (per rank, W): row i holds samples i*W .. i*W+W-1
+        out[key] = stacked.reshape(-1)[:total] if total else stacked.reshape(-1)
+    return out

@@ -1,22 +1,14 @@
 """A training run, from a :class:`RunConfig` to a run folder: the part of ``vitkit train`` after argument parsing.
 
 Read :meth:`Trainer.run` top to bottom: one epoch is ``train_epoch`` (with a per-step callback that saves
-mid-epoch checkpoints and honours Ctrl-C), then ``evaluate``, one row of ``metrics.csv``, ``best`` and
-``last`` checkpoints. The run folder::
-
-    runs/<name>/config.yaml             the fully resolved config (re-run or resume from it)
-                metrics.csv             one row per epoch
-                results.json            final (and, during the run, latest) numbers
-                checkpoints/last.safetensors, best.safetensors    weights + architecture + class names
-                checkpoints/last.state.pt, previous.state.pt      everything needed to resume exactly
-                report.html             the run report (vitkit.report), when enabled
-                tensorboard/            event files, when tensorboard is installed
+mid-epoch checkpoints and honours Ctrl-C), then ``evaluate`` on the validation split, one row of
+``metrics.csv``, and the ``best`` (chosen on validation accuracy) and ``last`` checkpoints. At the end the
+``best`` checkpoint is scored once on the test split. :mod:`vitkit.runs` describes the run folder.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import dataclasses
 import math
 import os
 import shutil
@@ -33,6 +25,7 @@ from ..config import save_config
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_text
 from ..model import VisionTransformer, count_parameters
+from ..runs import Run
 from . import distributed
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
                          set_rng_state)
@@ -42,9 +35,6 @@ from .ema import ModelEma
 from .loop import NonFiniteLossError, RunningMetrics, evaluate, train_epoch
 from .optim import build_optimizer, build_scheduler
 from .signals import StopRequest
-
-METRICS_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_top5",
-                   "lr", "images_per_s", "seconds"]
 
 
 def choose_run_dir(cfg: RunConfig, resume: str | None) -> Path:
@@ -70,12 +60,32 @@ def check_compiler(device: torch.device) -> None:
                           "$CXX); install one or set train.compile=false")
 
 
+def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
+    """Refuse settings that the run is too short to honour: a warm-up that never ends, or an EMA that would
+    still be mostly the untrained weights when the run ends."""
+    total = steps_per_epoch * cfg.train.epochs
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    if warmup >= total:
+        raise ConfigError(f"optim.warmup_epochs {cfg.optim.warmup_epochs:g} ({warmup} steps) is not shorter than "
+                          f"the run ({cfg.train.epochs} epochs, {total} steps), so the learning rate would never "
+                          "reach optim.lr; lower optim.warmup_epochs or train longer")
+    decay = cfg.train.ema_decay
+    if decay is not None and not cfg.model.get("init") and decay ** total > 0.01:  # fine-tuning starts trained
+        limit = 0.01 ** (1 / total)
+        raise ConfigError(f"train.ema_decay {decay:g} averages over about {1 / (1 - decay):,.0f} steps, but the run "
+                          f"has {total:,}: the untrained weights would still make up {decay ** total:.0%} of the "
+                          f"average at the end; use train.ema_decay <= {math.floor(limit * 1e5) / 1e5:g} "
+                          "or train longer")
+
+
 class Trainer:
     """Builds everything a run needs, optionally restores it from a checkpoint, and runs it."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: str | None = None, log=print):
-        self.cfg, self.run_dir, self.log_fn = cfg, Path(run_dir), log
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.cfg = cfg
+        self.run_folder = Run(run_dir)
+        self.run_dir, self.log_fn = self.run_folder.path, log
+        self.ckpt_dir = self.run_folder.checkpoints
         self.ctx = ctx = distributed.setup(cfg.device)
         self.device = ctx.device
         if cfg.train.threads:
@@ -85,18 +95,24 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ between ranks, as they should
 
-        # Data, then the model it implies.
-        self.data: RunData = build_data(cfg.data, cfg.seed, ctx)
+        # Data (a run that already has a split file keeps its files), then the model it implies.
+        split_file = self.run_folder.split_path if self.run_folder.split_path.is_file() else None
+        self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.get("img_size"),
+                                        split_file=split_file)
         self.model_config = resolve_model_config(cfg.model, in_channels=self.data.in_channels,
                                                  num_classes=len(self.data.classes), img_size=self.data.img_size)
         self.model = self.build_model().to(self.device)
-        self.cfg.model = {**{k: v for k, v in cfg.model.items() if k in ("name", "init")},
-                          **self.model_config.to_dict()}  # resolved, for config.yaml
+        # The resolved config, for config.yaml (the caller's cfg is left as it was).
+        data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
+            cfg.data, channels=self.data.in_channels)
+        self.cfg = dataclasses.replace(cfg, data=data_cfg, model={
+            **{k: v for k, v in cfg.model.items() if k in ("name", "init")}, **self.model_config.to_dict()})
 
         # Optimisation.
         o = cfg.optim
         self.optimizer = build_optimizer(self.model, o, self.device)
         self.steps_per_epoch = math.ceil(len(self.data.train_loader) / o.accum_steps)
+        check_run_length(cfg, self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, o, self.steps_per_epoch, cfg.train.epochs)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
         self.eval_criterion = nn.CrossEntropyLoss()
@@ -105,7 +121,7 @@ class Trainer:
 
         # Where the run stands: epoch (completed), batch (consumed in the current epoch), optimizer step.
         self.epoch, self.batch, self.step = 0, 0, 0
-        self.best_accuracy, self.best_epoch = -1.0, 0
+        self.best_accuracy, self.best_epoch, self.bad_epochs, self.stopped_early = -1.0, 0, 0, False
         self.wall_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.running = RunningMetrics(self.device)
         self.resumed_from = self.restore(resume) if resume is not None else None
@@ -166,6 +182,7 @@ class Trainer:
                                   "resume with that run's config.yaml") from None
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best_accuracy, self.best_epoch = state["best_accuracy"], state.get("best_epoch", 0)
+        self.bad_epochs, self.stopped_early = state.get("bad_epochs", 0), state.get("stopped_early", False)
         self.wall_before = state.get("wall_time", 0.0)
         if state.get("running") is not None and self.batch:
             self.running = RunningMetrics(self.device, state["running"])
@@ -191,8 +208,12 @@ class Trainer:
     # Checkpoints and run-folder files
 
     def weights_metadata(self) -> dict:
-        d = self.data
-        return {"classes": d.classes, "mean": list(d.mean), "std": list(d.std), "dataset": self.cfg.data.dataset,
+        """What a weights file carries besides the tensors: the classes, the preprocessing, and the data and
+        split rule it was trained and validated on (so ``vitkit eval`` can find its splits again)."""
+        d, p = self.cfg.data, self.data.preprocess
+        return {"classes": self.data.classes, "preprocess": p.to_dict(), "mean": list(p.mean), "std": list(p.std),
+                "dataset": d.dataset, "data": {"dataset": d.dataset, "root": d.root, "val_fraction": d.val_fraction,
+                                               "split_seed": d.split_seed, "digest": self.data.splits.digest()},
                 "epoch": self.epoch, "step": self.step}
 
     def save_last(self) -> None:
@@ -204,10 +225,10 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "scaler": None,  # bf16 autocast needs no loss scaling; kept for the file layout
                 "rng": rngs,
                 "epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
                 "running": self.running.values() if self.batch else None,
                 "wall_time": self.wall_time(),
                 "model_config": self.model_config.to_dict(),
@@ -219,41 +240,32 @@ class Trainer:
     def wall_time(self) -> float:
         return self.wall_before + time.time() - self.t_start
 
-    def append_metrics(self, row: dict) -> None:
-        path = self.run_dir / "metrics.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, METRICS_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-    def trim_metrics(self) -> None:
-        """On resume, drop rows of epochs after the checkpoint (written after it, before the kill)."""
-        path = self.run_dir / "metrics.csv"
-        if not path.exists():
-            return
-        with path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= self.epoch]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, METRICS_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write_results(self, last: dict, completed: bool) -> dict:
-        results = {
-            "train_loss": last.get("train_loss"), "train_accuracy": last.get("train_accuracy"),
-            "test_loss": last.get("test_loss"), "test_accuracy": last.get("test_accuracy"),
-            "test_top5": last.get("test_top5"),
-            "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
+    def results(self, test: dict | None, completed: bool) -> dict:
+        """results.json: the ``best`` checkpoint's validation and test numbers (test only once scored), then
+        the last epoch's training numbers and the run's facts. Values come from metrics.csv, so a resumed run
+        reports the same numbers as one that never stopped."""
+        rows = self.run_folder.read_metrics()
+        last = rows[-1] if rows else {}
+        best = next((r for r in rows if int(r["epoch"]) == self.best_epoch), {}) if self.data.val else last
+        number = lambda row, key: float(row[key]) if row.get(key) not in (None, "") else None  # noqa: E731
+        score = lambda key: float(f"{test[key]:.6g}") if test else None  # noqa: E731  (as metrics.csv rounds)
+        d = self.data
+        return {
+            "model": "checkpoints/best",
+            "best_epoch": self.best_epoch or None,
+            "chosen_on": "val" if d.val else "last epoch (no validation split)",
+            "val_accuracy": number(best, "val_accuracy"), "val_loss": number(best, "val_loss"),
+            "val_top5": number(best, "val_top5"),
+            "test_accuracy": score("accuracy"), "test_loss": score("loss"), "test_top5": score("top5"),
+            "train_loss": number(last, "train_loss"), "train_accuracy": number(last, "train_accuracy"),
+            "images_per_s": number(last, "images_per_s"),
             "epochs": self.epoch, "steps": self.step, "wall_time": round(self.wall_time(), 3),
-            "images_per_s": last.get("images_per_s"), "completed": completed,
-            "dataset": self.cfg.data.dataset, "num_train": self.data.num_train, "num_test": self.data.num_test,
+            "completed": completed, "stopped_early": self.stopped_early,
+            "dataset": self.cfg.data.dataset, "split": d.splits.rule,
+            "num_train": d.size("train"), "num_val": d.size("val"), "num_test": d.size("test"),
             "parameters": count_parameters(self.model), "device": str(self.device),
             "world_size": self.ctx.world_size, "ema": self.ema is not None,
         }
-        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        return results
 
     # ---------------------------------------------------------------------------------------------------------
     # The loop
@@ -283,69 +295,137 @@ class Trainer:
                                      "lower optim.lr or set optim.grad_clip")
 
     def run(self) -> int:
-        """Train to the configured number of epochs; returns the exit code (0, or 130/143 when interrupted)."""
+        """Train to the configured number of epochs (or until validation stops improving for
+        ``train.patience`` epochs); returns the exit code (0, or 130/143 when interrupted)."""
         cfg, ctx, data = self.cfg, self.ctx, self.data
         self.t_start = time.time()
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg.to_dict(), self.run_dir / "config.yaml")
-            self.trim_metrics()
+            save_config(cfg.to_dict(), self.run_folder.config_path)
+            if data.splits.is_folder and not self.run_folder.split_path.is_file():
+                atomic_write_text(self.run_folder.split_path, data.splits.split_file_text())
+            self.run_folder.trim_metrics(self.epoch)
         self.announce()
-        last: dict = {}
         with self.stop:
             for epoch in range(self.epoch, cfg.train.epochs):
-                self.epoch_t0, self.epoch_start_batch = time.time(), self.batch
-                self.bar = self.progress_bar(epoch)
-                try:
-                    train = train_epoch(
-                        self.train_model, data.train_loader, self.criterion, self.optimizer, self.device, epoch,
-                        scheduler=self.scheduler, grad_clip=cfg.optim.grad_clip, accum_steps=cfg.optim.accum_steps,
-                        amp=self.amp, ema=self.ema, step=self.step, start_batch=self.batch, running=self.running,
-                        on_step=self.after_step)
-                except NonFiniteLossError:
-                    self.check_finite(self.running)  # re-raised with the checkpoint named
-                    raise
-                finally:
-                    if self.bar is not None:
-                        self.bar.close()
-                        self.bar = None
-                if self.stop.requested:
+                if self.stopped_early:
+                    break
+                if not self.train_one_epoch(epoch):
                     self.log(f"stopped at step {self.step} (epoch {epoch + 1}, batch {self.batch}); "
                              f"resume with: vitkit train --resume {self.run_dir}")
                     if ctx.is_main:
-                        self.write_results(last, completed=False)
+                        self.run_folder.write_results(self.results(None, completed=False))
                     return self.stop.exit_code
-                seconds = time.time() - self.epoch_t0
-                images = (len(data.train_loader) - self.epoch_start_batch) * cfg.data.batch_size
-                test = evaluate(self.eval_model, data.test_loader, self.eval_criterion, self.device, amp=self.amp)
-                self.epoch, self.batch = epoch + 1, 0
-                self.running = RunningMetrics(self.device)
-                last = {"epoch": self.epoch, "step": self.step, "train_loss": train["loss"],
-                        "train_accuracy": train["accuracy"], "test_loss": test["loss"],
-                        "test_accuracy": test["accuracy"], "test_top5": test["top5"],
-                        "lr": max(g["lr"] for g in self.optimizer.param_groups),
-                        "images_per_s": images / max(seconds, 1e-9), "seconds": seconds}
-                if test["accuracy"] > self.best_accuracy:
-                    self.best_accuracy, self.best_epoch = test["accuracy"], self.epoch
-                    if ctx.is_main:
-                        weights_io.save_weights(self.eval_model, self.ckpt_dir / "best", self.weights_metadata())
-                if ctx.is_main:
-                    self.append_metrics(last)
-                    self.write_results(last, completed=False)
-                    if self.tb is not None:
-                        for k, v in last.items():
-                            self.tb.add_scalar(k, v, self.epoch)
-                self.log_epoch(last)
-                self.save_last()
-        if ctx.is_main:
-            results = self.write_results(last or self.final_metrics(), completed=True)
-            self.finish(results)
+        self.finish()
         return 0
 
-    def final_metrics(self) -> dict:
-        """Numbers for results.json when a resumed run had nothing left to train."""
-        test = evaluate(self.eval_model, self.data.test_loader, self.eval_criterion, self.device, amp=self.amp)
-        return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_top5": test["top5"]}
+    def train_one_epoch(self, epoch: int) -> bool:
+        """One epoch, its validation, its metrics row and checkpoints; False when a signal stopped it."""
+        cfg, data = self.cfg, self.data
+        self.epoch_t0, self.epoch_start_batch = time.time(), self.batch
+        self.bar = self.progress_bar(epoch)
+        try:
+            train = train_epoch(
+                self.train_model, data.train_loader, self.criterion, self.optimizer, self.device, epoch,
+                scheduler=self.scheduler, grad_clip=cfg.optim.grad_clip, accum_steps=cfg.optim.accum_steps,
+                amp=self.amp, ema=self.ema, step=self.step, start_batch=self.batch, running=self.running,
+                on_step=self.after_step)
+        except NonFiniteLossError:
+            self.check_finite(self.running)  # re-raised with the checkpoint named
+            raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+        if self.stop.requested:
+            return False
+        seconds = time.time() - self.epoch_t0
+        images = (len(data.train_loader) - self.epoch_start_batch) * cfg.data.batch_size
+        val = self.evaluate(data.val) if data.val else None
+        self.epoch, self.batch = epoch + 1, 0
+        self.running = RunningMetrics(self.device)
+        row = {"epoch": self.epoch, "step": self.step, "train_loss": train["loss"],
+               "train_accuracy": train["accuracy"], "val_loss": val["loss"] if val else None,
+               "val_accuracy": val["accuracy"] if val else None, "val_top5": val["top5"] if val else None,
+               "lr": max(g["lr"] for g in self.optimizer.param_groups),
+               "images_per_s": images / max(seconds, 1e-9), "seconds": seconds}
+        improved = val is None or val["accuracy"] > self.best_accuracy
+        if improved:
+            self.best_accuracy, self.best_epoch, self.bad_epochs = (val["accuracy"] if val else -1.0), self.epoch, 0
+            if self.ctx.is_main:
+                weights_io.save_weights(self.eval_model, self.ckpt_dir / "best", self.weights_metadata())
+                if val:
+                    self.run_folder.write_predictions("val", data.val.sources, val["predictions"], data.classes)
+        else:
+            self.bad_epochs += 1
+            self.stopped_early = bool(cfg.train.patience) and self.bad_epochs >= cfg.train.patience
+        if self.ctx.is_main:
+            self.run_folder.append_metrics(row)
+            if self.tb is not None:
+                for k, v in row.items():
+                    if v is not None:
+                        self.tb.add_scalar(k, v, self.epoch)
+        self.log_epoch(row)
+        if self.stopped_early:
+            self.log(f"stopping early: validation accuracy has not improved for {self.bad_epochs} epochs "
+                     f"(train.patience {cfg.train.patience}); the best was epoch {self.best_epoch}")
+        self.save_last()
+        return True
+
+    def evaluate(self, eval_set, model: nn.Module | None = None) -> dict:
+        return evaluate(model if model is not None else self.eval_model, eval_set.loader, self.eval_criterion,
+                        self.device, amp=self.amp, num_classes=len(self.data.classes))
+
+    def best_model(self) -> nn.Module:
+        """The model in ``checkpoints/best``, as the file holds it (what eval and predict will load)."""
+        model = VisionTransformer(self.model_config)
+        weights_io.load_weights(model, self.ckpt_dir / "best")
+        return model.to(self.device).eval()
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The end
+
+    def finish(self) -> None:
+        """Score ``best`` on the test split (once), write results.json, the predictions and the report."""
+        data = self.data
+        best = self.best_model() if data.test or self.cfg.report else None
+        test = self.evaluate(data.test, best) if data.test else None
+        if not self.ctx.is_main:
+            return
+        if test is not None:
+            self.run_folder.write_predictions("test", data.test.sources, test["predictions"], data.classes)
+        results = self.results(test, completed=True)
+        self.run_folder.write_results(results)
+        report = self.write_report(best) if self.cfg.report else ""
+        if self.tb is not None:
+            self.tb.close()
+        self.log(self.summary(results))
+        self.log(f"run folder: {self.run_dir}  (config.yaml, metrics.csv, results.json, "
+                 f"checkpoints/best.safetensors{report})")
+        split = "" if data.val else " --split " + ("test" if data.test else "train")
+        self.log(f"next: vitkit eval --checkpoint {self.ckpt_dir / 'best'}{split}")
+
+    def summary(self, r: dict) -> str:
+        chosen = (f"best epoch {r['best_epoch']} of {r['epochs']} (val accuracy {r['val_accuracy']:.4f} on "
+                  f"{r['num_val']} images)") if self.data.val else f"the last epoch ({r['epochs']}; no validation split)"
+        test = (f"; test accuracy {r['test_accuracy']:.4f} on {r['num_test']} images" if r["test_accuracy"] is not None
+                else "; no test split")
+        return f"done in {r['wall_time']:.1f}s: {chosen}{test} (checkpoints/best)"
+
+    def write_report(self, model: nn.Module) -> str:
+        """The report of the best checkpoint on the split the run scored last (a failure there only warns)."""
+        from .. import report as report_module
+
+        split = "test" if self.data.test else ("val" if self.data.val else None)
+        try:
+            eval_set = getattr(self.data, split) if split else None
+            predictions = self.run_folder.read_predictions(split, self.data.classes) if split else None
+            report_module.write_report(self.run_dir, model, eval_set, predictions, device=self.device)
+            return ", report.html"
+        except Exception as e:  # the run itself is complete and saved; the report is a bonus
+            warnings.warn(f"the run report could not be written ({type(e).__name__}: {e}); "
+                          "the run folder is complete without it", stacklevel=2)
+            return ""
 
     # ---------------------------------------------------------------------------------------------------------
     # What the person sees
@@ -360,10 +440,14 @@ class Trainer:
     def announce(self) -> None:
         cfg, d, m = self.cfg, self.data, self.model_config
         grid = "x".join(map(str, m.grid_size))
-        size = "x".join(map(str, (m.img_size, m.img_size) if isinstance(m.img_size, int) else m.img_size))
+        size = "x".join(map(str, d.preprocess.img_size))
         where = f"{self.device}" + (f", {self.ctx.world_size} processes" if self.ctx.distributed else "")
-        self.log(f"data:  {cfg.data.dataset}: {d.num_train} train / {d.num_test} test images, "
-                 f"{len(d.classes)} classes, {d.in_channels}x{size} pixels")
+        counts = " / ".join(f"{d.size(s)} {s}" for s in ("train", "val", "test") if d.size(s))
+        self.log(f"data:  {cfg.data.dataset}: {counts} images, {len(d.classes)} classes, {d.in_channels}x{size} "
+                 f"pixels")
+        self.log(f"split: {d.splits.rule}")
+        if d.splits.is_folder:
+            self.log(f"preprocessing: {d.preprocess.describe()}")
         self.log(f"model: ViT {count_parameters(self.model) / 1e6:.2f}M parameters (dim {m.embed_dim}, depth "
                  f"{m.depth}, heads {m.num_heads}, patch {m.patch_size}, {grid} patches)"
                  + (f", initialised from {cfg.model['init']}" if cfg.model.get("init") else ""))
@@ -375,33 +459,10 @@ class Trainer:
         self.log(f"run folder: {self.run_dir}")
 
     def log_epoch(self, r: dict) -> None:
+        val = (f" | val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "")
         self.log(f"epoch {r['epoch']:>3}/{self.cfg.train.epochs}  train loss {r['train_loss']:.4f} "
-                 f"acc {r['train_accuracy']:.4f} | test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.4f} | "
-                 f"lr {r['lr']:.2e} | {r['images_per_s']:.0f} img/s | {r['seconds']:.1f}s")
-
-    def finish(self, results: dict) -> None:
-        """Write the report (a failure there only warns), then say where everything is."""
-        report = ""
-        if self.cfg.report:
-            try:
-                from .. import report as report_module
-            except ImportError:
-                report_module = None
-            if report_module is not None:
-                try:
-                    report_module.write_report(self.run_dir, self.eval_model, self.data.test_dataset,
-                                               device=self.device)
-                    report = ", report.html"
-                except Exception as e:  # the run itself is complete and saved; the report is a bonus
-                    warnings.warn(f"the run report could not be written ({type(e).__name__}: {e}); "
-                                  "the run folder is complete without it", stacklevel=2)
-        if self.tb is not None:
-            self.tb.close()
-        self.log(f"done in {results['wall_time']:.1f}s: test accuracy {results['test_accuracy']:.4f} "
-                 f"(best {self.best_accuracy:.4f} at epoch {self.best_epoch})")
-        self.log(f"run folder: {self.run_dir}  (config.yaml, metrics.csv, results.json, "
-                 f"checkpoints/best.safetensors{report})")
-        self.log(f"next: vitkit eval --checkpoint {self.ckpt_dir / 'best'}")
+                 f"acc {r['train_accuracy']:.4f}{val} | lr {r['lr']:.2e} | {r['images_per_s']:.0f} img/s | "
+                 f"{r['seconds']:.1f}s")
 
 
 def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None = None, log=print) -> int:

@@ -1,0 +1,96 @@
+"""A trained model ready to be asked: its weights, class names and evaluation preprocessing, loaded from one
+checkpoint. ``vitkit eval``, ``predict``, ``visualize`` and the service all start here, so they preprocess
+images the same way the run validated them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_model, resolve_weights_path
+from .data.preprocess import Preprocess
+from .errors import CheckpointError, DataError
+
+
+@dataclass
+class Predictor:
+    model: nn.Module
+    classes: list[str]
+    preprocess: Preprocess
+    meta: dict
+    path: Path
+    device: torch.device
+
+    @classmethod
+    def load(cls, checkpoint, device: str | torch.device = "cpu") -> "Predictor":
+        """The model of a vitkit weights file (``RUN/checkpoints/best``, a ``.safetensors`` file or a run
+        folder) in eval mode on ``device``; a file whose classes or preprocessing do not fit its model is one
+        CheckpointError."""
+        path = resolve_weights_path(checkpoint)
+        device = torch.device(device)
+        model, meta = load_model(path, device)
+        cfg = model.config
+        classes = meta.get("classes") or [str(k) for k in range(cfg.num_classes)]
+        if cfg.num_classes and len(classes) != cfg.num_classes:
+            raise CheckpointError(f"checkpoint {path} names {len(classes)} classes but its head has "
+                                  f"{cfg.num_classes} outputs")
+        preprocess = Preprocess.from_metadata(meta, cfg.img_size, cfg.in_channels)
+        size = (cfg.img_size, cfg.img_size) if isinstance(cfg.img_size, int) else tuple(cfg.img_size)
+        if preprocess.img_size != size or preprocess.channels != cfg.in_channels:
+            raise CheckpointError(f"checkpoint {path} preprocesses to {preprocess.channels}x"
+                                  f"{preprocess.img_size[0]}x{preprocess.img_size[1]} but its model takes "
+                                  f"{cfg.in_channels}x{size[0]}x{size[1]}")
+        return cls(model, list(classes), preprocess, meta, path, device)
+
+    def inputs(self, images) -> torch.Tensor:
+        """Images (paths, PIL images, arrays) -> the model's input batch (B, C, H, W) on its device."""
+        return torch.stack([self.preprocess(image) for image in images]).to(self.device)
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, classes) of a preprocessed batch, on the CPU."""
+        return self.model(batch.to(self.device)).float().softmax(dim=1).cpu()
+
+    def splits(self, dataset: str | None = None, root: str | None = None):
+        """The data this model was trained on, split by the rule its run used (``RUN/split.csv`` when the
+        checkpoint sits in its run folder), or ``dataset`` split by the same rule. A folder that no longer
+        holds the images it was split from is one DataError."""
+        from .data import open_splits
+        from .runs import Run
+
+        recorded = self.meta.get("data") or {"dataset": self.meta.get("dataset"), "val_fraction": 0.0}
+        name = dataset or recorded.get("dataset")
+        if not name:
+            raise CheckpointError(f"checkpoint {self.path} does not record its data set; pass --dataset")
+        same = dataset is None or dataset == recorded.get("dataset")
+        run = Run.of_checkpoint(self.path)
+        split_file = run.split_path if run is not None and same and run.split_path.is_file() else None
+        splits = open_splits(name, root or (recorded.get("root") if same else None),
+                             val_fraction=recorded.get("val_fraction", 0.0), split_seed=recorded.get("split_seed", 0),
+                             split_file=split_file, channels=self.preprocess.channels)
+        if same and split_file is None and recorded.get("digest") and splits.digest() != recorded["digest"]:
+            raise DataError(f"{name} no longer holds the images checkpoint {self.path} was trained and validated on "
+                            "(its split differs), so its validation split cannot be rebuilt; use the checkpoint "
+                            "inside its run folder, whose split.csv lists the files")
+        if splits.classes != self.classes:
+            raise DataError(f"{name} has the classes {_few(splits.classes)} but the checkpoint predicts "
+                            f"{_few(self.classes)}")
+        return splits
+
+    def eval_set(self, split: str | None = None, *, dataset: str | None = None, root: str | None = None,
+                 batch_size: int = 256, workers: int = 0):
+        """One split of :meth:`splits` ready to score with this model's preprocessing (default: the
+        validation split, else the test split)."""
+        from .data.splits import eval_set
+
+        splits = self.splits(dataset, root)
+        if split is None:
+            split = next(s for s in ("val", "test", "train") if s in splits.parts)
+        return eval_set(splits, split, self.preprocess, batch_size, device=self.device, workers=workers), splits
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    return "[" + ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"

@@ -1,0 +1,142 @@
+"""The run folder: what ``vitkit train`` writes, and how everything else (``eval``, ``predict``, ``visualize``,
+the report, a resume) reads it back. Paths and file formats live here and nowhere else::
+
+    RUN/config.yaml                 the fully resolved config (re-run or resume from it)
+        split.csv                   image folders: which file is in which split (split,class,path)
+        metrics.csv                 one row per epoch
+        results.json                the run's numbers: the best checkpoint on its validation and test splits
+        predictions/val.csv         per image: source, label, prediction, confidence, loss (best epoch)
+        predictions/test.csv        the same for the test split, scored once at the end
+        checkpoints/best.safetensors, last.safetensors   weights + architecture + classes + preprocessing
+        checkpoints/last.state.pt, previous.state.pt     everything needed to resume exactly
+        report.html                 the run report
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from .errors import DataError
+from .fileio import atomic_write_text
+
+METRICS_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "lr",
+                   "images_per_s", "seconds"]
+PREDICTION_COLUMNS = ["source", "label", "pred", "confidence", "loss"]
+
+
+class Run:
+    """A run folder (it need not exist yet)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.config_path = self.path / "config.yaml"
+        self.split_path = self.path / "split.csv"
+        self.metrics_path = self.path / "metrics.csv"
+        self.results_path = self.path / "results.json"
+        self.report_path = self.path / "report.html"
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint) -> "Run | None":
+        """The run a checkpoint belongs to (``RUN/checkpoints/best``, its ``.safetensors`` or ``RUN`` itself),
+        or None for a weights file outside a run folder."""
+        p = Path(checkpoint)
+        for candidate in (p, p.parent.parent):
+            if (candidate / "config.yaml").is_file() and (candidate / "checkpoints").is_dir():
+                return cls(candidate)
+        return None
+
+    def predictions_path(self, split: str) -> Path:
+        return self.path / "predictions" / f"{split}.csv"
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Reading
+
+    def read_config(self) -> dict:
+        if not self.config_path.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as e:
+            raise DataError(f"{self.config_path} is not valid YAML ({e})") from None
+        return data if isinstance(data, dict) else {}
+
+    def read_results(self) -> dict:
+        if not self.results_path.is_file():
+            return {}
+        try:
+            data = json.loads(self.results_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{self.results_path} is not valid JSON ({e})") from None
+        return data if isinstance(data, dict) else {}
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        with self.metrics_path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def read_predictions(self, split: str, classes: list[str]) -> dict | None:
+        """A predictions file as {"source": [...], "label", "pred" (int64), "confidence", "loss" (float32)},
+        or None when the run has none for ``split``."""
+        path = self.predictions_path(split)
+        if not path.is_file():
+            return None
+        index = {c: i for i, c in enumerate(classes)}
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        try:
+            return {"source": [r["source"] for r in rows],
+                    "label": torch.tensor([index[r["label"]] for r in rows], dtype=torch.int64),
+                    "pred": torch.tensor([index[r["pred"]] for r in rows], dtype=torch.int64),
+                    "confidence": torch.tensor([float(r["confidence"]) for r in rows]),
+                    "loss": torch.tensor([float(r["loss"]) for r in rows])}
+        except (KeyError, ValueError) as e:
+            raise DataError(f"predictions file {path} is damaged ({e!r}); rerun the evaluation") from None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Writing
+
+    def write_results(self, results: dict) -> None:
+        atomic_write_text(self.results_path, json.dumps(results, indent=2) + "\n")
+
+    def write_predictions(self, split: str, sources: list[str], predictions: dict, classes: list[str]) -> Path:
+        return write_predictions(self.predictions_path(split), sources, predictions, classes)
+
+    def append_metrics(self, row: dict) -> None:
+        new = not self.metrics_path.exists()
+        with self.metrics_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, METRICS_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    def trim_metrics(self, epoch: int) -> None:
+        """Drop rows of epochs after ``epoch`` (written after the checkpoint a resume starts from)."""
+        rows = [r for r in self.read_metrics() if int(r["epoch"]) <= epoch]
+        if self.metrics_path.exists():
+            atomic_write_text(self.metrics_path, _csv_text([METRICS_COLUMNS] + [[r.get(c, "") for c in METRICS_COLUMNS]
+                                                                                 for r in rows]))
+
+
+def write_predictions(path, sources: list[str], predictions: dict, classes: list[str]) -> Path:
+    """One row per image (``source,label,pred,confidence,loss``, classes by name), written atomically."""
+    rows = zip(sources, predictions["label"].tolist(), predictions["pred"].tolist(),
+               predictions["confidence"].tolist(), predictions["loss"].tolist())
+    return atomic_write_text(path, _csv_text([PREDICTION_COLUMNS] + [[s, classes[y], classes[p], f"{c:.6f}", f"{l:.6f}"]
+                                                                     for s, y, p, c, l in rows]))
+
+
+def _csv_text(rows) -> str:
+    import io
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
