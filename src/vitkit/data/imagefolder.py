@@ -57,6 +57,7 @@ def scan_class_folders(root, *, strict: bool = False, verify: bool = True):
         raise DataError(f"image folder {root} has no class sub-folders; expected {root}/<class>/<image>.jpg")
     samples, skipped, modes = [], [], set()
     for label, name in enumerate(classes):
+        before = len(samples)
         for path in sorted((root / name).rglob("*")):
             if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
                 continue
@@ -69,6 +70,9 @@ def scan_class_folders(root, *, strict: bool = False, verify: bool = True):
                 continue
             modes.add(mode)
             samples.append((path, label))
+        if len(samples) == before:
+            raise DataError(f"class folder {root / name} holds no readable {'/'.join(IMAGE_EXTENSIONS)} image; "
+                            "add images or remove the folder (a class without images cannot be learned)")
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {root}, e.g. {skipped[0]}", stacklevel=2)
     if not samples:
@@ -181,9 +185,12 @@ class FolderLoader:
         self.dataset, self.batch_size, self.seed, self.rank = dataset, batch_size, seed, rank
         self.mix, self.device, self.num_classes = mix, torch.device(device), len(dataset.classes)
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+        # Its own generator: otherwise each new pass draws its workers' base seed from the global RNG, and a
+        # resumed run (which starts passes at other moments) would see other dropout masks afterwards.
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
                                  num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-                                 worker_init_fn=_quiet_worker if workers > 0 else None)
+                                 worker_init_fn=_quiet_worker if workers > 0 else None,
+                                 generator=torch.Generator().manual_seed(derive_seed(seed, 4, rank)))
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -253,8 +260,10 @@ def decode_folder(samples: FolderSamples, classes, preprocess: Preprocess, *, ca
             with atomic_path(cached) as tmp:
                 save_file(tensors, str(tmp))
     kept = tensors["kept"].tolist()
-    return ImageDataset(tensors["images"], tensors["labels"], classes, preprocess.mean, preprocess.std, name=name,
-                        sources=[str(samples.samples[i][0]) for i in kept])
+    ds = ImageDataset(tensors["images"], tensors["labels"], classes, preprocess.mean, preprocess.std, name=name,
+                      sources=[str(samples.samples[i][0]) for i in kept])
+    ds.preprocessed_by = preprocess  # its geometry is applied already
+    return ds
 
 
 def _decode_all(samples: FolderSamples, preprocess: Preprocess, workers: int) -> dict[str, torch.Tensor]:

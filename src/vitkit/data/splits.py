@@ -236,7 +236,8 @@ def in_memory(part: ImageDataset, preprocess: Preprocess) -> ImageDataset:
     if c != preprocess.channels:
         raise DataError(f"the {part.name} images have {c} channel(s) but the model takes {preprocess.channels}")
     images = part.images
-    if (h, w) != preprocess.img_size or preprocess.crop_pct != 1:
+    done = getattr(part, "preprocessed_by", None) == preprocess  # a folder decoded once through it
+    if not done and ((h, w) != preprocess.img_size or preprocess.crop_pct != 1):
         images = preprocess.geometry(images)  # (N, C, H, W) uint8
     return ImageDataset(images, part.labels, part.classes, preprocess.mean, preprocess.std, part.name, part.sources)
 
