@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`. Both create .venv and install vitkit first.
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install vitkit first
+# (with the dev and serve extras).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,serve]'
 	touch $(STAMP)
 
 demo: $(STAMP)

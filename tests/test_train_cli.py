@@ -151,7 +151,7 @@ def test_bad_training_states_and_configs_exit_2(run, tmp_path, capsys):
     one_error_line(capsys, "is empty")
 
     assert main(["train", "--config", str(recipe), "--resume", str(folder), "--set", "model.embed_dim=64"]) == 2
-    one_error_line(capsys, "another architecture")
+    one_error_line(capsys, "this one changes model.embed_dim 32 -> 64; start a new run")
 
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     one_error_line(capsys, "does not exist")

@@ -118,7 +118,8 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path)
     recipe = tiny_recipe(tmp_path, epochs=1)
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step (\d+)") as info:
-        run_in_process(recipe, run_dir, ["optim.lr=1e30", "optim.grad_clip=null", "optim.warmup_epochs=0"])
+        run_in_process(recipe, run_dir, ["optim.lr=1e30", "optim.weight_decay=0", "optim.grad_clip=null",
+                                         "optim.warmup_epochs=0"])
     bad = int(info.value.args[0].split("non-finite at step ")[1].split(",")[0])
     state = load_training_state(run_dir / "checkpoints" / "last.state.pt")
     assert state["step"] == bad - 1

@@ -1,13 +1,20 @@
 """``vitkit`` command line: one sub-command per job, each a ``main(argv) -> int`` in its own module.
 
-Sub-command modules are imported only when used, so ``vitkit --help`` is instant. A :class:`VitkitError`
-(bad config, file, image or checkpoint) is printed as one sentence and exits 2, without a traceback.
+Sub-command modules are imported only when used, so ``vitkit --help`` is instant. Every exception that reaches
+here is either a person's error or a bug. A :class:`VitkitError` (bad config, file, image or checkpoint), a
+full disk, a denied permission or a read-only folder is printed as one sentence and exits 2, without a
+traceback. Anything else is a bug: one line says so and where its traceback was saved, and the exit code is 1.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
+import tempfile
+import time
+import traceback
 
 COMMANDS = {  # name: (module:function, one-line help)
     "train": ("vitkit.train.cli:train_main", "train a model from a config (no arguments: the digits recipe)"),
@@ -15,9 +22,11 @@ COMMANDS = {  # name: (module:function, one-line help)
     "predict": ("vitkit.train.cli:predict_main", "top-k classes of images with a checkpoint"),
     "visualize": ("vitkit.visualize:cli_main", "attention, rollout and patch views; run curves and mistakes"),
     "export": ("vitkit.export:cli_main", "export a checkpoint to ONNX or torch.export (pt2)"),
+    "serve": ("vitkit.serve:cli_main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
     "benchmark": ("vitkit.benchmark:cli_main", "measure training or inference throughput (vs timm)"),
     "scratch": ("vitkit.scratch.runner:main", "train the NumPy ViT of vitkit.scratch from a YAML config"),
     "models": ("vitkit.cli:models_main", "list the named architectures"),
+    "config": ("vitkit.cli:config_main", "every config key of vitkit train: type, default and meaning"),
 }
 
 
@@ -35,10 +44,25 @@ def models_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vitkit models", description="List the named architectures.")
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vit_base_*'")
     args = parser.parse_args(argv)
-    for name in list_models(args.pattern):
+    names = list_models(args.pattern)
+    if not names:
+        print(f"vitkit models: no architecture matches {args.pattern!r}; the names are vit_<size>_patch<p>_<img> "
+              "(size tiny, small, medium, base, large, huge or giant), e.g. 'vit_base_*'", file=sys.stderr)
+        return 1
+    for name in names:
         p = PRESETS[name]
         print(f"{name:<28} dim={p['embed_dim']:<5} depth={p['depth']:<3} heads={p['num_heads']:<3} "
               f"img={p['img_size']}")
+    return 0
+
+
+def config_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="vitkit config", description="Print the reference of every config key of "
+                            "'vitkit train' (the same text as docs/config.md).").parse_args(argv)
+    from .train.config import reference
+    print(reference(), end="")
     return 0
 
 
@@ -69,6 +93,46 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vitkit {name}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        sentence = os_error_sentence(e)
+        if sentence is None:
+            return report_bug(name, e)
+        print(f"vitkit {name}: error: {sentence}", file=sys.stderr)
+        return 2
+    except Exception as e:  # not a person's error: a bug, reported as one
+        return report_bug(name, e)
+
+
+PERSON_ERRNOS = {errno.ENOSPC: "no space is left on the device", errno.EDQUOT: "the disk quota is exhausted",
+                 errno.EACCES: "permission was denied", errno.EPERM: "the operation is not permitted",
+                 errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a path component is a file, not a folder",
+                 errno.EEXIST: "a file is in the way", errno.ENOENT: "a file or folder does not exist",
+                 errno.EISDIR: "a folder is where a file was expected", errno.ENAMETOOLONG: "the file name is too long"}
+
+
+def os_error_sentence(e: OSError) -> str | None:
+    """One sentence for the operating-system errors a person causes and can fix, or None."""
+    what = PERSON_ERRNOS.get(e.errno)
+    if what is None:
+        return None
+    where = f" for {e.filename}" if e.filename else ""
+    return f"{what}{where}; nothing already saved was changed ({e.strerror or e})"
+
+
+def report_bug(command: str, e: BaseException) -> int:
+    """Save the traceback to a file and say that this is vitkit's fault, in one line; exit code 1."""
+    text = "".join(traceback.format_exception(e))
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"vitkit-{command}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        where = f"its traceback is in {path}"
+    except OSError:
+        where = "its traceback follows"
+        sys.stderr.write(text)
+    print(f"vitkit {command}: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+          f"this is a bug in vitkit, please report it; {where}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

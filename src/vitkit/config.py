@@ -4,6 +4,7 @@ validation of plain dicts into dataclasses, and YAML load/save."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -34,7 +35,8 @@ def from_dict(cls, data: dict | None, section: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown config key '{where}{key}'; expected one of: {', '.join(names)}")
+            raise ConfigError(f"unknown config key '{where}{key}'; expected one of: {', '.join(names)}"
+                              + did_you_mean(str(key), names, where))
         kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
     try:
         return cls(**kwargs)
@@ -44,6 +46,13 @@ def from_dict(cls, data: dict | None, section: str = ""):
         raise ConfigError(f"invalid config section '{section or 'top level'}': {e}") from None
 
 
+def did_you_mean(key: str, names, prefix: str = "") -> str:
+    """``"; did you mean 'train.epochs'?"`` for a misspelt key, or an empty string."""
+    import difflib
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
 def check_positive(obj, names, section: str = "") -> None:
     """Raise a ConfigError naming the first of the fields ``names`` of ``obj`` that is not a positive integer."""
     where = f"{section}." if section else ""
@@ -51,6 +60,24 @@ def check_positive(obj, names, section: str = "") -> None:
         value = getattr(obj, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{where}{name} must be a positive integer, got {value!r}")
+
+
+def check_ranges(obj, section: str, rules: dict[str, str]) -> None:
+    """Raise a ConfigError naming the first field of ``obj`` outside its interval. ``rules`` maps a field name
+    to an interval such as ``"(0, 1]"`` or ``"[0, inf)"``; a None value is skipped, a tuple is checked item by
+    item (``betas``)."""
+    for name, interval in rules.items():
+        value = getattr(obj, name)
+        lo_text, hi_text = interval[1:-1].split(",")
+        lo, hi = float(lo_text), float(hi_text)
+        for v in (value if isinstance(value, (tuple, list)) else (value,)):
+            if v is None:
+                continue
+            ok = (lo < v if interval[0] == "(" else lo <= v) and (v < hi if interval[-1] == ")" else v <= hi)
+            if not ok or v != v:  # v != v: NaN
+                where = f"{section}.{name}" if section else name
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ConfigError(f"{where} must lie in {interval.replace('inf', '∞')}, got {shown!r}")
 
 
 def to_dict(obj) -> dict:
@@ -91,10 +118,12 @@ def _coerce(value: Any, tp, key: str):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str) and _FLOAT_STRING.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
+            value = float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+            return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -159,33 +188,33 @@ class ViTConfig:
     tokens. It changes no weights, only the float rounding.
     """
 
-    img_size: int | tuple[int, int] = 224
-    patch_size: int = 16
-    in_channels: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    use_relative_position: bool = False
-    rpb_kwargs: dict | None = None
-    pool: PoolType = "cls"
-    class_token: bool = True
-    reg_tokens: int = 0
-    pos_embed: PosEmbedType = "learn"
-    no_embed_class: bool = False
-    fc_norm: bool | None = None
-    final_norm: bool = True
-    layer_scale_init: float | None = None
-    norm_eps: float = 1e-6
-    norm_style: Literal["pre", "post"] = "pre"
-    act: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
-    dynamic_img_size: bool = False
-    attn_impl: AttnImpl = "fused"
+    img_size: int | tuple[int, int] = 224  # input height and width (an int for a square)
+    patch_size: int = 16  # side of the square patches the image is cut into
+    in_channels: int = 3  # 1 for grey images, 3 for colour
+    num_classes: int = 1000  # outputs of the head; 0: no head (forward returns the pooled features)
+    embed_dim: int = 768  # token width D
+    depth: int = 12  # number of transformer blocks
+    num_heads: int = 12  # attention heads; must divide embed_dim
+    mlp_ratio: float = 4.0  # MLP hidden width as a multiple of embed_dim
+    qkv_bias: bool = True  # biases in the query/key/value projection
+    drop_rate: float = 0.0  # dropout after the position embedding, in attention output and MLP, before the head
+    attn_drop_rate: float = 0.0  # dropout on the attention weights
+    drop_path_rate: float = 0.0  # stochastic depth of the last block (linearly less for earlier blocks)
+    use_relative_position: bool = False  # a learned relative position bias in every attention layer
+    rpb_kwargs: dict | None = None  # the bias's settings: bias_type '2d' (window_size) or '1d' (seq_len)
+    pool: PoolType = "cls"  # classify from the [CLS] token ('cls') or the average patch token ('mean')
+    class_token: bool = True  # prepend a [CLS] token
+    reg_tokens: int = 0  # register tokens after [CLS] (Darcet et al. 2023)
+    pos_embed: PosEmbedType = "learn"  # position embedding: learned, fixed 2-d sin-cos, or none
+    no_embed_class: bool = False  # the position embedding covers the patches only (DeiT III, big_vision)
+    fc_norm: bool | None = None  # a norm after pooling instead of before it; None: on for pool 'mean'
+    final_norm: bool = True  # a LayerNorm after the last block
+    layer_scale_init: float | None = None  # learned per-channel residual scale, initialised to this (CaiT)
+    norm_eps: float = 1e-6  # LayerNorm epsilon
+    norm_style: Literal["pre", "post"] = "pre"  # LayerNorm before each branch (ViT) or after the residual add
+    act: Literal["gelu", "gelu_tanh", "relu"] = "gelu"  # the MLP's activation
+    dynamic_img_size: bool = False  # accept any image size, resampling the position embedding on the fly
+    attn_impl: AttnImpl = "fused"  # 'fused' (PyTorch's kernel, timm's numbers) or 'explicit' (faster on a CPU)
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
@@ -376,9 +405,11 @@ def load_config(config_path: str | Path) -> dict:
     """A YAML file as a dict; a missing file or invalid YAML is a ConfigError naming the file."""
     path = Path(config_path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; expected a YAML recipe") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -25,6 +25,7 @@ from .errors import ConfigError, VitkitError
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 EXAMPLE_DYNAMIC_BATCH = 2  # a batch of 1 would make torch.export specialise the batch dimension to 1
 MAX_BATCH = 4096
+MIN_OPSET = 18  # what torch.onnx.export(dynamo=True) writes; older opsets need a lossy down-conversion
 
 
 def _require_onnx():
@@ -63,6 +64,9 @@ def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = False,
     """Write ``model`` (eval mode, its current image size) as ONNX: input ``images`` (B, C, H, W), output
     ``logits`` (B, classes); B is symbolic with ``dynamic_batch``, else ``batch_size``."""
     _require_onnx()
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ConfigError(f"ONNX opset {opset} is not available: PyTorch's exporter writes opset {MIN_OPSET} or "
+                          f"newer; use --opset {MIN_OPSET}")
     model = model.eval()
     x = _example(model, EXAMPLE_DYNAMIC_BATCH if dynamic_batch else batch_size, _img_size(model))
     try:
@@ -71,6 +75,10 @@ def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = False,
                                     verbose=False)
     except Exception as e:  # the exporter's own error types; the message says which operator failed
         raise VitkitError(f"ONNX export failed: {str(e).splitlines()[0]}") from e
+    written = program.model.opset_imports.get("", None)
+    if written != opset:
+        raise VitkitError(f"ONNX export wrote opset {written}, not the {opset} asked for (the converter could not "
+                          f"convert this model); use --opset {written}")
     program.model.metadata_props.update(_metadata(model, metadata))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ td { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font
 h3 { font-size: 15px; margin: 16px 0 6px; }
 details { margin: 16px 0 6px; }
 summary { cursor: pointer; font-size: 15px; }
+table.classes th, table.classes td { width: auto; font-family: inherit; font-size: 14px; }
+table.classes tr:first-child th { color: var(--muted); font-weight: 500; }
 footer { color: var(--muted); font-size: 13px; text-align: center; padding-bottom: 30px; }
 """
 
@@ -257,11 +259,13 @@ def _evaluation_sections(model, eval_set, predictions: dict, device, num_attenti
     x = eval_set.preprocess.normalize(eval_set.view(pick)).to(device)  # (k, C, H, W)
     att_fig = viz.visualize_attention_grid(model, x, mean=np.asarray(mean), std=np.asarray(std),
                                            labels=labels[pick], class_names=classes, title="")
+    query = "the [CLS] token" if getattr(model, "cls_token", None) is not None else \
+        "the patch tokens (this model has no [CLS] token: the average over all patch queries)"
     sections.append(_section(
         "Where the model looks",
         "Attention rollout (Abnar &amp; Zuidema 2020) multiplies the attention of all layers, with the "
-        "skip connections, to follow what flows into the [CLS] token; the last column is the [CLS] "
-        "token's attention in the last layer, averaged over heads. Brighter is more attention.",
+        f"skip connections, to follow what flows into {query}; the last column is the same query's attention "
+        "in the last layer, averaged over heads. Brighter is more attention.",
         _img(att_fig, "attention overlays")))
     return sections
 

@@ -10,6 +10,7 @@ the report, a resume) reads it back. Paths and file formats live here and nowher
         checkpoints/best.safetensors, last.safetensors   weights + architecture + classes + preprocessing
         checkpoints/last.state.pt, previous.state.pt     everything needed to resume exactly
         report.html                 the run report
+        .lock                       held by the process training the run (one run, one folder)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .fileio import atomic_write_text
 
 METRICS_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "lr",
@@ -53,6 +54,23 @@ class Run:
             if (candidate / "config.yaml").is_file() and (candidate / "checkpoints").is_dir():
                 return cls(candidate)
         return None
+
+    def holds_a_run(self) -> bool:
+        return self.config_path.is_file() or self.checkpoints.is_dir()
+
+    def lock(self):
+        """Take the run's exclusive lock (a ``filelock.FileLock``, to be released when the run ends), or raise
+        :class:`RunInUse` when another process holds it."""
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunInUse(f"run folder {self.path} is in use by another 'vitkit train'; wait for it to finish "
+                           "or stop it first") from None
+        return lock
 
     def predictions_path(self, split: str) -> Path:
         return self.path / "predictions" / f"{split}.csv"
@@ -125,6 +143,33 @@ class Run:
         if self.metrics_path.exists():
             atomic_write_text(self.metrics_path, _csv_text([METRICS_COLUMNS] + [[r.get(c, "") for c in METRICS_COLUMNS]
                                                                                  for r in rows]))
+
+
+class RunInUse(ConfigError):
+    """Another process is training in this run folder."""
+
+
+def claim_new_run(out_dir, name: str):
+    """``out_dir/name`` for a new run, or ``name-2``, ``name-3`` ... when that folder holds a run or another
+    process is using it: ``(Run, its lock)``. Taking the lock is what claims a folder, so two runs started
+    together with the same name never share one."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"out_dir {out_dir} is a file; expected a folder to hold run folders")
+    for n in range(1, 10_000):
+        run = Run(Path(out_dir) / (name if n == 1 else f"{name}-{n}"))
+        if run.path.exists() and not run.path.is_dir():
+            continue
+        if run.holds_a_run():
+            continue
+        try:
+            lock = run.lock()
+        except RunInUse:
+            continue
+        if run.holds_a_run():  # written by another process between the check and the lock
+            lock.release()
+            continue
+        return run, lock
+    raise ConfigError(f"{out_dir} holds runs named {name} up to {name}-9999; choose another name")
 
 
 def write_predictions(path, sources: list[str], predictions: dict, classes: list[str]) -> Path:

@@ -461,6 +461,7 @@ def visualize_attention_grid(model, images: torch.Tensor, save_path=None, mean=N
     with torch.no_grad():
         probs = model(x).softmax(-1).cpu() if getattr(model, "num_classes", 0) else None  # (B, classes)
     n = x.shape[0]
+    query = "[CLS]" if getattr(model, "cls_token", None) is not None else "patches"
     per_row = max(1, min(per_row, n))
     rows = math.ceil(n / per_row)
     aspect = x.shape[-2] / x.shape[-1]
@@ -480,7 +481,7 @@ def visualize_attention_grid(model, images: torch.Tensor, save_path=None, mean=N
         _imshow(a[0], img)
         a[0].set_title(caption, fontsize=9)
         _overlay(a[1], img, rolls[i].numpy(), "rollout\n(all layers)")
-        _overlay(a[2], img, last[i].numpy(), "last layer [CLS]\n(mean of heads)")
+        _overlay(a[2], img, last[i].numpy(), f"last layer {query}\n(mean of heads)")
     if title:
         fig.suptitle(title)
     return save_figure(fig, save_path)

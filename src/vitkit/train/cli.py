@@ -28,30 +28,50 @@ def training_recipes() -> list[str]:
     return names
 
 
+def recipe_path(config: str | None) -> Path | None:
+    """``--config``: a YAML file, or the name of a packaged recipe (a folder of the same name, such as the
+    data folder ``fashion-mnist/``, does not hide the recipe)."""
+    from ..errors import ConfigError
+    from .config import packaged_config_dir
+
+    if config is None or Path(config).is_file():
+        return None if config is None else Path(config)
+    packaged = packaged_config_dir() / f"{config}.yaml"
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(f"config {config!r} is neither a file nor a recipe; recipes: {', '.join(training_recipes())}")
+
+
 def train_main(argv: list[str] | None = None) -> int:
-    from .config import load_run_config, packaged_config_dir
-    from .trainer import train
+    import yaml
+
+    from .config import load_run_config
+    from .trainer import resume_folder, train
 
     parser = argparse.ArgumentParser(
         prog="vitkit train", description="Train a ViT from a YAML recipe. With no arguments: the digits recipe "
         "(a small ViT on scikit-learn's 8x8 digits, CPU, under a minute).",
-        epilog=f"recipes: {', '.join(training_recipes())} (pass --config configs/NAME.yaml or just --config NAME)")
+        epilog=f"recipes: {', '.join(training_recipes())} (pass --config configs/NAME.yaml or just --config NAME); "
+        "every key: vitkit config")
     parser.add_argument("--config", help="YAML recipe (a path, or the name of a packaged recipe)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (YAML syntax), e.g. --set optim.lr=3e-4; repeatable")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="'auto': continue runs/NAME from its newest valid checkpoint (or start it); "
-                        "PATH: a run folder or checkpoint to continue")
+                        "PATH: a run folder or checkpoint to continue. A resume keeps the run's config; "
+                        "--set may change train.epochs and a few other keys (see 'vitkit config')")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (recipe < YAML < --set, every default filled in) and exit")
     args = parser.parse_args(argv)
 
-    config = args.config
-    if config is not None and not Path(config).exists() and (packaged_config_dir() / f"{config}.yaml").exists():
-        config = packaged_config_dir() / f"{config}.yaml"
-    if config is None and args.resume not in (None, "auto"):
-        from .checkpoint import resolve_state_path
-        saved = resolve_state_path(args.resume).resolve().parent.parent / "config.yaml"
-        config = saved if saved.exists() else None
-    cfg = load_run_config(config, args.overrides)
+    cfg = load_run_config(recipe_path(args.config), args.overrides)
+    if args.resume is not None:  # a resume starts from the run's own config.yaml
+        saved = resume_folder(cfg, args.resume) / "config.yaml"
+        if saved.is_file():
+            cfg = load_run_config(saved, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     return train(cfg, resume=args.resume)
 
 

@@ -10,13 +10,15 @@ data set's, so they are resolved only once the data is known (see :func:`resolve
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from ..config import PRESETS, ViTConfig, apply_aliases, check_positive, from_dict, get_preset, load_config, to_dict
+from ..config import (PRESETS, ViTConfig, apply_aliases, check_positive, check_ranges, from_dict, get_preset,
+                      load_config, to_dict)
 from ..errors import ConfigError
 
 
@@ -28,23 +30,23 @@ class DataConfig:
 
     dataset: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | cifar100 | synthetic | imagefolder:PATH
     root: str | None = None  # the data set's folder; None: $VITKIT_DATA/<folder> or ~/.cache/vitkit/<folder>
-    download: bool = False
+    download: bool = False  # fetch a public data set (md5-verified) when its folder is missing
     val_fraction: float = 0.1  # validation hold-out from the training split; 0: none (the last epoch is kept)
-    split_seed: int = 0
-    batch_size: int = 128
-    eval_batch_size: int = 512
+    split_seed: int = 0  # seed of the validation hold-out (not the run's seed: runs compare on one split)
+    batch_size: int = 128  # training images per optimizer step, over all processes
+    eval_batch_size: int = 512  # images per evaluation batch
     # Batched augmentation on the device (in-memory sets and folders decoded once):
     crop_padding: int | None = None  # None: the data set's usual value (vitkit.data.recommended_augment)
     hflip: bool | None = None  # None: the data set's usual value
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
+    mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha); 0: off
+    cutmix_alpha: float = 0.0  # cutmix Beta(alpha, alpha); 0: off
     # Image folders:
     img_size: int | tuple[int, int] | None = None  # None: model.img_size, else 224
     channels: int | None = None  # 1 or 3; None: 1 when every image is grey, else 3
     mean: tuple[float, ...] | None = None  # normalisation; None: ImageNet's (its grey version for 1 channel)
-    std: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None  # with data.mean
     crop_pct: float = 0.875  # evaluation: short side to img_size / crop_pct, then the centre img_size (timm)
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # resampling of every resize
     crop_scale: tuple[float, float] = (0.08, 1.0)  # training: random-resized-crop area fraction (streamed)
     crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # and aspect ratio range
     randaugment: bool = True  # streamed only
@@ -54,8 +56,15 @@ class DataConfig:
 
     def __post_init__(self):
         check_positive(self, ("batch_size", "eval_batch_size"), "data")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must lie in [0, 1), got {self.val_fraction}")
+        check_ranges(self, "data", {"val_fraction": "[0, 1)", "mixup_alpha": "[0, inf)", "cutmix_alpha": "[0, inf)",
+                                    "crop_padding": "[0, inf)", "split_seed": "[0, inf)", "workers": "[0, inf)",
+                                    "mean": "[0, 1]", "std": "(0, inf)"})
+        if self.img_size is not None:
+            from ..data.preprocess import pair
+            pair(self.img_size, "data.img_size")
+        if self.mean is not None and self.std is not None and not len(self.mean) == len(self.std) in (1, 3):
+            raise ConfigError(f"data.mean and data.std need 1 or 3 values each (one per channel), got "
+                              f"{list(self.mean)} and {list(self.std)}")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels must be 1, 3 or null (decided by the images), got {self.channels!r}")
         if not 0 < self.crop_pct <= 1:
@@ -68,45 +77,41 @@ class DataConfig:
             raise ConfigError(f"data.crop_ratio must be [low, high] with 0 < low <= high, got {list(self.crop_ratio)}")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("data.mean and data.std go together: give both or neither")
-        if self.workers < 0:
-            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
 
 
 @dataclass
 class OptimConfig:
     """AdamW with a linear warm-up then a cosine decay to ``min_lr``, stepped once per optimizer step."""
 
-    lr: float = 1e-3
-    min_lr: float = 1e-5
+    lr: float = 1e-3  # peak learning rate, reached after the warm-up
+    min_lr: float = 1e-5  # learning rate at the end of the cosine decay
     weight_decay: float = 0.05  # never applied to norms, biases, position embeddings or [CLS]/register tokens
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_epochs: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates
+    eps: float = 1e-8  # AdamW's denominator epsilon
+    warmup_epochs: float = 1.0  # linear warm-up length; must be shorter than the run
     layer_decay: float | None = None  # layer-wise lr decay (BEiT / MAE fine-tuning), e.g. 0.75; None: off
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # of the training loss (evaluation uses plain cross-entropy)
     accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
 
     def __post_init__(self):
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ConfigError(f"optim.lr must be > 0 and optim.min_lr >= 0, got {self.lr} and {self.min_lr}")
+        check_ranges(self, "optim", {"lr": "(0, inf)", "min_lr": "[0, inf)", "weight_decay": "[0, inf)",
+                                     "betas": "[0, 1)", "eps": "(0, 1)", "warmup_epochs": "[0, inf)",
+                                     "layer_decay": "(0, 1]", "grad_clip": "(0, inf)", "label_smoothing": "[0, 1)"})
         if self.min_lr > self.lr:
             raise ConfigError(f"optim.min_lr ({self.min_lr:g}) must not exceed optim.lr ({self.lr:g}): the schedule "
                               "decays from lr down to min_lr")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"optim.label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.lr * self.weight_decay >= 1:
+            raise ConfigError(f"optim.lr x optim.weight_decay ({self.lr:g} x {self.weight_decay:g}) must be below 1: "
+                              "AdamW shrinks every decayed weight by that fraction at each step")
         check_positive(self, ("accum_steps",), "optim")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
 
 @dataclass
 class LoopConfig:
     """How long and how the loop runs."""
 
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split (a resume may raise it)
     ema_decay: float | None = None  # e.g. 0.9998: evaluate and export an exponential moving average of weights
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     compile: bool = False  # torch.compile the model
@@ -117,21 +122,17 @@ class LoopConfig:
 
     def __post_init__(self):
         check_positive(self, ("epochs",), "train")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"train.ema_decay must lie in (0, 1), got {self.ema_decay}")
-        if self.checkpoint_every_steps < 0:
-            raise ConfigError(f"train.checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
-        if self.patience is not None:
-            check_positive(self, ("patience",), "train")
+        check_ranges(self, "train", {"ema_decay": "(0, 1)", "checkpoint_every_steps": "[0, inf)",
+                                     "threads": "[1, 1024]", "patience": "[1, inf)"})
 
 
 @dataclass
 class RunConfig:
     """A whole training run; ``runs/<name>/`` (under ``out_dir``) is its folder."""
 
-    name: str = "run"
-    out_dir: str = "runs"
-    seed: int = 0
+    name: str = "run"  # the run folder out_dir/name (name-2, name-3 ... when taken)
+    out_dir: str = "runs"  # where run folders go
+    seed: int = 0  # initial weights, batch order, augmentation, dropout
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
     report: bool = True  # write RUN/report.html at the end (when vitkit.report is available)
     data: DataConfig = field(default_factory=DataConfig)
@@ -139,10 +140,22 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
 
+    def __post_init__(self):
+        if not RUN_NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise ConfigError(f"name {self.name!r} cannot name a run folder: use letters, digits, '.', '_' and '-' "
+                              "(no spaces, no path separators), starting with a letter or digit")
+        if not self.out_dir.strip():
+            raise ConfigError("out_dir must name a folder, got an empty string")
+        check_ranges(self, "", {"seed": f"[0, {2**32 - 1}]"})
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
     def to_dict(self) -> dict:
         return to_dict(self)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 MODEL_EXTRA_KEYS = ("name", "init")  # model-section keys that are not ViTConfig fields
 
 
@@ -211,14 +224,81 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
 
 
 def resolve_model_config(model: dict, *, in_channels: int, num_classes: int, img_size) -> ViTConfig:
-    """The run's :class:`ViTConfig`: the data set fills in_channels, num_classes and img_size unless given."""
+    """The run's :class:`ViTConfig`: the data set decides in_channels, num_classes and img_size (a value given
+    for one of them must agree with the data), a preset ``name`` the architecture (the section may add to it,
+    e.g. drop_path_rate, but not contradict it)."""
+    from ..data.preprocess import pair
+
     fields = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
-    fields.setdefault("in_channels", in_channels)
-    fields.setdefault("num_classes", num_classes)
-    fields.setdefault("img_size", img_size)
+    data_has = {"in_channels": in_channels, "num_classes": num_classes, "img_size": img_size}
+    what = {"in_channels": "channels", "num_classes": "classes", "img_size": "pixels per side"}
+    for key, value in data_has.items():
+        given = fields.get(key, value)
+        same = pair(given, f"model.{key}") == pair(value) if key == "img_size" else given == value
+        if not same:
+            raise ConfigError(f"model.{key} is {given!r} but the data has {value!r} {what[key]}; leave model.{key} "
+                              "out and the data decides it" + (" (or set data.img_size for an image folder)"
+                                                               if key == "img_size" else ""))
+        fields[key] = value
     name = model.get("name")
     if name is not None:
-        base = dict(PRESETS[name])
-        base.update(fields)
-        fields = base
+        preset = PRESETS[name]
+        clash = [f"{k} {fields[k]!r} (the preset has {v!r})" for k, v in preset.items()
+                 if k != "img_size" and k in fields and fields[k] != v]
+        if clash:
+            raise ConfigError(f"model.name {name} fixes the architecture, but the model section also sets "
+                              f"{', '.join(clash)}; remove model.name or those keys")
+        fields = {**preset, **fields}
     return ViTConfig.from_dict(fields, "model")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference of every key, generated from the dataclasses above (their field comments are the meanings)
+
+SECTIONS = (("", RunConfig, "the run"), ("data", DataConfig, "what to train on, its splits, batches and images"),
+            ("model", ViTConfig, "the architecture (ViTConfig); plus `name` (a preset such as "
+                                 "vit_tiny_patch16_224) and `init` (weights to fine-tune from)"),
+            ("optim", OptimConfig, "AdamW and the learning-rate schedule"), ("train", LoopConfig, "the loop"))
+
+
+def field_comments(cls) -> dict[str, str]:
+    """{field: the comment at the end of its line} of a dataclass, read from its source."""
+    import inspect
+    import re
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s{4}(\w+): .*?  # (.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def reference() -> str:
+    """Every config key with its type, default and meaning, as Markdown (docs/config.md is this text)."""
+    import typing
+
+    from ..config import _type_name
+    lines = ["# Config keys", "",
+             "Every key of a `vitkit train` config, generated from the code (`vitkit config` prints this page).",
+             "Precedence: defaults < the YAML recipe (`--config`) < `--set section.key=value`. In the model",
+             "section, `in_channels`, `num_classes` and `img_size` come from the data.", ""]
+    for section, cls, about in SECTIONS:
+        lines += [f"## `{section or 'top level'}`: {about}", "", "| key | type | default | meaning |",
+                  "|---|---|---|---|"]
+        hints, notes = typing.get_type_hints(cls), field_comments(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]) or (cls is RunConfig and f.name == "model"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            key = f"{section}.{f.name}" if section else f.name
+            shown = "null" if default is None else (list(default) if isinstance(default, tuple) else default)
+            if isinstance(shown, bool):
+                shown = str(shown).lower()
+            lines.append(f"| `{key}` | {_type_name(hints[f.name])} | `{shown}` | "
+                         f"{notes.get(f.name, '').replace('|', chr(92) + '|')} |")
+        lines.append("")
+    lines += ["## Changing a key when resuming", "",
+              "A resume (`--resume`) trains with the run's own config.yaml. `--set` may change only these keys:", ""]
+    from .trainer import RESUMABLE_CHANGES
+    lines += [f"- `{k}`" + (f": {why}" if why else "") for k, why in RESUMABLE_CHANGES.items()]
+    return "\n".join(lines) + "\n"

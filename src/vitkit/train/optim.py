@@ -73,3 +73,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     schedule = WarmupCosine(warmup, steps_per_epoch * epochs, cfg.min_lr / cfg.lr)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def replan(scheduler: torch.optim.lr_scheduler.LambdaLR, total: int) -> None:
+    """Give a restored warm-up + cosine schedule a new length of ``total`` steps: the remaining steps follow the
+    schedule of a run planned for ``total`` steps from the start (the learning rate is set for the current
+    step at once). A no-op when the length is unchanged."""
+    schedules = scheduler.lr_lambdas
+    if all(s.total == max(total, 1) for s in schedules):
+        return
+    for s in schedules:
+        s.total = max(total, 1)
+    step = scheduler.last_epoch
+    for group, base, s in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, schedules):
+        group["lr"] = base * s(step)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]

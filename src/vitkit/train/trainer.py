@@ -25,7 +25,7 @@ from ..config import save_config
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_text
 from ..model import VisionTransformer, count_parameters
-from ..runs import Run
+from ..runs import Run, claim_new_run
 from . import distributed
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
                          set_rng_state)
@@ -33,23 +33,70 @@ from .config import RunConfig, resolve_model_config
 from .data import RunData, build_data
 from .ema import ModelEma
 from .loop import NonFiniteLossError, RunningMetrics, evaluate, train_epoch
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, replan
 from .signals import StopRequest
 
 
-def choose_run_dir(cfg: RunConfig, resume: str | None) -> Path:
-    """``--resume PATH``: that run's folder. ``--resume auto``: ``out_dir/name``. A new run: ``out_dir/name``,
-    or ``name-2``, ``name-3`` ... when that folder already holds a run (nothing is ever overwritten)."""
-    base = Path(cfg.out_dir) / cfg.name
+PROGRESS_SECONDS = 30.0  # without a terminal (logs, CI), a progress line this often
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+RESUMABLE_CHANGES = {  # config keys a resume may change, because each has a defined meaning mid-run
+    "train.epochs": "the remaining steps follow the schedule of a run of the new length",
+    "train.patience": "early stopping counts from the epochs already run",
+    "train.checkpoint_every_steps": "", "train.threads": "", "data.workers": "", "data.eval_batch_size": "",
+    "report": "", "device": "",
+}
+
+
+def resume_config(cfg: RunConfig, run: Run) -> tuple[RunConfig, list[tuple[str, object, object]]]:
+    """The config a resume of ``run`` trains with: the run's saved config.yaml, with the changes ``cfg`` makes
+    to it applied when they are in :data:`RESUMABLE_CHANGES`; any other change is one ConfigError naming the
+    keys. Returns (config, [(key, saved value, new value)])."""
+    from ..config import load_config
+    from .config import apply_overrides, validate
+
+    if not run.config_path.is_file():
+        return cfg, []
+    saved_raw = load_config(run.config_path)
+    saved = _leaves(validate(saved_raw).to_dict())
+    new = _leaves(cfg.to_dict())
+    changes = [(k, saved.get(k), v) for k, v in new.items()
+               if k in saved and v != saved[k] and not (k == "data.channels" and v is None)]
+    refused = [f"{k} {old!r} -> {value!r}" for k, old, value in changes if k not in RESUMABLE_CHANGES]
+    if refused:
+        raise ConfigError(f"a resume trains with the run's own config ({run.config_path}), but this one changes "
+                          f"{'; '.join(refused)}; start a new run (without --resume), or fine-tune from this one "
+                          f"with --set model.init={run.checkpoints / 'best'}")
+    import yaml
+    return validate(apply_overrides(saved_raw, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+                                                for k, _, v in changes])), changes
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def resume_folder(cfg: RunConfig, resume: str) -> Path:
+    """The run a ``--resume`` names: ``auto`` is ``out_dir/name``; a path is a run folder or a file in it."""
     if resume == "auto":
-        return base
-    if resume is not None:
-        return resolve_state_path(resume).resolve().parent.parent
-    candidate, n = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        n += 1
-        candidate = base.with_name(f"{cfg.name}-{n}")
-    return candidate
+        return Path(cfg.out_dir) / cfg.name
+    p = Path(resume)
+    run = Run.of_checkpoint(p) or (Run(p) if (p / "checkpoints").is_dir() else None)
+    if run is None:
+        run = Run(resolve_state_path(resume).resolve().parent.parent)
+    return run.path
 
 
 def check_compiler(device: torch.device) -> None:
@@ -81,8 +128,8 @@ def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
 class Trainer:
     """Builds everything a run needs, optionally restores it from a checkpoint, and runs it."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: str | None = None, log=print):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: str | None = None, log=print, changes=()):
+        self.cfg, self.changes = cfg, list(changes)
         self.run_folder = Run(run_dir)
         self.run_dir, self.log_fn = self.run_folder.path, log
         self.ckpt_dir = self.run_folder.checkpoints
@@ -125,6 +172,8 @@ class Trainer:
         self.wall_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.running = RunningMetrics(self.device)
         self.resumed_from = self.restore(resume) if resume is not None else None
+        if self.stopped_early and (not cfg.train.patience or self.bad_epochs < cfg.train.patience):
+            self.stopped_early = False  # a resume with more patience continues
 
         self.train_model = self.model
         if ctx.distributed:
@@ -158,11 +207,14 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def restore(self, resume: str) -> Path | None:
-        """Load the training state to resume from (``auto``: the run's newest valid one, if any)."""
-        if resume == "auto":
+        """Load the training state to resume from: a state file when one is named, else the run's newest valid
+        one (``last``, or ``previous`` when ``last`` is damaged); None when the run has none yet (``auto``)."""
+        if resume == "auto" or Path(resume).is_dir():
             found = find_resumable(self.ckpt_dir)
             if found is None:
-                return None
+                if resume == "auto":
+                    return None
+                raise CheckpointError(f"cannot resume from {resume}: {self.ckpt_dir} holds no training state")
             path, state = found
         else:
             path = resolve_state_path(resume)
@@ -180,6 +232,7 @@ class Trainer:
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"optimizer state in {path} does not fit this run's optimizer ({e}); "
                                   "resume with that run's config.yaml") from None
+        replan(self.scheduler, self.steps_per_epoch * self.cfg.train.epochs)  # the new length, after a change
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best_accuracy, self.best_epoch = state["best_accuracy"], state.get("best_epoch", 0)
         self.bad_epochs, self.stopped_early = state.get("bad_epochs", 0), state.get("stopped_early", False)
@@ -279,6 +332,8 @@ class Trainer:
                 seen = (batch - self.epoch_start_batch) * self.cfg.data.batch_size
                 self.bar.set_postfix(loss=f"{r['loss']:.4f}", acc=f"{r['accuracy']:.3f}",
                                      img_s=f"{seen / max(time.time() - self.epoch_t0, 1e-9):.0f}")
+        elif time.time() - self.last_progress >= PROGRESS_SECONDS:
+            self.progress_line(step, batch, running)
         self.step, self.batch = step, batch
         stop = distributed.any_rank(self.stop.requested, self.device)
         every = self.cfg.train.checkpoint_every_steps
@@ -286,6 +341,19 @@ class Trainer:
             self.check_finite(running)
             self.save_last()
         return stop
+
+    def progress_line(self, step: int, batch: int, running: RunningMetrics) -> None:
+        """Where the run stands, for logs and CI (no terminal, no progress bar): a line every PROGRESS_SECONDS."""
+        now = time.time()
+        r = running.result()
+        images = (batch - self.epoch_start_batch) * self.cfg.data.batch_size
+        rate = images / max(now - self.epoch_t0, 1e-9)
+        total = self.steps_per_epoch * self.cfg.train.epochs
+        per_step = (now - self.t_start) / max(step - self.first_step, 1)
+        eta = per_step * (total - step)
+        self.log(f"  epoch {self.epoch + 1}/{self.cfg.train.epochs} step {step}/{total}: loss {r['loss']:.4f} "
+                 f"acc {r['accuracy']:.3f} | {rate:.0f} img/s | ETA {_duration(eta)}")
+        self.last_progress = now
 
     def check_finite(self, running: RunningMetrics) -> None:
         bad = running.bad_step()
@@ -298,7 +366,8 @@ class Trainer:
         """Train to the configured number of epochs (or until validation stops improving for
         ``train.patience`` epochs); returns the exit code (0, or 130/143 when interrupted)."""
         cfg, ctx, data = self.cfg, self.ctx, self.data
-        self.t_start = time.time()
+        self.t_start = self.last_progress = time.time()
+        self.first_step = self.step
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg.to_dict(), self.run_folder.config_path)
@@ -456,6 +525,11 @@ class Trainer:
         if self.resumed_from is not None:
             self.log(f"resumed from {self.resumed_from} at epoch {self.epoch + 1}, batch {self.batch} "
                      f"(step {self.step})")
+        for key, old, new in self.changes:
+            why = RESUMABLE_CHANGES[key]
+            self.log(f"changed on resume: {key} {old!r} -> {new!r}" + (f" ({why}; lr now "
+                     f"{max(g['lr'] for g in self.optimizer.param_groups):.2e})" if key == "train.epochs" else
+                     f" ({why})" if why else ""))
         self.log(f"run folder: {self.run_dir}")
 
     def log_epoch(self, r: dict) -> None:
@@ -466,11 +540,27 @@ class Trainer:
 
 
 def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None = None, log=print) -> int:
-    """Run training for ``cfg``; returns the exit code. ``resume``: None, "auto" or a checkpoint path."""
-    distributed.setup(cfg.device)  # join the process group first, so rank 0 alone picks the run folder
+    """Run training for ``cfg``; returns the exit code. ``resume``: None, "auto" or a run folder or checkpoint.
+
+    A new run claims ``out_dir/name`` (or the next free ``name-N``); a resumed run keeps its folder and the
+    config it was trained with (see :func:`resume_config`). The run folder is locked while it trains."""
+    ctx = distributed.setup(cfg.device)  # join the process group first, so rank 0 alone picks the run folder
+    lock = None
     try:
-        folder = Path(run_dir) if run_dir is not None else choose_run_dir(cfg, resume)
-        folder = Path(distributed.gather_objects(str(folder))[0])
-        return Trainer(cfg, folder, resume, log).run()
+        if run_dir is not None or resume is not None:
+            run = Run(run_dir if run_dir is not None else resume_folder(cfg, resume))
+            if ctx.is_main:
+                lock = run.lock()
+        elif ctx.is_main:
+            run, lock = claim_new_run(cfg.out_dir, cfg.name)
+        else:
+            run = None
+        folder = Path(distributed.gather_objects(str(run.path) if run is not None else None)[0])
+        changes = []
+        if resume is not None:
+            cfg, changes = resume_config(cfg, Run(folder))
+        return Trainer(cfg, folder, resume, log, changes).run()
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown()
