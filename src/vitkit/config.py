@@ -40,7 +40,9 @@ def from_dict(cls, data: dict | None, section: str = ""):
         kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as e:
+        if section and not str(e).startswith(f"{section}."):
+            raise ConfigError(f"config section '{section}': {e}") from None
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid config section '{section or 'top level'}': {e}") from None
@@ -157,7 +159,7 @@ def _type_name(tp) -> str:
         return "null"
     if origin in (tuple, list):
         return "a list"
-    if origin is dict:
+    if origin is dict or tp is dict:
         return "a mapping"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
@@ -169,6 +171,7 @@ def _describe(value) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # The architecture
 
+RPB_KEYS = {"num_heads", "window_size", "seq_len", "bias_type", "init_std"}
 PoolType = Literal["cls", "mean"]
 PosEmbedType = Literal["learn", "sincos2d", "none"]
 AttnImpl = Literal["fused", "explicit"]
@@ -234,6 +237,10 @@ class ViTConfig:
         for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check_ranges(self, "", {"mlp_ratio": "(0, 64]", "norm_eps": "(0, 1)", "layer_scale_init": "(0, 1e6]"})
+        if self.mlp_dim < 1:
+            raise ConfigError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden unit (embed_dim "
+                              f"{self.embed_dim} x mlp_ratio < 1)")
         if self.pool == "cls" and not self.class_token:
             raise ConfigError("pool='cls' needs class_token=True; use pool='mean' for a model without [CLS]")
         if self.reg_tokens < 0:
@@ -242,6 +249,9 @@ class ViTConfig:
             raise ConfigError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.use_relative_position:
             kw = dict(self.rpb_kwargs or {})
+            unknown = sorted(set(kw) - RPB_KEYS)
+            if unknown:
+                raise ConfigError(f"rpb_kwargs has unknown keys {unknown}; expected some of {sorted(RPB_KEYS)}")
             if kw.get("num_heads", self.num_heads) != self.num_heads:
                 raise ConfigError(f"rpb_kwargs num_heads ({kw['num_heads']}) must equal num_heads ({self.num_heads})")
             bias_type = kw.get("bias_type", "2d")

@@ -72,6 +72,12 @@ class Run:
                            "or stop it first") from None
         return lock
 
+    def discard_if_unused(self) -> None:
+        """Remove the folder of a run that was claimed but never started (it holds nothing but its lock)."""
+        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {".lock"}:
+            (self.path / ".lock").unlink(missing_ok=True)
+            self.path.rmdir()
+
     def predictions_path(self, split: str) -> Path:
         return self.path / "predictions" / f"{split}.csv"
 

@@ -78,7 +78,7 @@ def train_main(argv: list[str] | None = None) -> int:
 def _predictor(checkpoint: str, device: str):
     from ..predictor import Predictor
     from .distributed import pick_device
-    return Predictor.load(checkpoint, pick_device(device))
+    return Predictor.load(checkpoint, pick_device(device, no_gpu="use --device cpu (or auto)"))
 
 
 def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:

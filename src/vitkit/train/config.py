@@ -57,7 +57,7 @@ class DataConfig:
     def __post_init__(self):
         check_positive(self, ("batch_size", "eval_batch_size"), "data")
         check_ranges(self, "data", {"val_fraction": "[0, 1)", "mixup_alpha": "[0, inf)", "cutmix_alpha": "[0, inf)",
-                                    "crop_padding": "[0, inf)", "split_seed": "[0, inf)", "workers": "[0, inf)",
+                                    "crop_padding": "[0, inf)", "split_seed": f"[0, {2**63}]", "workers": "[0, inf)",
                                     "mean": "[0, 1]", "std": "(0, inf)"})
         if self.img_size is not None:
             from ..data.preprocess import pair
@@ -144,8 +144,8 @@ class RunConfig:
         if not RUN_NAME.fullmatch(self.name) or self.name in (".", ".."):
             raise ConfigError(f"name {self.name!r} cannot name a run folder: use letters, digits, '.', '_' and '-' "
                               "(no spaces, no path separators), starting with a letter or digit")
-        if not self.out_dir.strip():
-            raise ConfigError("out_dir must name a folder, got an empty string")
+        if not self.out_dir.strip() or "\0" in self.out_dir:
+            raise ConfigError(f"out_dir must name a folder, got {self.out_dir!r}")
         check_ranges(self, "", {"seed": f"[0, {2**32 - 1}]"})
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")

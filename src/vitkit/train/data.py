@@ -60,7 +60,7 @@ def run_preprocess(cfg: DataConfig, splits: Splits, model_img_size=None) -> Prep
     if not splits.is_folder:
         for key in ("img_size", "mean", "channels"):
             if getattr(cfg, key) is not None:
-                raise ConfigError(f"data.{key} applies to image folders only; {splits.dataset} images are "
+                raise ConfigError(f"data.{key} {getattr(cfg, key)!r} applies to image folders only; {splits.dataset} images are "
                                   f"{splits.channels}x{splits.image_size[0]}x{splits.image_size[1]} as they are")
         return Preprocess(splits.image_size, splits.mean, splits.std, crop_pct=1.0, interpolation=cfg.interpolation)
     size = cfg.img_size if cfg.img_size is not None else (model_img_size if model_img_size is not None else 224)

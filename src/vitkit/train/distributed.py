@@ -32,8 +32,13 @@ class Context:
         return self.world_size > 1
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one (else mps, else cpu); ``cuda`` -> ``cuda:LOCAL_RANK``."""
+NO_GPU_TRAINING = ("a GPU recipe (such as imagefolder-gpu) is too large for a CPU, so use a CPU recipe (digits, "
+                   "fashion-mnist, imagefolder), or --set device=cpu to run this one anyway")
+
+
+def pick_device(name: str, local_rank: int = 0, no_gpu: str = "ask for the cpu (or auto) instead") -> torch.device:
+    """``auto`` -> this process's GPU if there is one (else mps, else cpu); ``cuda`` -> ``cuda:LOCAL_RANK``.
+    ``no_gpu`` ends the sentence when CUDA is asked for on a machine without it."""
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -45,11 +50,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' was asked for but this machine has no Apple GPU; use device=cpu or auto")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but this machine has no CUDA GPU; a GPU recipe (such "
-                              "as imagefolder-gpu) is too large for a CPU, so use a CPU recipe (digits, "
-                              "fashion-mnist, imagefolder), or --set device=cpu to run this one anyway")
+            raise ConfigError(f"device {name!r} was asked for but this machine has no CUDA GPU; {no_gpu}")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -61,7 +66,7 @@ def setup(device_name: str) -> Context:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank)
+    device = pick_device(device_name, local_rank, NO_GPU_TRAINING)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=
                                 device if device.type == "cuda" else None)

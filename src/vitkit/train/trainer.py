@@ -464,6 +464,9 @@ class Trainer:
         if test is not None:
             self.run_folder.write_predictions("test", data.test.sources, test["predictions"], data.classes)
         results = self.results(test, completed=True)
+        before = self.run_folder.read_results()
+        if self.step == self.first_step and before.get("completed") and before.get("wall_time") is not None:
+            results["wall_time"] = before["wall_time"]  # a resume of a finished run adds no training time
         self.run_folder.write_results(results)
         report = self.write_report(best) if self.cfg.report else ""
         if self.tb is not None:
@@ -557,9 +560,17 @@ def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None 
             run = None
         folder = Path(distributed.gather_objects(str(run.path) if run is not None else None)[0])
         changes = []
-        if resume is not None:
-            cfg, changes = resume_config(cfg, Run(folder))
-        return Trainer(cfg, folder, resume, log, changes).run()
+        try:
+            if resume is not None:
+                cfg, changes = resume_config(cfg, Run(folder))
+            trainer = Trainer(cfg, folder, resume, log, changes)  # every check runs here, before any file is written
+        except BaseException:
+            if lock is not None and resume is None and run_dir is None:
+                lock.release()
+                lock = None
+                Run(folder).discard_if_unused()
+            raise
+        return trainer.run()
     finally:
         if lock is not None:
             lock.release()
