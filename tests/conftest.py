@@ -1,6 +1,7 @@
 """Shared test fixtures: the real data sets (../shared/data or $VITKIT_DATA), determinism, small threads."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,17 @@ def require_data(name: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def chromium() -> str:
+    """Headless Chromium's executable; a skip when it is absent, but a failure under CI=true."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        msg = "chromium is not installed (apt-get install chromium; 'make test' does it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return exe
 
 
 def saved_step(run_dir: Path) -> int:

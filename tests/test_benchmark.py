@@ -8,7 +8,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
-from vitkit import benchmark as bm
+from vitkit.commands.benchmark import main as benchmark_main
+from vitkit.tools import benchmark as bm
 from vitkit.cli import main as vitkit_main
 from vitkit.errors import ConfigError
 
@@ -109,29 +110,8 @@ def test_cli_prints_a_table(capsys, monkeypatch):
         return real(*args, peak_tflops=0.1, **TINY)
 
     monkeypatch.setattr(bm, "benchmark", small)
-    assert bm.cli_main(["--model", "vit_tiny_patch16_224", "--mode", "infer", "--batch-size", "2", "--device", "cpu",
+    assert benchmark_main(["--model", "vit_tiny_patch16_224", "--mode", "infer", "--batch-size", "2", "--device", "cpu",
                         "--steps", "1", "--windows", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "| vit_tiny_patch16_224 | infer | 2 | fp32 | no | vitkit |" in out and " threads; torch " in out
     assert calls["args"][:4] == ("vit_tiny_patch16_224", "infer", 2, "fp32")
-
-
-def test_inference_fast_path_keeps_timm_numbers_and_hooked_outputs():
-    # The in-place inference path of TransformerBlock/Mlp (a speed change of issue 8) must not change a bit.
-    timm = pytest.importorskip("timm")
-    kw = {k: TINY[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "num_classes")}
-    ours = vitkit.create_model("vit_tiny_patch16_224", **kw).eval()
-    theirs = timm.create_model("vit_tiny_patch16_224", **kw).eval()
-    theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 3, 32, 32)
-    with torch.inference_mode():
-        assert torch.equal(ours(x), theirs(x))
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 branches must still promote onto the fp32 stream
-            a, b = ours(x), theirs(x)
-        assert a.dtype == b.dtype and torch.equal(a, b)
-    seen = []
-    hook = ours.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, out: seen.extend([out.clone(), out]))
-    with torch.inference_mode():
-        ours(x)
-    hook.remove()
-    assert torch.equal(seen[0], seen[1])  # a hooked output is not overwritten afterwards

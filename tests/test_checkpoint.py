@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from vitkit import CheckpointError, VisionTransformer
-from vitkit.checkpoint import load_model, load_weights, read_header, save_weights
+from vitkit.checkpoint import load_weights, read_header, save_weights
+from vitkit.predictor import Predictor
+
+
+def load_model(path):
+    p = Predictor.load(path)
+    return p.model, p.meta
 
 
 def tiny(**kw):

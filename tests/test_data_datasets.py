@@ -4,7 +4,6 @@ import gzip
 import hashlib
 import lzma
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest

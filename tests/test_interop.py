@@ -13,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT, checkpo
 
 from vitkit import CheckpointError, ConfigError, VisionTransformer
 from vitkit.checkpoint import save_weights
-from vitkit.interop import from_pretrained
+from vitkit import from_pretrained
 
 TOL = 1e-5
 

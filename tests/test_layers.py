@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vitkit import (MultiHeadAttention, PatchEmbedding, RelativePositionBias, ScaledDotProductAttention,
                     TransformerBlock, get_relative_position_index_1d, get_relative_position_index_2d)
-from vitkit.layers import resample_pos_embed, sincos_2d_pos_embed
+from vitkit.layers import PostNormBlock, resample_pos_embed, sincos_2d_pos_embed
 
 
 def test_index_1d_hand_table():
@@ -98,7 +97,7 @@ def test_fused_equals_explicit_attention(relative):
         torch.nn.init.normal_(attn.relative_position_bias.relative_position_bias_table, std=1.0)
     x = torch.randn(2, 10, 24, dtype=torch.float64)
     fused = attn(x)
-    explicit, weights = attn(x, return_attention=True)
+    explicit, weights = attn.attend(x)
     assert (fused - explicit).abs().max() <= 1e-10
     assert weights.shape == (2, 4, 10, 10)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 10, dtype=torch.float64))
@@ -116,7 +115,7 @@ def test_attention_equals_torch_multihead_attention():
         ref.out_proj.bias.copy_(ours.proj.bias)
     x = torch.randn(3, 7, 16, dtype=torch.float64)
     expected, expected_weights = ref(x, x, x, average_attn_weights=False)
-    out, weights = ours(x, return_attention=True)
+    out, weights = ours.attend(x)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(weights, expected_weights)
 
@@ -127,7 +126,7 @@ def test_block_pre_and_post_norm_formulas():
     pre = TransformerBlock(8, 2).double().eval()
     y = x + pre.attn(pre.norm1(x))
     torch.testing.assert_close(pre(x), y + pre.mlp(pre.norm2(y)))
-    post = TransformerBlock(8, 2, norm_style="post", act="relu").double().eval()
+    post = PostNormBlock(8, 2, act="relu").double().eval()
     y = post.norm1(x + post.attn(x))
     torch.testing.assert_close(post(x), post.norm2(y + post.mlp(y)))
     assert isinstance(post.mlp.act, torch.nn.ReLU)

@@ -147,8 +147,9 @@ def test_attention_maps_only_for_requested_layers(monkeypatch):
     q, k, _ = blk.attn.qkv(blk.norm1(tokens)).reshape(2, 17, 3, 3, 16).permute(2, 0, 3, 1, 4)
     expected = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1)
     torch.testing.assert_close(model.get_attention_maps(x, layers=[0])[0], expected)
-    logits, maps = model(x, return_attention=True)
-    assert len(maps) == 4 and torch.allclose(logits, model(x), atol=1e-6)
+    logits, maps = model.forward_with_attention(x)  # one pass: logits and every layer's map
+    assert sorted(maps) == [0, 1, 2, 3] and torch.allclose(logits, model(x), atol=1e-6)
+    torch.testing.assert_close(maps[0], expected)
     with pytest.raises(ValueError, match="layer 4 does not exist"):
         model.get_attention_maps(x, layers=[4])
 
@@ -231,3 +232,28 @@ def test_building_a_model_does_not_import_torchvision():
             "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+TINY_KW = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+
+
+def test_inference_keeps_timm_numbers_and_hooked_outputs():
+    """Under inference mode and bf16 autocast the logits still equal timm's bit for bit, and an output a hook
+    holds is never overwritten afterwards."""
+    timm = pytest.importorskip("timm")
+    kw = {k: TINY_KW[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "num_classes")}
+    ours = create_model("vit_tiny_patch16_224", **kw).eval()
+    theirs = timm.create_model("vit_tiny_patch16_224", **kw).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(ours(x), theirs(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 branches must still promote onto the fp32 stream
+            a, b = ours(x), theirs(x)
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    seen = []
+    hook = ours.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, out: seen.extend([out.clone(), out]))
+    with torch.inference_mode():
+        ours(x)
+    hook.remove()
+    assert torch.equal(seen[0], seen[1])  # a hooked output is not overwritten afterwards

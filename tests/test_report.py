@@ -3,13 +3,12 @@
 import base64
 import io
 import json
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 
 import pytest
+from conftest import chromium
 import torch
 import yaml
 from PIL import Image
@@ -106,16 +105,6 @@ window.addEventListener("load", () => {
   document.body.appendChild(out);
 });
 </script>"""
-
-
-def chromium():
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        msg = "chromium is not installed (apt-get install chromium; 'make test' does it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return exe
 
 
 def test_report_renders_in_chromium(report):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from vitkit.cli import main as cli_main
-from vitkit.config import load_config
+from vitkit.configtools import load_config
 from vitkit.errors import ConfigError
 from vitkit.scratch import ViTRunner, generate_synthetic_images
 from vitkit.scratch.runner import ScratchConfig

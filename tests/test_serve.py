@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -26,6 +25,7 @@ import zlib
 import httpx
 import numpy as np
 import pytest
+from conftest import chromium
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -36,9 +36,9 @@ from vitkit.cli import main as vitkit_main
 from vitkit.data.preprocess import Preprocess
 from vitkit.predictor import Predictor
 from vitkit.serve import create_app
-from vitkit.serve.cli import listen, make_server, model_name
+from vitkit.commands.serve import listen, make_server, model_name
 from vitkit.serve.service import Settings
-from vitkit.visualize import cls_attention_maps, rollout_maps
+from vitkit.attention_maps import cls_attention_maps, rollout_maps
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
            "cyan": (40, 200, 210), "magenta": (200, 50, 200), "white": (240, 240, 240), "black": (20, 20, 20)}
@@ -320,7 +320,8 @@ def one(name, data):
 
 
 BAD = {  # case: (method, path, request arguments, status, words the error holds)
-    "not an image": ("post", "/predict", one("notes.png", b"hello, not an image"), 400, "notes.png is not an image"),
+    "not an image": ("post", "/predict", one("notes.png", b"hello, not an image"), 400,
+                     "notes.png is unreadable: not an image"),
     "truncated image": ("post", "/predict", one("cut.png", NOISE[:len(NOISE) // 2]), 400, "truncated"),
     "bomb (over PIL's limit)": ("post", "/predict", one("bomb.png", png_header(12_000, 12_000)), 400,
                                 "decompression bomb"),
@@ -454,16 +455,6 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(server, images, expect
 
 # ------------------------------------------------------------------------------------------------------------
 # The page in headless Chromium, driven over the DevTools protocol
-
-
-def chromium():
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        msg = "chromium is not installed (apt-get install chromium; 'make test' does it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return exe
 
 
 class DevTools:

@@ -17,6 +17,8 @@ from PIL import Image
 
 import vitkit.fileio
 import vitkit.train.checkpoint
+import vitkit.train.config
+import vitkit.train.console
 import vitkit.train.trainer
 from vitkit.cli import main
 from vitkit.runs import Run
@@ -243,7 +245,7 @@ def test_vitkit_config_prints_the_reference_and_docs_match_it(capsys):
     for cls, section in ((DataConfig, "data"), (OptimConfig, "optim"), (LoopConfig, "train")):
         for name in cls.__dataclass_fields__:
             assert f"| `{section}.{name}` |" in text, f"{section}.{name}"
-    for key in vitkit.train.trainer.RESUMABLE_CHANGES:
+    for key in vitkit.train.config.RESUMABLE_CHANGES:
         assert f"- `{key}`" in text
 
 
@@ -439,7 +441,7 @@ PROGRESS = re.compile(r"  epoch (\d)/2 step (\d+)/40: loss (\d+\.\d{4}) acc (\d\
 
 def test_progress_lines_without_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(vitkit.train.trainer, "PROGRESS_SECONDS", 0)
+    monkeypatch.setattr(vitkit.train.console, "PROGRESS_SECONDS", 0)
     recipe = write_recipe(tmp_path)
     assert main(["train", "--config", str(recipe), "--set", "data.batch_size=64"]) == 0  # 20 steps per epoch
     import sys

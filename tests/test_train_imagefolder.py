@@ -148,9 +148,9 @@ def test_training_writes_the_run_folder_with_the_split_and_its_numbers(trained):
     assert (r["num_train"], r["num_val"], r["num_test"]) == \
         (expected["num_train"], expected["num_val"], expected["num_test"])
     assert r["chosen_on"] == "val" and r["model"] == "checkpoints/best"
-    accuracies = [float(row["val_accuracy"]) for row in trained.metrics]
     assert [int(row["epoch"]) for row in trained.metrics] == [1, 2, 3, 4]
-    assert r["best_epoch"] == 1 + accuracies.index(max(accuracies))  # the first epoch with the best val accuracy
+    ranks = [(float(row["val_accuracy"]), -float(row["val_loss"])) for row in trained.metrics]
+    assert r["best_epoch"] == 1 + ranks.index(max(ranks))  # the best val accuracy, ties broken by the val loss
     assert r["val_accuracy"] == float(trained.metrics[r["best_epoch"] - 1]["val_accuracy"])
     assert r["val_accuracy"] > 1 / 3  # better than chance: the classes are learnable
     if expected["num_test"]:  # scored once, on `best`: predictions/test.csv holds the same number
@@ -299,8 +299,9 @@ def test_the_test_split_is_scored_once_on_best_after_the_last_epoch(tmp_path, mo
     make_layout(root, "split")
     run = tmp_path / "runs" / "run"
     real = trainer_module.evaluate
-    # Validation accuracies the spy reports: epoch 2 is the first of the best two, epoch 4 the worst.
-    fake_val = iter([0.5, 0.75, 0.75, 0.25])
+    # Validation (accuracy, loss) the spy reports: epochs 2 and 3 tie on accuracy and epoch 3 has the lower
+    # loss, so it is the best; epoch 4 is the worst.
+    fake_val = iter([(0.5, 1.0), (0.75, 0.9), (0.75, 0.8), (0.25, 1.2)])
     calls = []
 
     def spy(model, loader, *args, **kwargs):
@@ -314,7 +315,8 @@ def test_the_test_split_is_scored_once_on_best_after_the_last_epoch(tmp_path, mo
                       "rows": len(read_csv(metrics)) if metrics.exists() else 0,
                       "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}})
         if split == "val":
-            result = {**result, "accuracy": next(fake_val)}
+            accuracy, loss = next(fake_val)
+            result = {**result, "accuracy": accuracy, "loss": loss}
         return result
 
     monkeypatch.setattr(trainer_module, "evaluate", spy)
@@ -331,14 +333,14 @@ def test_the_test_split_is_scored_once_on_best_after_the_last_epoch(tmp_path, mo
     accuracies = [float(r["val_accuracy"]) for r in metrics]
     assert accuracies == [0.5, 0.75, 0.75, 0.25]
     results = json.loads((run / "results.json").read_text())
-    assert results["best_epoch"] == 2 == 1 + accuracies.index(max(accuracies))
-    assert results["val_accuracy"] == 0.75 and results["epochs"] == 4
+    assert results["best_epoch"] == 3
+    assert results["val_accuracy"] == 0.75 and results["val_loss"] == 0.8 and results["epochs"] == 4
     assert results["test_accuracy"] == float(f"{test['real']:.6g}")
-    # The test split saw the weights validated at epoch 2 (what checkpoints/best holds), not the last ones.
+    # The test split saw the weights validated at epoch 3 (what checkpoints/best holds), not the last ones.
     best = load_file(run / "checkpoints" / "best.safetensors")
-    epoch2, epoch4 = calls[1]["weights"], calls[3]["weights"]
+    epoch3, epoch4 = calls[2]["weights"], calls[3]["weights"]
     for name, tensor in test["weights"].items():
-        assert torch.equal(tensor, epoch2[name]), name
+        assert torch.equal(tensor, epoch3[name]), name
         assert torch.equal(tensor, best[name]), name
     assert any(not torch.equal(test["weights"][k], epoch4[k]) for k in epoch4)
     assert len(read_csv(run / "predictions" / "test.csv")) == 9

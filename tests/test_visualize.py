@@ -11,7 +11,10 @@ from PIL import Image
 
 from vitkit import RelativePositionBias, VisionTransformer, visualize as viz
 from vitkit.checkpoint import save_weights
+from vitkit.errors import DataError
 from vitkit.cli import main as cli
+from vitkit.commands.visualize import main as visualize_main
+from vitkit import attention_maps
 
 
 def tiny(**kw):
@@ -102,10 +105,10 @@ def test_bias_table_of_a_raw_table_has_one_panel_per_head():
 def test_rollout_of_uniform_attention_is_uniform():
     t, layers = 5, 3
     uniform = [torch.full((2, 4, t, t), 1.0 / t) for _ in range(layers)]  # (B, H, T, T) per layer
-    plain = viz.attention_rollout(uniform, residual=False)
+    plain = attention_maps.attention_rollout(uniform, residual=False)
     torch.testing.assert_close(plain, torch.full((2, t, t), 1.0 / t))
     # With the skip connection the token keeps part of itself, but [CLS] still spreads evenly over the rest.
-    r = viz.attention_rollout(uniform)
+    r = attention_maps.attention_rollout(uniform)
     cls_row = r[:, 0, 1:]
     torch.testing.assert_close(cls_row, cls_row[:, :1].expand_as(cls_row))
     torch.testing.assert_close(r.sum(-1), torch.ones(2, t))
@@ -114,7 +117,7 @@ def test_rollout_of_uniform_attention_is_uniform():
 def test_rollout_of_identity_attention_is_identity():
     eye = torch.eye(6).expand(1, 3, 6, 6)
     for residual in (True, False):
-        r = viz.attention_rollout({0: eye, 1: eye, 2: eye}, residual=residual)
+        r = attention_maps.attention_rollout({0: eye, 1: eye, 2: eye}, residual=residual)
         torch.testing.assert_close(r, torch.eye(6)[None])
 
 
@@ -125,9 +128,9 @@ def test_rollout_multiplies_layers_in_order():
         m = 0.5 * a.double().mean(1) + 0.5 * torch.eye(4, dtype=torch.float64)
         return m / m.sum(-1, keepdim=True)
 
-    r = viz.attention_rollout({1: a2, 0: a1})  # dict order must not matter: layers are sorted
+    r = attention_maps.attention_rollout({1: a2, 0: a1})  # dict order must not matter: layers are sorted
     torch.testing.assert_close(r, (mix(a2) @ mix(a1)).float())
-    rmax = viz.attention_rollout([a1], head_fusion="max", residual=False)
+    rmax = attention_maps.attention_rollout([a1], head_fusion="max", residual=False)
     torch.testing.assert_close(rmax, (a1.amax(1) / a1.amax(1).sum(-1, keepdim=True)))
 
 
@@ -138,7 +141,7 @@ def test_cls_attention_maps_follow_the_patch_order(kw):
     x = torch.randn(2, 1, *kw["img_size"])
     gh, gw = model.patch_embed.grid_for(*x.shape[-2:])
     p = model.num_prefix_tokens
-    maps = viz.cls_attention_maps(model, x)  # (B, H, gh, gw)
+    maps = attention_maps.cls_attention_maps(model, x)  # (B, H, gh, gw)
     attn = model.get_attention_maps(x, [-1])[1]  # (B, H, T, T)
     assert maps.shape == (2, 2, gh, gw)
     for r in range(gh):
@@ -146,7 +149,7 @@ def test_cls_attention_maps_follow_the_patch_order(kw):
             want = attn[:, :, 0, p + r * gw + c] if model.cls_token is not None else \
                 attn[:, :, p:, p + r * gw + c].mean(-1)
             torch.testing.assert_close(maps[:, :, r, c], want)
-    roll = viz.rollout_maps(model, x)  # (B, gh, gw)
+    roll = attention_maps.rollout_maps(model, x)  # (B, gh, gw)
     assert roll.shape == (2, gh, gw)
     torch.testing.assert_close(roll.sum((-2, -1)), torch.ones(2))
 
@@ -155,7 +158,7 @@ def test_attention_on_image_overlays_each_heads_map():
     model = tiny(img_size=(12, 20), patch_size=4)
     x = torch.randn(1, 12, 20)
     fig = viz.visualize_attention_on_image(model, x, class_names=["a", "b", "c"])
-    maps = viz.cls_attention_maps(model, x)[0]  # (H, gh, gw)
+    maps = attention_maps.cls_attention_maps(model, x)[0]  # (H, gh, gw)
     panels = images_of(fig)
     assert len(panels) == 2 + 2  # input, rollout, one per head
     for h in range(2):
@@ -228,7 +231,7 @@ def test_training_curves_plot_the_columns_by_name(tmp_path):
     assert fig.axes[2].get_yscale() == "log"
     no_lr = viz.plot_training_curves({"epoch": [1, 2], "train_loss": [1.0, 0.5]})
     assert [ax.get_title() for ax in no_lr.axes] == ["loss"]
-    with pytest.raises(viz.DataError, match="columns are: epoch, seconds"):
+    with pytest.raises(DataError, match="columns are: epoch, seconds"):
         viz.plot_training_curves({"epoch": [1], "seconds": [3]})
 
 
@@ -330,6 +333,6 @@ def test_cli_user_errors_are_one_sentence_and_exit_2(tmp_path, checkpoint, capsy
 
 def test_cli_needs_a_run_or_an_image(capsys):
     with pytest.raises(SystemExit) as e:
-        viz.cli_main([])
+        visualize_main([])
     assert e.value.code == 2
     assert "--run RUN_DIR" in capsys.readouterr().err

@@ -12,11 +12,14 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "vitkit.config": ["ViTConfig", "PRESETS", "get_preset", "list_models", "load_config", "save_config"],
+    "vitkit.config": ["ViTConfig", "PRESETS", "get_preset", "list_models"],
+    "vitkit.configtools": ["load_config", "save_config"],
     "vitkit.errors": ["VitkitError", "ConfigError", "DataError", "CheckpointError"],
     "vitkit.layers": ["MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",
-                      "TransformerBlock", "get_relative_position_index_1d", "get_relative_position_index_2d"],
-    "vitkit.model": ["ViT", "VisionTransformer", "count_parameters", "create_model", "flops_per_image"],
+                      "TransformerBlock", "PostNormBlock", "get_relative_position_index_1d",
+                      "get_relative_position_index_2d"],
+    "vitkit.model": ["ViT", "VisionTransformer", "count_parameters", "create_model", "flops_per_image",
+                     "from_pretrained"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,5 +1,6 @@
 """Model weights on disk: safetensors with the architecture (``ViTConfig``) and any user metadata (class
-names, normalisation) in its header, so a weights file alone rebuilds the model."""
+names, preprocessing) in its header, so a weights file alone rebuilds the model
+(:meth:`vitkit.VisionTransformer.from_pretrained` does)."""
 
 from __future__ import annotations
 
@@ -73,19 +74,6 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> dic
     check_state_dict(model, state, str(path), strict=strict)
     model.load_state_dict(state, strict=strict)
     return meta
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model a weights file describes and load it: ``(model in eval mode, metadata)``."""
-    from .model import VisionTransformer
-
-    cfg, _ = read_header(path)
-    if cfg is None:
-        raise CheckpointError(f"checkpoint {path} has no vitkit architecture in its header; "
-                              "load foreign weights with VisionTransformer.from_pretrained")
-    model = VisionTransformer(cfg)
-    meta = load_weights(model, path)
-    return model.to(device).eval(), meta
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:

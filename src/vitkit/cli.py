@@ -17,16 +17,16 @@ import time
 import traceback
 
 COMMANDS = {  # name: (module:function, one-line help)
-    "train": ("vitkit.train.cli:train_main", "train a model from a config (no arguments: the digits recipe)"),
-    "eval": ("vitkit.train.cli:eval_main", "evaluate a checkpoint: loss, top-1/top-5, confusion matrix"),
-    "predict": ("vitkit.train.cli:predict_main", "top-k classes of images with a checkpoint"),
-    "visualize": ("vitkit.visualize:cli_main", "attention, rollout and patch views; run curves and mistakes"),
-    "export": ("vitkit.export:cli_main", "export a checkpoint to ONNX or torch.export (pt2)"),
-    "serve": ("vitkit.serve:cli_main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
-    "benchmark": ("vitkit.benchmark:cli_main", "measure training or inference throughput (vs timm)"),
+    "train": ("vitkit.commands.train:main", "train a model from a config (no arguments: the digits recipe)"),
+    "eval": ("vitkit.commands.eval:main", "evaluate a checkpoint on its run's splits: loss, top-1/top-5, confusion"),
+    "predict": ("vitkit.commands.predict:main", "top-k classes of images and folders with a checkpoint"),
+    "visualize": ("vitkit.commands.visualize:main", "attention, rollout and patch views; run curves and mistakes"),
+    "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
+    "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
+    "benchmark": ("vitkit.commands.benchmark:main", "measure training or inference throughput (vs timm)"),
     "scratch": ("vitkit.scratch.runner:main", "train the NumPy ViT of vitkit.scratch from a YAML config"),
-    "models": ("vitkit.cli:models_main", "list the named architectures"),
-    "config": ("vitkit.cli:config_main", "every config key of vitkit train: type, default and meaning"),
+    "models": ("vitkit.commands.info:models", "list the named architectures"),
+    "config": ("vitkit.commands.info:config", "every config key of vitkit train: type, default and meaning"),
 }
 
 
@@ -35,35 +35,6 @@ def usage() -> str:
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'vitkit COMMAND --help' for a command's options."]
     return "\n".join(lines)
-
-
-def models_main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from .config import PRESETS, list_models
-    parser = argparse.ArgumentParser(prog="vitkit models", description="List the named architectures.")
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vit_base_*'")
-    args = parser.parse_args(argv)
-    names = list_models(args.pattern)
-    if not names:
-        print(f"vitkit models: no architecture matches {args.pattern!r}; the names are vit_<size>_patch<p>_<img> "
-              "(size tiny, small, medium, base, large, huge or giant), e.g. 'vit_base_*'", file=sys.stderr)
-        return 1
-    for name in names:
-        p = PRESETS[name]
-        print(f"{name:<28} dim={p['embed_dim']:<5} depth={p['depth']:<3} heads={p['num_heads']:<3} "
-              f"img={p['img_size']}")
-    return 0
-
-
-def config_main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    argparse.ArgumentParser(prog="vitkit config", description="Print the reference of every config key of "
-                            "'vitkit train' (the same text as docs/config.md).").parse_args(argv)
-    from .train.config import reference
-    print(reference(), end="")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,172 +1,13 @@
-"""Configuration: ``ViTConfig`` (the single description of an architecture), its named presets, typed
-validation of plain dicts into dataclasses, and YAML load/save."""
+"""``ViTConfig``, the single description of a ViT's architecture, and its named presets (timm's names)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
+from .configtools import check_literals, check_positive, check_ranges, from_dict, pair, to_dict
 from .errors import ConfigError
-from .fileio import atomic_write_text
-
-# --------------------------------------------------------------------------------------------------------------
-# Typed dict -> dataclass
-
-
-def from_dict(cls, data: dict | None, section: str = ""):
-    """Build dataclass ``cls`` from ``data``, naming the offending key on an unknown key or a wrong type.
-
-    Nested dataclass fields take nested dicts; ints are accepted for floats, lists for tuples.
-    """
-    data = {} if data is None else data
-    where = f"{section}." if section else ""
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section '{section or 'top level'}' must be a mapping, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"unknown config key '{where}{key}'; expected one of: {', '.join(names)}"
-                              + did_you_mean(str(key), names, where))
-        kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        if section and not str(e).startswith(f"{section}."):
-            raise ConfigError(f"config section '{section}': {e}") from None
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"invalid config section '{section or 'top level'}': {e}") from None
-
-
-def did_you_mean(key: str, names, prefix: str = "") -> str:
-    """``"; did you mean 'train.epochs'?"`` for a misspelt key, or an empty string."""
-    import difflib
-    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
-    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
-
-
-def check_positive(obj, names, section: str = "") -> None:
-    """Raise a ConfigError naming the first of the fields ``names`` of ``obj`` that is not a positive integer."""
-    where = f"{section}." if section else ""
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{where}{name} must be a positive integer, got {value!r}")
-
-
-def check_ranges(obj, section: str, rules: dict[str, str]) -> None:
-    """Raise a ConfigError naming the first field of ``obj`` outside its interval. ``rules`` maps a field name
-    to an interval such as ``"(0, 1]"`` or ``"[0, inf)"``; a None value is skipped, a tuple is checked item by
-    item (``betas``)."""
-    for name, interval in rules.items():
-        value = getattr(obj, name)
-        lo_text, hi_text = interval[1:-1].split(",")
-        lo, hi = float(lo_text), float(hi_text)
-        for v in (value if isinstance(value, (tuple, list)) else (value,)):
-            if v is None:
-                continue
-            ok = (lo < v if interval[0] == "(" else lo <= v) and (v < hi if interval[-1] == ")" else v <= hi)
-            if not ok or v != v:  # v != v: NaN
-                where = f"{section}.{name}" if section else name
-                shown = list(value) if isinstance(value, tuple) else value
-                raise ConfigError(f"{where} must lie in {interval.replace('inf', '∞')}, got {shown!r}")
-
-
-def to_dict(obj) -> dict:
-    """A dataclass as plain YAML-safe data (tuples become lists)."""
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
-
-
-def _coerce(value: Any, tp, key: str):
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arm in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arm, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {_describe(value)}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, str) and _FLOAT_STRING.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif origin in (tuple, list) or tp in (tuple, list):
-        if isinstance(value, (list, tuple)):
-            if origin is tuple and args and args[-1] is not Ellipsis:
-                if len(value) != len(args):
-                    raise ConfigError(f"config key '{key}' must have {len(args)} items, got {len(value)}")
-                return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-            inner = args[0] if args else Any
-            seq = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-            return tuple(seq) if (origin is tuple or tp is tuple) else seq
-    elif origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    else:
-        return value
-    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {_describe(value)}")
-
-
-_FLOAT_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _type_name(tp) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if tp is type(None):
-        return "null"
-    if origin in (tuple, list):
-        return "a list"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
-
-
-def _describe(value) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
 
 # --------------------------------------------------------------------------------------------------------------
 # The architecture
@@ -187,8 +28,8 @@ class ViTConfig:
     ``norm_style="post"`` with ``act="relu"`` and ``final_norm=False`` is the network of vitkit.scratch.
     ``attn_impl="fused"`` runs ``scaled_dot_product_attention``, which is what timm runs, so logits equal
     timm's bit for bit. ``"explicit"`` runs matmul-softmax-matmul (Hugging Face's
-    ``attn_implementation="eager"``). On a CPU it trains 1.1-1.2x faster for sequences of a few dozen
-    tokens. It changes no weights, only the float rounding.
+    ``attn_implementation="eager"``). On a CPU it trains faster for sequences of a few dozen tokens
+    (BENCHMARKS.md). It changes no weights, only the float rounding.
     """
 
     img_size: int | tuple[int, int] = 224  # input height and width (an int for a square)
@@ -222,58 +63,60 @@ class ViTConfig:
     def __post_init__(self):
         if isinstance(self.img_size, list):
             self.img_size = tuple(self.img_size)
-        h, w = self.grid_size_of(self.img_size)  # validates divisibility
         check_positive(self, ("patch_size", "in_channels", "embed_dim", "depth", "num_heads"))
-        if self.num_classes < 0:
-            raise ConfigError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
+        self.grid_size_of(self.img_size)  # validates the size and its divisibility
+        check_literals(self)
+        check_ranges(self, "", {"num_classes": "[0, inf)", "reg_tokens": "[0, inf)", "drop_rate": "[0, 1)",
+                                "attn_drop_rate": "[0, 1)", "drop_path_rate": "[0, 1)", "mlp_ratio": "(0, 64]",
+                                "norm_eps": "(0, 1)", "layer_scale_init": "(0, 1e6]"})
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
-        for name, choices in (("pool", PoolType), ("pos_embed", PosEmbedType),
-                              ("norm_style", Literal["pre", "post"]),
-                              ("act", Literal["gelu", "gelu_tanh", "relu"]), ("attn_impl", AttnImpl)):
-            if getattr(self, name) not in typing.get_args(choices):
-                raise ConfigError(f"{name} must be one of {', '.join(map(repr, typing.get_args(choices)))}, "
-                                  f"got {getattr(self, name)!r}")
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        check_ranges(self, "", {"mlp_ratio": "(0, 64]", "norm_eps": "(0, 1)", "layer_scale_init": "(0, 1e6]"})
         if self.mlp_dim < 1:
             raise ConfigError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden unit (embed_dim "
                               f"{self.embed_dim} x mlp_ratio < 1)")
         if self.pool == "cls" and not self.class_token:
             raise ConfigError("pool='cls' needs class_token=True; use pool='mean' for a model without [CLS]")
-        if self.reg_tokens < 0:
-            raise ConfigError(f"reg_tokens must be >= 0, got {self.reg_tokens}")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
             raise ConfigError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
-        if self.use_relative_position:
-            kw = dict(self.rpb_kwargs or {})
-            unknown = sorted(set(kw) - RPB_KEYS)
-            if unknown:
-                raise ConfigError(f"rpb_kwargs has unknown keys {unknown}; expected some of {sorted(RPB_KEYS)}")
-            if kw.get("num_heads", self.num_heads) != self.num_heads:
-                raise ConfigError(f"rpb_kwargs num_heads ({kw['num_heads']}) must equal num_heads ({self.num_heads})")
-            bias_type = kw.get("bias_type", "2d")
-            if bias_type == "2d":
-                window = kw.get("window_size", (h, w))
-                window = (window, window) if isinstance(window, int) else tuple(window)
-                if window != (h, w):
-                    raise ConfigError(f"rpb_kwargs window_size {window} must match the patch grid {(h, w)} "
-                                      f"(img_size {self.img_size} / patch_size {self.patch_size})")
-            elif bias_type == "1d":
-                seq = kw.get("seq_len", h * w)
-                if seq not in (h * w, h * w + self.num_prefix_tokens):
-                    raise ConfigError(f"rpb_kwargs seq_len ({seq}) must be the number of patches ({h * w}) or "
-                                      f"of all tokens ({h * w + self.num_prefix_tokens})")
-            else:
-                raise ConfigError(f"rpb_kwargs bias_type must be '1d' or '2d', got {bias_type!r}")
-            if self.dynamic_img_size:
-                raise ConfigError("dynamic_img_size=True cannot be combined with a relative position bias, "
-                                  "whose table is built for one patch grid")
+        if self.use_relative_position and self.dynamic_img_size:
+            raise ConfigError("dynamic_img_size=True cannot be combined with a relative position bias, whose "
+                              "table is built for one patch grid")
+        self.relative_position_bias()  # validates rpb_kwargs
+
+    def relative_position_bias(self) -> dict | None:
+        """The keyword arguments of each block's :class:`~vitkit.layers.RelativePositionBias` (None without one):
+        ``rpb_kwargs`` completed from the architecture and checked against it. A 2-d bias covers the patch
+        grid; a 1-d bias covers the patches (prefix tokens then get BEiT's three extra entries) or the whole
+        sequence (prefix tokens are its first positions)."""
+        if not self.use_relative_position:
+            return None
+        kw = dict(self.rpb_kwargs or {})
+        unknown = sorted(set(kw) - RPB_KEYS)
+        if unknown:
+            raise ConfigError(f"rpb_kwargs has unknown keys {unknown}; expected some of {sorted(RPB_KEYS)}")
+        if kw.setdefault("num_heads", self.num_heads) != self.num_heads:
+            raise ConfigError(f"rpb_kwargs num_heads ({kw['num_heads']}) must equal num_heads ({self.num_heads})")
+        grid, prefix = self.grid_size, self.num_prefix_tokens
+        n = grid[0] * grid[1]
+        bias_type = kw.setdefault("bias_type", "2d")
+        if bias_type == "2d":
+            window = kw["window_size"] = pair(kw.get("window_size", grid), "rpb_kwargs window_size")
+            if window != grid:
+                raise ConfigError(f"rpb_kwargs window_size {window} must match the patch grid {grid} "
+                                  f"(img_size {self.img_size} / patch_size {self.patch_size})")
+            kw["num_prefix_tokens"] = prefix
+        elif bias_type == "1d":
+            seq = kw.setdefault("seq_len", n)
+            if seq not in (n, n + prefix):
+                raise ConfigError(f"rpb_kwargs seq_len ({seq}) must be the number of patches ({n}) or of all "
+                                  f"tokens ({n + prefix})")
+            kw["num_prefix_tokens"] = 0 if seq == n + prefix else prefix
+        else:
+            raise ConfigError(f"rpb_kwargs bias_type must be '1d' or '2d', got {bias_type!r}")
+        return kw
 
     def grid_size_of(self, img_size) -> tuple[int, int]:
-        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        h, w = pair(img_size, "img_size")
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(f"img_size {img_size} must be divisible by patch_size {self.patch_size}")
         return (h // self.patch_size, w // self.patch_size)
@@ -402,37 +245,6 @@ def get_preset(name: str, **overrides) -> ViTConfig:
     if name not in PRESETS:
         import difflib
         close = difflib.get_close_matches(name, PRESETS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; see vitkit.list_models()"
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see vitkit.list_models()"
         raise ConfigError(f"unknown model name {name!r}{hint}")
     return ViTConfig.from_kwargs(**{**PRESETS[name], **overrides})
-
-
-# --------------------------------------------------------------------------------------------------------------
-# YAML
-
-
-def load_config(config_path: str | Path) -> dict:
-    """A YAML file as a dict; a missing file or invalid YAML is a ConfigError naming the file."""
-    path = Path(config_path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not a text file; expected a YAML recipe") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def save_config(config: dict, save_path: str | Path) -> None:
-    """Write a dict (or dataclass) as YAML, atomically, creating parent folders."""
-    if dataclasses.is_dataclass(config):
-        config = to_dict(config)
-    atomic_write_text(save_path, yaml.safe_dump(config, sort_keys=False))

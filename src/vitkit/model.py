@@ -6,15 +6,17 @@ so timm checkpoints load with no renaming.
 
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
 from torch import nn
 
+from . import interop
+from .checkpoint import check_state_dict
 from .config import ViTConfig, get_preset
+from .configtools import pair
 from .errors import ConfigError
-from .layers import PatchEmbedding, TransformerBlock, resample_pos_embed, sincos_2d_pos_embed
+from .layers import PatchEmbedding, PostNormBlock, TransformerBlock, resample_pos_embed, sincos_2d_pos_embed
 
 
 class VisionTransformer(nn.Module):
@@ -52,25 +54,15 @@ class VisionTransformer(nn.Module):
                                      persistent=False)  # (1, N, D): derived, not saved
         self.pos_drop = nn.Dropout(cfg.drop_rate)
 
-        rpb_kwargs = None
-        if cfg.use_relative_position:
-            rpb_kwargs = {"num_heads": cfg.num_heads, "bias_type": "2d", **(cfg.rpb_kwargs or {})}
-            if rpb_kwargs["bias_type"] == "2d":
-                rpb_kwargs.setdefault("window_size", cfg.grid_size)
-                rpb_kwargs["num_prefix_tokens"] = cfg.num_prefix_tokens
-            else:
-                rpb_kwargs.setdefault("seq_len", cfg.num_patches)
-                # A 1-d bias over the patches alone gives prefix tokens BEiT's extra entries; one over the
-                # whole sequence treats them as its first positions.
-                covers_all = rpb_kwargs["seq_len"] == cfg.num_patches + cfg.num_prefix_tokens
-                rpb_kwargs["num_prefix_tokens"] = 0 if covers_all else cfg.num_prefix_tokens
+        rpb_kwargs = cfg.relative_position_bias()
         # Stochastic depth, linear rule: 0 for the first block up to drop_path_rate for the last.
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        block = PostNormBlock if cfg.norm_style == "post" else TransformerBlock
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position,
-                             rpb_kwargs, qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
-                             layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps,
-                             norm_style=cfg.norm_style, act=cfg.act, fused_attn=cfg.attn_impl == "fused")
+            block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position, rpb_kwargs,
+                  qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
+                  layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act,
+                  fused_attn=cfg.attn_impl == "fused")
             for i in range(cfg.depth))
         use_fc_norm = cfg.use_fc_norm
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and not use_fc_norm else nn.Identity()
@@ -86,10 +78,24 @@ class VisionTransformer(nn.Module):
     @classmethod
     def from_pretrained(cls, src, source: str = "auto", num_classes: int | None = None, img_size=None,
                         **overrides) -> "VisionTransformer":
-        """A model with weights from a file, state dict or live timm / transformers / torchvision model;
-        see :func:`vitkit.interop.from_pretrained`."""
-        from .interop import from_pretrained
-        return from_pretrained(src, source=source, num_classes=num_classes, img_size=img_size, **overrides)
+        """A model (eval mode) with the weights of ``src``, computing what the source computes.
+
+        ``src``: a ``.safetensors`` / ``.pth`` / ``.bin`` / ``.npz`` file, a Hugging Face model folder, a vitkit
+        run folder or ``run/checkpoints/best``, a state dict, or a live timm / transformers / torchvision /
+        vitkit model. ``source`` forces the format ('timm', 'hf', 'torchvision', 'jax', 'vitkit'); 'auto'
+        detects it. ``num_classes`` other than the checkpoint's re-initialises the head (with a warning);
+        ``img_size`` other than the checkpoint's resamples the position embedding. ``overrides`` are
+        ViTConfig fields (see :func:`vitkit.interop.load_pretrained`). A file that does not fit is one
+        CheckpointError listing every missing, unexpected or mis-shaped tensor.
+        """
+        found = interop.load_pretrained(src, source, num_classes, img_size, **overrides)
+        model = cls(found.config)
+        state = found.state
+        if found.fresh_head:  # the new head keeps its fresh initialisation
+            state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("head.")}}
+        check_state_dict(model, state, found.name)
+        model.load_state_dict(state)
+        return model.eval()
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -120,7 +126,7 @@ class VisionTransformer(nn.Module):
             raise ConfigError("cannot change the image size of a model with a relative position bias, whose "
                               "table is built for one patch grid")
         old_grid = self.patch_embed.grid_size
-        self.patch_embed.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_embed.img_size = pair(img_size)
         self.patch_embed.grid_size = cfg.grid_size
         self.patch_embed.num_patches = cfg.num_patches
         if self.pos_embed is not None:
@@ -159,22 +165,13 @@ class VisionTransformer(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     # Forward
 
-    def forward_features(self, x: torch.Tensor, attention_layers: Iterable[int] = ()) -> torch.Tensor:
-        """(B, C, H, W) -> normed tokens (B, prefix + N, D). Blocks listed in ``attention_layers`` compute
-        their attention explicitly and store it in ``self.last_attention`` (dict layer -> (B, heads, T, T))."""
-        grid = self.patch_embed.grid_for(*x.shape[-2:])
-        x = self.patch_embed(x)  # (B, N, D)
-        x = self.pos_drop(self._pos_embed(x, grid))  # (B, T, D), T = prefix + N
-        wanted = set(attention_layers)
-        maps = {}
-        for i, block in enumerate(self.blocks):
-            if i in wanted:
-                x, maps[i] = block(x, return_attention=True)
-            else:
-                x = block(x)
-        if wanted:
-            self.last_attention = maps
-        return self.norm(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, num_classes), or the pooled (B, D) when ``num_classes=0``."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normed tokens (B, prefix + N, D)."""
+        return self.encode(x)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, classes), or the pooled representation (B, D) with ``pre_logits``."""
@@ -185,25 +182,31 @@ class VisionTransformer(nn.Module):
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor, return_attention: bool | Iterable[int] = False):
-        """Logits (B, num_classes), or the pooled (B, D) when ``num_classes=0``.
+    def encode(self, x: torch.Tensor, attention_layers: Iterable[int] = ()) -> tuple[torch.Tensor, dict]:
+        """Images (B, C, H, W) -> (normed tokens (B, prefix + N, D), {layer: attention (B, heads, T, T)}) for
+        the blocks in ``attention_layers``, which compute their attention explicitly; the others run fused."""
+        grid = self.patch_embed.grid_for(*x.shape[-2:])
+        x = self.patch_embed(x)  # (B, N, D)
+        x = self.pos_drop(self._pos_embed(x, grid))  # (B, T, D), T = prefix + N
+        wanted, maps = set(attention_layers), {}
+        for i, block in enumerate(self.blocks):
+            if i in wanted:
+                x, maps[i] = block.forward_with_attention(x)
+            else:
+                x = block(x)
+        return self.norm(x), maps
 
-        ``return_attention=True`` (all layers) or a list of layer indices also returns those layers' attention
-        weights, as ``(logits, [attn (B, heads, T, T), ...])`` in layer order.
-        """
-        if return_attention is False:
-            return self.forward_head(self.forward_features(x))
-        layers = self._layer_indices(None if return_attention is True else return_attention)
-        logits = self.forward_head(self.forward_features(x, layers))
-        maps = self.__dict__.pop("last_attention")
-        return logits, [maps[i] for i in layers]
+    def forward_with_attention(self, x: torch.Tensor, layers: Iterable[int] | None = None
+                               ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """One pass: (logits, {layer: attention weights (B, heads, T, T)}) for the chosen layers (all when None;
+        negative indices count from the end). Only those layers compute their attention explicitly."""
+        tokens, maps = self.encode(x, self._layer_indices(layers))
+        return self.forward_head(tokens), maps
 
     def get_attention_maps(self, x: torch.Tensor, layers: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
         """Attention weights of the chosen layers (all when None; negative indices count from the end):
         {layer: (B, heads, T, T)}. Only those layers compute attention explicitly."""
-        layers = self._layer_indices(layers)
-        self.forward_features(x, layers)
-        return self.__dict__.pop("last_attention")
+        return self.encode(x, self._layer_indices(layers))[1]
 
     def _layer_indices(self, layers: Iterable[int] | None) -> list[int]:
         depth = len(self.blocks)
@@ -225,6 +228,12 @@ ViT = VisionTransformer
 def create_model(name: str, **overrides) -> VisionTransformer:
     """A model by timm's preset name, e.g. ``create_model("vit_base_patch16_224", num_classes=10, img_size=32)``."""
     return VisionTransformer(get_preset(name, **overrides))
+
+
+def from_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None,
+                    **overrides) -> VisionTransformer:
+    """``vitkit.from_pretrained``: :meth:`VisionTransformer.from_pretrained`."""
+    return VisionTransformer.from_pretrained(src, source, num_classes, img_size, **overrides)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,15 +4,20 @@ images the same way the run validated them."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import load_model, resolve_weights_path
+from .checkpoint import read_header, resolve_weights_path
+from .configtools import pair
 from .data.preprocess import Preprocess
 from .errors import CheckpointError, DataError
+from .evaluation import evaluate
+from .model import VisionTransformer
+from .runs import Run
 
 
 @dataclass
@@ -27,18 +32,24 @@ class Predictor:
     @classmethod
     def load(cls, checkpoint, device: str | torch.device = "cpu") -> "Predictor":
         """The model of a vitkit weights file (``RUN/checkpoints/best``, a ``.safetensors`` file or a run
-        folder) in eval mode on ``device``; a file whose classes or preprocessing do not fit its model is one
-        CheckpointError."""
-        path = resolve_weights_path(checkpoint)
+        folder), or of any weights :meth:`VisionTransformer.from_pretrained` reads, in eval mode on
+        ``device``; a file whose classes or preprocessing do not fit its model is one CheckpointError."""
+        path = Path(checkpoint)
+        try:
+            path = resolve_weights_path(checkpoint)
+        except CheckpointError:
+            if not path.exists():
+                raise
         device = torch.device(device)
-        model, meta = load_model(path, device)
+        model = VisionTransformer.from_pretrained(path).to(device)
+        meta = read_header(path)[1] if path.suffix == ".safetensors" else {}
         cfg = model.config
         classes = meta.get("classes") or [str(k) for k in range(cfg.num_classes)]
         if cfg.num_classes and len(classes) != cfg.num_classes:
             raise CheckpointError(f"checkpoint {path} names {len(classes)} classes but its head has "
                                   f"{cfg.num_classes} outputs")
         preprocess = Preprocess.from_metadata(meta, cfg.img_size, cfg.in_channels)
-        size = (cfg.img_size, cfg.img_size) if isinstance(cfg.img_size, int) else tuple(cfg.img_size)
+        size = pair(cfg.img_size)
         if preprocess.img_size != size or preprocess.channels != cfg.in_channels:
             raise CheckpointError(f"checkpoint {path} preprocesses to {preprocess.channels}x"
                                   f"{preprocess.img_size[0]}x{preprocess.img_size[1]} but its model takes "
@@ -94,3 +105,20 @@ class Predictor:
 
 def _few(names: list[str], n: int = 4) -> str:
     return "[" + ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"
+
+
+def scored_split(run_dir, device="cpu"):
+    """(predictor, eval set, predictions) of a run folder's best checkpoint on the split it scored last (test,
+    else val), from its ``predictions/<split>.csv``; a run without one is scored once now (said on stderr)."""
+    run = Run(run_dir)
+    if not run.path.is_dir():
+        raise DataError(f"run folder {run.path} does not exist")
+    predictor = Predictor.load(run.path, device)
+    split = next((s for s in ("test", "val") if run.predictions_path(s).is_file()), None)
+    eval_set, _ = predictor.eval_set(split)
+    predictions = run.read_predictions(eval_set.split, predictor.classes)
+    if predictions is None:
+        warnings.warn(f"{run.path} has no predictions file; scoring its {eval_set.split} split now", stacklevel=2)
+        predictions = evaluate(predictor.model, eval_set.loader, torch.nn.CrossEntropyLoss(), predictor.device)[
+            "predictions"]
+    return predictor, eval_set, predictions

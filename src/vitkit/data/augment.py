@@ -23,25 +23,21 @@ class BatchAugment:
     - ``hflip``: flip each sample left-right with probability 1/2 (leave off for digits and MNIST).
     - ``mixup_alpha`` / ``cutmix_alpha``: Beta(alpha, alpha) mixing weights; each sample is mixed with the
       sample at the mirrored batch position (i with B-1-i). With both on, each sample picks one of the two
-      with probability 1/2. Targets then become soft (B, num_classes) float rows.
-    - ``label_smoothing`` (soft targets only) and ``mix_prob`` (chance that a sample is mixed at all).
+      with probability 1/2. Targets then become soft (B, num_classes) float rows (label smoothing is the
+      loss's: ``optim.label_smoothing``).
     """
 
     def __init__(self, crop_padding: int = 0, hflip: bool = False, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, num_classes: int | None = None, *, label_smoothing: float = 0.0,
-                 mix_prob: float = 1.0):
+                 cutmix_alpha: float = 0.0, num_classes: int | None = None):
         if not isinstance(crop_padding, int) or crop_padding < 0:
             raise ConfigError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ConfigError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
-        if not 0 <= label_smoothing < 1 or not 0 <= mix_prob <= 1:
-            raise ConfigError(f"label_smoothing must lie in [0, 1) and mix_prob in [0, 1], "
-                              f"got {label_smoothing} and {mix_prob}")
         if num_classes is not None and num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
         self.crop_padding, self.hflip = crop_padding, bool(hflip)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
-        self.num_classes, self.label_smoothing, self.mix_prob = num_classes, float(label_smoothing), float(mix_prob)
+        self.num_classes = num_classes
 
     @property
     def mixing(self) -> bool:
@@ -85,13 +81,6 @@ class BatchAugment:
         out = padded.reshape(b, c, hp * wp).gather(2, index.expand(b, c, h * w))  # (B, C, H*W)
         return out.view(b, c, h, w)
 
-    def _targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """One-hot (B, K) float targets with label smoothing."""
-        t = F.one_hot(labels, num_classes).float()
-        if self.label_smoothing:
-            t = t * (1 - self.label_smoothing) + self.label_smoothing / num_classes
-        return t
-
     def mix(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
             num_classes: int | None = None):
         """Per-sample mixup / cutmix of float images (B, C, H, W) with their mirrored partners.
@@ -106,7 +95,6 @@ class BatchAugment:
         dev = images.device
         use_cut = torch.rand(b, generator=generator) < 0.5 if self.mixup_alpha > 0 and self.cutmix_alpha > 0 \
             else torch.full((b,), self.cutmix_alpha > 0)
-        apply = torch.rand(b, generator=generator) < self.mix_prob
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
         lam_mix = torch.from_numpy(rng.beta(self.mixup_alpha, self.mixup_alpha, b) if self.mixup_alpha > 0
                                    else np.ones(b)).float()
@@ -118,10 +106,9 @@ class BatchAugment:
         cy, cx = torch.randint(0, h, (b,), generator=generator), torch.randint(0, w, (b,), generator=generator)
         y0, y1 = (cy - cut_h // 2).clamp(0, h), (cy + cut_h // 2).clamp(0, h)
         x0, x1 = (cx - cut_w // 2).clamp(0, w), (cx + cut_w // 2).clamp(0, w)
-        box = use_cut & apply
-        y1, x1 = torch.where(box, y1, y0), torch.where(box, x1, x0)  # empty box where cutmix is not used
+        y1, x1 = torch.where(use_cut, y1, y0), torch.where(use_cut, x1, x0)  # empty box where cutmix is not used
         lam_box = 1 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
-        lam = torch.where(use_cut, lam_box, torch.where(apply, lam_mix, torch.ones(b)))  # (B,)
+        lam = torch.where(use_cut, lam_box, lam_mix)  # (B,)
 
         ar_h, ar_w = torch.arange(h), torch.arange(w)
         in_rows = (ar_h >= y0[:, None]) & (ar_h < y1[:, None])  # (B, H)
@@ -130,7 +117,7 @@ class BatchAugment:
         blend = torch.where(use_cut, torch.ones(b), lam).to(dev).view(b, 1, 1, 1)  # mixup weight, 1 for cutmix
         partner = images.flip(0)  # sample i pairs with sample B-1-i
         mixed = torch.where(mask, partner, images * blend + partner * (1 - blend))
-        targets = self._targets(labels, k)
+        targets = F.one_hot(labels, k).float()  # (B, K)
         lam_d = lam.to(dev)[:, None]
         return mixed, lam_d * targets + (1 - lam_d) * targets.flip(0)
 

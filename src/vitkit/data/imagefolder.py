@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS, open_image, probe_image, to_uint8_chw
 from .loader import derive_seed, epoch_indices, samples_per_rank
+from .memory import ImageDataset
 from .preprocess import Preprocess
 
 
@@ -186,9 +187,11 @@ class FolderLoader:
         self.mix, self.device, self.num_classes = mix, torch.device(device), len(dataset.classes)
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         # Its own generator: otherwise each new pass draws its workers' base seed from the global RNG, and a
-        # resumed run (which starts passes at other moments) would see other dropout masks afterwards.
+        # resumed run (which starts passes at other moments) would see other dropout masks afterwards. Workers
+        # live for one pass: they ignore SIGTERM (the main process stops the run), so they must be shut down
+        # by the pass that started them, not left for the interpreter's exit to terminate.
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
-                                 num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                                 num_workers=workers, pin_memory=pin, persistent_workers=False,
                                  worker_init_fn=_quiet_worker if workers > 0 else None,
                                  generator=torch.Generator().manual_seed(derive_seed(seed, 4, rank)))
 
@@ -245,8 +248,6 @@ def decode_folder(samples: FolderSamples, classes, preprocess: Preprocess, *, ca
     ``preprocess``'s statistics; ``sources`` holds each image's file), for the device loader. Files that fail
     to decode are left out with one warning. With ``cache_dir`` the result is stored there as safetensors,
     keyed by the files (path, size, modification time) and the geometry, and read back on the next run."""
-    from .datasets import ImageDataset
-
     cached = None
     if cache_dir is not None:
         cached = Path(cache_dir).expanduser() / f"{_cache_key(samples, preprocess)}.safetensors"

@@ -19,6 +19,7 @@ refused before it is decoded.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -44,34 +45,46 @@ def list_images(folder: Path) -> list[Path]:
                   if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def _too_large(path, size: tuple[int, int]) -> DataError:
-    w, h = size
-    return DataError(f"image file {path} is {w}x{h} pixels ({w * h:,}), more than the {MAX_IMAGE_PIXELS:,} "
-                     "vitkit decodes (a decompression bomb or a huge scan); shrink it first")
+# The raster formats vitkit reads. PIL's others (EPS runs Ghostscript; rarer decoders see less fuzzing) are
+# refused, whether the bytes come from a folder or from the network.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
-def open_image(path) -> Image.Image:
-    """Open and fully decode the image at ``path``; a missing, unreadable, truncated or over-large file is a
-    DataError."""
-    path = Path(path)
+def open_image(source, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image file (a path) or its bytes. A missing, empty, unreadable or truncated
+    image, another format than :data:`FORMATS`, or one over ``MAX_IMAGE_PIXELS`` (a decompression bomb,
+    refused by its header before any pixel is decoded) is a DataError naming it (``name``, else the path).
+    The same bytes on disk or in memory give the same image."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        what = name or "the image"
+        if not source:
+            raise DataError(f"{what} is empty; expected a {'/'.join(f.lower() for f in FORMATS)} image")
+        stream = io.BytesIO(source)
+    else:
+        what = name or f"image file {source}"
+        stream = Path(source)
+        if stream.is_dir():
+            raise DataError(f"{what} is a folder; expected a {'/'.join(f.lower() for f in FORMATS)} image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
-                    raise _too_large(path, img.size)
+            with Image.open(stream, formats=FORMATS) as img:
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{what} is {w}x{h} pixels ({w * h:,}), more than the {MAX_IMAGE_PIXELS:,} "
+                                    "vitkit decodes (a decompression bomb or a huge scan); shrink it first")
                 img.load()  # decode now, so a truncated file fails here and not later
                 return img.copy()
     except FileNotFoundError:
-        raise DataError(f"image file {path} does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"image file {path} is a folder; expected a jpg/png/webp/bmp image") from None
+        raise DataError(f"{what} does not exist") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"image file {path} is larger than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb "
-                        "or a huge scan); shrink it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
-        raise DataError(f"image file {path} is unreadable or truncated ({err}); expected a jpg/png/webp/bmp image") \
-            from None
+        raise DataError(f"{what} is larger than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb or a huge "
+                        "scan); shrink it first") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{what} is unreadable: not an image, or not a {'/'.join(f.lower() for f in FORMATS)} "
+                        "file") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise DataError(f"{what} is unreadable or truncated ({err}); expected a jpg/png/webp/bmp image") from None
 
 
 def probe_image(path) -> str | None:
@@ -80,7 +93,7 @@ def probe_image(path) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=FORMATS) as img:
                 mode, size = img.mode, img.size
                 img.verify()
         return mode if size[0] * size[1] <= MAX_IMAGE_PIXELS else None

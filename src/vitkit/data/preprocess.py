@@ -24,6 +24,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ..configtools import pair
 from ..errors import ConfigError
 from .images import to_uint8_chw
 
@@ -33,18 +34,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_GREY_MEAN, IMAGENET_GREY_STD = (0.449,), (0.226,)
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
-
-
-def pair(value, name: str = "img_size") -> tuple[int, int]:
-    """An int or an (h, w) pair as (h, w) of positive ints; anything else is a ConfigError naming ``name``."""
-    size = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        h, w = size
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a positive int or (height, width), got {value!r}") from None
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in (h, w)):
-        raise ConfigError(f"{name} must be a positive int or (height, width), got {value!r}")
-    return (h, w)
 
 
 def default_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -24,8 +24,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
-from .datasets import ImageDataset, canonical_name, load_dataset
+from .datasets import canonical_name, load_dataset
 from .imagefolder import FolderSamples, image_modes, scan_class_folders
+from .memory import ImageDataset
+from .preprocess import Preprocess
 
 SPLITS = ("train", "val", "test")
 SPLIT_FILE = "split.csv"

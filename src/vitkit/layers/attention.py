@@ -38,11 +38,10 @@ class MultiHeadAttention(nn.Module):
     relative position bias, which the fused kernel receives as its additive mask.
 
     ``dropout`` is used for both the attention weights and the output projection unless ``attn_drop`` or
-    ``proj_drop`` are given. ``fused=False`` always computes the attention explicitly (matmul, softmax,
-    matmul). The fused kernel is what timm runs, so it matches timm bit for bit. On a CPU, with sequences of
-    a few dozen tokens, PyTorch's fused kernel has a large fixed cost. There the explicit form trains 1.1-1.2x
-    faster, for example on 17 tokens of 28x28 images in 7x7 patches (BENCHMARKS.md). The two agree to
-    float rounding.
+    ``proj_drop`` are given. :meth:`forward` returns the output; :meth:`attend` also returns the weights,
+    computed explicitly. ``fused=False`` always computes explicitly (matmul, softmax, matmul), which is
+    faster for short sequences on a CPU; the fused kernel is what timm runs, so it matches timm bit for
+    bit. The two agree to float rounding.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, use_relative_position: bool = False,
@@ -63,14 +62,28 @@ class MultiHeadAttention(nn.Module):
         self.proj_drop = nn.Dropout(dropout if proj_drop is None else proj_drop)
         self.relative_position_bias = None
         if use_relative_position:
-            kwargs = dict(rpb_kwargs or {})
-            if kwargs.setdefault("num_heads", num_heads) != num_heads:
+            kwargs = {"num_heads": num_heads, **(rpb_kwargs or {})}
+            if kwargs["num_heads"] != num_heads:
                 raise ValueError(f"rpb_kwargs num_heads ({kwargs['num_heads']}) must equal num_heads ({num_heads})")
             self.relative_position_bias = RelativePositionBias(**kwargs)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """(B, N, C) -> (B, N, C); with ``return_attention`` also the weights (B, H, N, N), computed explicitly."""
-        b, n, c = x.shape
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        if not self.fused:
+            return self.attend(x)[0]
+        q, k, v, bias = self._qkv(x)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
+                                             scale=None if self.scale else 1.0)  # (B, H, N, d)
+        return self._merge(out)
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, C) -> (output (B, N, C), attention weights (B, H, N, N)), computed explicitly."""
+        q, k, v, bias = self._qkv(x)
+        out, attn = self.attention(q, k, v, bias)  # (B, H, N, d), (B, H, N, N)
+        return self._merge(out), attn
+
+    def _qkv(self, x: torch.Tensor):
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
         bias = None
@@ -79,13 +92,9 @@ class MultiHeadAttention(nn.Module):
             if bias.shape[-1] != n:
                 raise ValueError(f"the relative position bias covers {bias.shape[-1]} tokens but the input has {n}")
             bias = bias.to(q.dtype)
-        attn = None
-        if return_attention or not self.fused:
-            out, attn = self.attention(q, k, v, bias)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
-                scale=None if self.scale else 1.0)
-        out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, H*d)
-        out = self.proj_drop(self.proj(out))
-        return (out, attn) if return_attention else out
+        return q, k, v, bias
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+        b, _, n, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, n, self.embed_dim)  # (B, H, N, d) -> (B, N, H*d)
+        return self.proj_drop(self.proj(out))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .position import _pair
+from ..config import pair
 
 
 class PatchEmbedding(nn.Module):
@@ -15,17 +15,17 @@ class PatchEmbedding(nn.Module):
     With ``strict_img_size`` (the default) an image of another size is an error naming both sizes; without it
     any size divisible by the patch size is accepted (the model then resamples its position embedding).
 
-    Training on a CPU cuts the patches out and runs one matrix product with the same weights. It is the same
-    map, but the CPU convolution's weight gradient is slow for a stride equal to its kernel: this path made
-    a small Fashion-MNIST ViT train 10% faster (BENCHMARKS.md). In eval mode the convolution runs, as in
+    Training on a CPU cuts the patches out and runs one matrix product with the same weights
+    (:meth:`project_patches`): the same map, but the CPU convolution's weight gradient is slow for a stride
+    equal to its kernel (BENCHMARKS.md measures the difference). In eval mode the convolution runs, as in
     timm, so logits stay equal to timm's bit for bit.
     """
 
     def __init__(self, img_size=224, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768,
                  strict_img_size: bool = True):
         super().__init__()
-        self.img_size = _pair(img_size, "img_size")
-        self.patch_size = _pair(patch_size, "patch_size")
+        self.img_size = pair(img_size, "img_size")
+        self.patch_size = pair(patch_size, "patch_size")
         for side, p, axis in zip(self.img_size, self.patch_size, ("height", "width")):
             if side % p:
                 raise ValueError(f"img_size {self.img_size} must be divisible by patch_size {self.patch_size} "

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import pair
+
 
 def get_relative_position_index_1d(seq_len: int) -> torch.Tensor:
     """Index ``i - j + seq_len - 1`` of every (query i, key j) pair: (seq_len, seq_len), values in [0, 2L-2]."""
@@ -23,7 +25,7 @@ def get_relative_position_index_2d(window_size: tuple[int, int]) -> torch.Tensor
 
     Returns (h*w, h*w) with values in [0, (2h-1)(2w-1) - 1]; cells are numbered row by row.
     """
-    h, w = _pair(window_size, "window_size")
+    h, w = pair(window_size, "window_size")
     coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"))  # (2, h, w)
     coords = coords.flatten(1)  # (2, h*w)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N): (dy, dx) of query minus key
@@ -54,7 +56,7 @@ class RelativePositionBias(nn.Module):
         if bias_type == "2d":
             if window_size is None:
                 raise ValueError("RelativePositionBias(bias_type='2d') needs window_size=(h, w), got None")
-            self.window_size = _pair(window_size, "window_size")
+            self.window_size = pair(window_size, "window_size")
             index = get_relative_position_index_2d(self.window_size)
             num_grid = (2 * self.window_size[0] - 1) * (2 * self.window_size[1] - 1)
         elif bias_type == "1d":
@@ -134,13 +136,3 @@ def resample_pos_embed(
     grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(orig_dtype)  # (1, h'*w', D)
     return torch.cat([prefix, grid], dim=1)
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        h, w = value
-        return (int(h), int(w))
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}") from None

@@ -1,6 +1,6 @@
 """``vitkit serve``: a checkpoint behind HTTP (FastAPI + uvicorn), with dynamic batching and a web page.
 
-Modules, one job each: :mod:`~vitkit.serve.cli` (the command), :mod:`~vitkit.serve.app` (routes and errors),
+The command is :mod:`vitkit.commands.serve`. Modules, one job each: :mod:`~vitkit.serve.app` (routes and errors),
 :mod:`~vitkit.serve.oip` (Open Inference Protocol v2 routes), :mod:`~vitkit.serve.service` (what the routes
 do), :mod:`~vitkit.serve.batching` (the model thread), :mod:`~vitkit.serve.inputs` (reading requests and
 decoding uploads), :mod:`~vitkit.serve.render` (attention PNGs), and ``page.html``.
@@ -19,13 +19,6 @@ if TYPE_CHECKING:
     from .service import Settings
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``vitkit serve`` (see :mod:`vitkit.serve.cli`)."""
-    from .cli import cli_main as main
-
-    return main(argv)
-
-
 def create_app(predictor: Predictor, settings: Settings | None = None) -> FastAPI:
     """The FastAPI app serving a :class:`vitkit.predictor.Predictor` (see :func:`vitkit.serve.app.create_app`)."""
     from .app import create_app as create
@@ -34,4 +27,4 @@ def create_app(predictor: Predictor, settings: Settings | None = None) -> FastAP
     return create(predictor, settings or Settings())
 
 
-__all__ = ["cli_main", "create_app"]
+__all__ = ["create_app"]

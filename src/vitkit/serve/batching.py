@@ -5,8 +5,8 @@ starts with the oldest waiting request and takes every request already queued, t
 request is ``max_wait_s`` old for more, up to ``max_batch`` images; under load nothing waits, since the queue
 fills while the previous batch runs. Without batching each request runs alone, in arrival order.
 
-The one thread is also why attention maps are computed here (:meth:`ModelWorker.call`): the model keeps the
-attention of its last explicit pass on itself, so two passes at once on two threads could swap them.
+Attention maps are computed on this thread too (:meth:`ModelWorker.call`), between batches, so an attention
+request never runs a pass concurrently with a batch: two passes at once would only fight for the same cores.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What a request carries, checked: its images (multipart files, or base64 strings in a JSON body) and a few
-options, and the bytes of one image decoded by vitkit's rules.
+options. The bytes of an image are decoded by :func:`vitkit.data.images.open_image`, as files are.
 
 Anything wrong is a :class:`RequestError`, an HTTP status with one sentence, which the app answers as
 ``{"error": "..."}``. :class:`BodyLimit` refuses an over-size body by its Content-Length before reading it,
@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from ..data.images import MAX_IMAGE_PIXELS
-from ..errors import DataError
 
 MAX_IMAGES = 64  # images in one request: a bound on the memory one request can take once decoded
-# Formats read from the network: the raster formats vitkit trains on. PIL's others (EPS runs Ghostscript,
-# and rarer decoders see less fuzzing) are refused rather than handed bytes from anyone.
-FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 EXPECTED = ('multipart/form-data (image files) or application/json ({"image": "<base64>"} or '
             '{"images": ["<base64>", ...]})')
 
@@ -147,32 +139,6 @@ def _convert(key: str, value: str, kind: type):
 
 def _kind(kind: type) -> str:
     return "an integer" if kind is int else "a string"
-
-
-def open_image_bytes(data: bytes, name: str) -> Image.Image:
-    """:func:`vitkit.data.images.open_image` for bytes: the image fully decoded, so a file that is empty,
-    not an image, truncated, or over ``MAX_IMAGE_PIXELS`` (a decompression bomb) is a DataError, refused
-    by its header before any pixel is decoded when it is too large. The same bytes as a file on disk give
-    the same image, so the service and ``vitkit predict`` see the same pixels."""
-    if not data:
-        raise DataError(f"{name} is empty; expected a jpg/png/webp/bmp image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-                w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise DataError(f"{name} is {w}x{h} pixels ({w * h:,}), more than the {MAX_IMAGE_PIXELS:,} "
-                                    "vitkit decodes (a decompression bomb or a huge scan); shrink it first")
-                img.load()  # decode now, so a truncated file fails here
-                return img.copy()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{name} is larger than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb or a huge "
-                        "scan); shrink it first") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{name} is not an image; expected a {'/'.join(f.lower() for f in FORMATS)} file") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise DataError(f"{name} is a truncated or corrupt image ({err})") from None
 
 
 class BodyLimit:

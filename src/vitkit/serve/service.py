@@ -19,9 +19,10 @@ import torch
 from .. import __version__
 from ..model import count_parameters
 from ..predictor import Predictor
-from ..visualize import cls_attention_maps, rollout_maps
+from ..attention_maps import look
+from ..data.images import open_image
 from .batching import ModelWorker
-from .inputs import MAX_IMAGES, RequestError, Upload, open_image_bytes
+from .inputs import MAX_IMAGES, RequestError, Upload
 from .render import image_png, overlay_png
 
 
@@ -68,11 +69,11 @@ class Service:
 
     def _load(self, upload: Upload) -> tuple[torch.Tensor, torch.Tensor]:
         """The image as the model sees it, uint8 (C, H, W), and the model's input made of it, float32."""
-        image = self.predictor.preprocess.load(open_image_bytes(upload.data, upload.name))
+        image = self.predictor.preprocess.load(open_image(upload.data, upload.name))
         return image, self.predictor.preprocess.normalize(image)
 
     def _input(self, upload: Upload) -> torch.Tensor:
-        return self.predictor.preprocess(open_image_bytes(upload.data, upload.name))  # float32 (C, H, W)
+        return self.predictor.preprocess(open_image(upload.data, upload.name))  # float32 (C, H, W)
 
     async def inputs(self, uploads: list[Upload]) -> torch.Tensor:
         """The model's input batch (n, C, H, W) of encoded images, decoded in parallel off the event loop."""
@@ -122,9 +123,9 @@ class Service:
         image, x = await self.off_loop(self._load, upload)  # uint8 and float32 (C, H, W)
         model, device = self.predictor.model, self.predictor.device
 
-        def maps():  # on the model's thread: get_attention_maps keeps state on the model
-            xd = x[None].to(device)
-            return cls_attention_maps(model, xd, layer)[0].cpu(), rollout_maps(model, xd)[0].cpu()
+        def maps():  # one pass on the model's thread: every layer's [CLS] attention and the rollout
+            seen = look(model, x[None].to(device))
+            return seen.layers[layer][0].cpu(), seen.rollout[0].cpu()
 
         heads, rollout = await self.worker.call(maps)  # (heads, gh, gw), (gh, gw)
         attn = heads.mean(0) if head is None else heads[head]

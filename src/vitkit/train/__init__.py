@@ -1,4 +1,4 @@
-"""Training: the loop (seed 001's ``train_epoch`` / ``evaluate`` / ``save_checkpoint`` / ``load_checkpoint``),
+"""Training: the loop (``train_epoch``, ``evaluate``, ``save_checkpoint``, ``load_checkpoint``),
 the run config, optimizer and schedule, resumable checkpoints, and the trainer behind ``vitkit train``.
 
     >>> from vitkit.train import load_run_config, train
@@ -6,10 +6,11 @@ the run config, optimizer and schedule, resumable checkpoints, and the trainer b
     >>> train(cfg)   # writes runs/digits/
 """
 
-from ..config import load_config, save_config
+from ..configtools import load_config, save_config
+from ..evaluation import evaluate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, LoopConfig, OptimConfig, RunConfig, load_run_config
-from .loop import NonFiniteLossError, evaluate, train_epoch
+from .loop import NonFiniteLossError, train_epoch
 from .optim import build_optimizer, build_scheduler, param_groups
 from .trainer import Trainer, train
 

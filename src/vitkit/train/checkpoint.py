@@ -1,14 +1,15 @@
 """Training checkpoints: the full state needed to resume a run exactly, written so a crash never breaks it.
 
 A run keeps ``checkpoints/last.state.pt`` and ``checkpoints/previous.state.pt``. Each is one file holding the
-model weights, EMA weights, optimizer, scheduler, grad scaler, every RNG state, the epoch, the position in
+model weights, EMA weights, optimizer, scheduler, every RNG state, the epoch, the position in
 the epoch, the global step and the best metric. One file (not weights here and optimizer there) because a
 single file is replaced atomically (write ``*.tmp``, then rename): a kill at any instant leaves either the
 old or the new checkpoint, never a mix of two steps. Resuming takes ``last`` and falls back to ``previous``
 (with a warning) if ``last`` is missing or corrupt. The weights people use are exported beside them as
 ``last.safetensors`` and ``best.safetensors`` (see :func:`vitkit.checkpoint.save_weights`).
 
-Also here: seed 001's simple ``save_checkpoint`` / ``load_checkpoint`` (model, optimizer, epoch, metrics).
+Also here: the simple ``save_checkpoint`` / ``load_checkpoint`` of a model and its optimizer, for code that
+writes its own training loop.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def find_resumable(checkpoint_dir: str | Path) -> tuple[Path, dict] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Seed 001: a simple model + optimizer checkpoint
+# A simple model + optimizer checkpoint, for hand-written loops
 
 
 def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, epoch: int, metrics: dict,

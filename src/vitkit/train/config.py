@@ -10,15 +10,17 @@ data set's, so they are resolved only once the data is known (see :func:`resolve
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 
-from ..config import (PRESETS, ViTConfig, apply_aliases, check_positive, check_ranges, from_dict, get_preset,
-                      load_config, to_dict)
+from ..config import PRESETS, ViTConfig, apply_aliases, get_preset
+from ..configtools import apply_overrides, check_positive, check_ranges, from_dict, load_config, pair, to_dict
 from ..errors import ConfigError
 
 
@@ -60,7 +62,6 @@ class DataConfig:
                                     "crop_padding": "[0, inf)", "split_seed": f"[0, {2**63}]", "workers": "[0, inf)",
                                     "mean": "[0, 1]", "std": "(0, inf)"})
         if self.img_size is not None:
-            from ..data.preprocess import pair
             pair(self.img_size, "data.img_size")
         if self.mean is not None and self.std is not None and not len(self.mean) == len(self.std) in (1, 3):
             raise ConfigError(f"data.mean and data.std need 1 or 3 values each (one per channel), got "
@@ -156,6 +157,14 @@ class RunConfig:
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+RESUMABLE_CHANGES = {  # config keys a resume may change, because each has a defined meaning mid-run
+    "train.epochs": "the remaining steps follow the schedule of a run of the new length",
+    "train.patience": "early stopping counts from the epochs already run",
+    "train.checkpoint_every_steps": "", "train.threads": "", "data.workers": "", "data.eval_batch_size": "",
+    "report": "", "device": "",
+}
+
+
 MODEL_EXTRA_KEYS = ("name", "init")  # model-section keys that are not ViTConfig fields
 
 
@@ -163,38 +172,6 @@ def packaged_config_dir() -> Path:
     """The folder of the recipes shipped inside the package (``vitkit/configs``)."""
     import vitkit
     return Path(vitkit.__file__).resolve().parent / "configs"
-
-
-def parse_override(text: str) -> tuple[list[str], object]:
-    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 0.0003); the value is parsed as YAML."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML") from None
-    if isinstance(parsed, str):  # YAML 1.1 reads 3e-4 (no dot) as a string; on a command line it is a number
-        try:
-            parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf", "infinity") else parsed
-        except ValueError:
-            pass
-    return key.strip().split("."), parsed
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``--set`` overrides to nested plain data (a copy); unknown keys are caught by validation."""
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: '{part}' is not a config section")
-            node = child
-        node[path[-1]] = value
-    return data
 
 
 def validate(data: dict) -> RunConfig:
@@ -223,12 +200,36 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     return validate(apply_overrides(load_config(path), list(overrides)))
 
 
+def check_compiler(device) -> None:
+    """torch.compile for a CPU builds C++ kernels: without a compiler it would fail deep inside the first
+    step, so say so before anything runs."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++", "c++")):
+        raise ConfigError("train.compile=true on the CPU needs a C++ compiler (g++ or clang++ on the PATH, or "
+                          "$CXX); install one or set train.compile=false")
+
+
+def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
+    """Refuse settings that the run is too short to honour: a warm-up that never ends, or an EMA that would
+    still be mostly the untrained weights when the run ends."""
+    total = steps_per_epoch * cfg.train.epochs
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    if warmup >= total:
+        raise ConfigError(f"optim.warmup_epochs {cfg.optim.warmup_epochs:g} ({warmup} steps) is not shorter than "
+                          f"the run ({cfg.train.epochs} epochs, {total} steps), so the learning rate would never "
+                          "reach optim.lr; lower optim.warmup_epochs or train longer")
+    decay = cfg.train.ema_decay
+    if decay is not None and not cfg.model.get("init") and decay ** total > 0.01:  # fine-tuning starts trained
+        limit = 0.01 ** (1 / total)
+        raise ConfigError(f"train.ema_decay {decay:g} averages over about {1 / (1 - decay):,.0f} steps, but the run "
+                          f"has {total:,}: the untrained weights would still make up {decay ** total:.0%} of the "
+                          f"average at the end; use train.ema_decay <= {math.floor(limit * 1e5) / 1e5:g} "
+                          "or train longer")
+
+
 def resolve_model_config(model: dict, *, in_channels: int, num_classes: int, img_size) -> ViTConfig:
     """The run's :class:`ViTConfig`: the data set decides in_channels, num_classes and img_size (a value given
     for one of them must agree with the data), a preset ``name`` the architecture (the section may add to it,
     e.g. drop_path_rate, but not contradict it)."""
-    from ..data.preprocess import pair
-
     fields = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
     data_has = {"in_channels": in_channels, "num_classes": num_classes, "img_size": img_size}
     what = {"in_channels": "channels", "num_classes": "classes", "img_size": "pixels per side"}
@@ -277,7 +278,7 @@ def reference() -> str:
     """Every config key with its type, default and meaning, as Markdown (docs/config.md is this text)."""
     import typing
 
-    from ..config import _type_name
+    from ..configtools import _type_name
     lines = ["# Config keys", "",
              "Every key of a `vitkit train` config, generated from the code (`vitkit config` prints this page).",
              "Precedence: defaults < the YAML recipe (`--config`) < `--set section.key=value`. In the model",
@@ -299,6 +300,5 @@ def reference() -> str:
         lines.append("")
     lines += ["## Changing a key when resuming", "",
               "A resume (`--resume`) trains with the run's own config.yaml. `--set` may change only these keys:", ""]
-    from .trainer import RESUMABLE_CHANGES
     lines += [f"- `{k}`" + (f": {why}" if why else "") for k, why in RESUMABLE_CHANGES.items()]
     return "\n".join(lines) + "\n"

@@ -1,15 +1,14 @@
-"""The training and evaluation loops: ``train_epoch`` and ``evaluate`` (seed 001's signatures).
+"""The training loop: ``train_epoch(model, dataloader, criterion, optimizer, device, epoch)``.
 
-Both keep their running sums on the device and read them back once at the end, so a GPU never waits for the
-host inside an epoch. ``train_epoch`` also takes the optional pieces a full run needs (schedule, gradient
-accumulation, clipping, autocast, EMA, a per-step callback for checkpoints and signals); called with seed
-001's six arguments it is a plain epoch of training.
+It keeps its running sums on the device and reads them back once at the end, so a GPU never waits for the
+host inside an epoch. It also takes the optional pieces a full run needs (schedule, gradient accumulation,
+clipping, autocast, EMA, a per-step callback for checkpoints and signals); called with its six positional
+arguments it is a plain epoch of training. Evaluation is :func:`vitkit.evaluation.evaluate`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Callable
 
 import torch
@@ -17,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import VitkitError
+from ..evaluation import autocast
 
 
 class NonFiniteLossError(VitkitError):
@@ -56,13 +56,6 @@ class RunningMetrics:
             dist.all_reduce(sums)
         loss, correct, n = sums.tolist()
         return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1)}
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU autocast is slower than float32 for these models)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train_epoch(model: nn.Module, dataloader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -123,58 +116,3 @@ def train_epoch(model: nn.Module, dataloader, criterion: nn.Module, optimizer: t
     return running.result()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp: bool = False,
-             num_classes: int | None = None) -> dict:
-    """Evaluate ``model`` on every sample of ``dataloader``: {"loss", "accuracy", "top5", "n", "predictions"}.
-
-    ``predictions`` holds one row per sample, in the loader's order: "label", "pred" (int64) and
-    "confidence" (the softmax probability of "pred"), and "loss" (float32). Under torch.distributed the
-    shards of all processes are gathered and the padding the loaders add to even out the shards is dropped,
-    so every sample counts exactly once. With ``num_classes`` the result also has "confusion", a
-    (num_classes, num_classes) int64 matrix: row = true class, column = predicted class.
-    """
-    device = torch.device(device)
-    model.eval()
-    per_sample = copy.copy(criterion)
-    if hasattr(per_sample, "reduction"):
-        per_sample.reduction = "none"
-    rows: dict[str, list[torch.Tensor]] = {"label": [], "pred": [], "confidence": [], "loss": [], "top5": []}
-    for images, targets in dataloader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images).float()  # (B, classes)
-        loss = per_sample(logits, targets)
-        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
-        probs = logits.softmax(dim=1)
-        confidence, pred = probs.max(dim=1)
-        k = min(5, logits.shape[1])
-        rows["label"].append(labels)
-        rows["pred"].append(pred)
-        rows["confidence"].append(confidence)
-        rows["loss"].append(loss.expand(len(labels)) if loss.ndim == 0 else loss)
-        rows["top5"].append((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1))
-    out = {k: torch.cat(v).cpu() if v else torch.empty(0) for k, v in rows.items()}  # one device sync
-    if dist.is_available() and dist.is_initialized():
-        out = _gather_shards(out, len(getattr(dataloader, "dataset", ())) or None)
-    n = len(out["label"])
-    result = {"loss": float(out["loss"].double().mean()) if n else 0.0,
-              "accuracy": float((out["pred"] == out["label"]).double().mean()) if n else 0.0,
-              "top5": float(out["top5"].double().mean()) if n else 0.0, "n": n,
-              "predictions": {k: out[k] for k in ("label", "pred", "confidence", "loss")}}
-    if num_classes:
-        flat = out["label"].long() * num_classes + out["pred"].long()
-        result["confusion"] = torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes)
-    return result
-
-
-def _gather_shards(rows: dict[str, torch.Tensor], total: int | None) -> dict[str, torch.Tensor]:
-    """Re-interleave the round-robin shards of all ranks (rank r holds samples r, r + W, ...) and drop the
-    padding at the end."""
-    shards = [None] * dist.get_world_size()
-    dist.all_gather_object(shards, rows)
-    out = {}
-    for key in rows:
-        stacked = torch.stack([s[key] for s in shards], dim=1)  # (per rank, W): row i holds samples i*W .. i*W+W-1
-        out[key] = stacked.reshape(-1)[:total] if total else stacked.reshape(-1)
-    return out

@@ -45,7 +45,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`, with PyTorch's fused kernel on CUDA and on the CPU (one pass over
-    each tensor instead of a dozen small ops: 8% faster training of a small ViT on a CPU, BENCHMARKS.md)."""
+    each tensor instead of a dozen small ops; BENCHMARKS.md measures it)."""
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]

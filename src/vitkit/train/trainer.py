@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -21,108 +19,23 @@ import torch
 from torch import nn
 
 from .. import checkpoint as weights_io
-from ..config import save_config
-from ..errors import CheckpointError, ConfigError
+from ..configtools import save_config
+from ..errors import CheckpointError
 from ..fileio import atomic_write_text
 from ..model import VisionTransformer, count_parameters
 from ..runs import Run, claim_new_run
 from . import distributed
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
                          set_rng_state)
-from .config import RunConfig, resolve_model_config
+from .config import RunConfig, check_compiler, check_run_length, resolve_model_config
+from .console import Console
 from .data import RunData, build_data
+from .resume import resume_config, resume_folder
 from .ema import ModelEma
-from .loop import NonFiniteLossError, RunningMetrics, evaluate, train_epoch
+from ..evaluation import evaluate
+from .loop import NonFiniteLossError, RunningMetrics, train_epoch
 from .optim import build_optimizer, build_scheduler, replan
 from .signals import StopRequest
-
-
-PROGRESS_SECONDS = 30.0  # without a terminal (logs, CI), a progress line this often
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-RESUMABLE_CHANGES = {  # config keys a resume may change, because each has a defined meaning mid-run
-    "train.epochs": "the remaining steps follow the schedule of a run of the new length",
-    "train.patience": "early stopping counts from the epochs already run",
-    "train.checkpoint_every_steps": "", "train.threads": "", "data.workers": "", "data.eval_batch_size": "",
-    "report": "", "device": "",
-}
-
-
-def resume_config(cfg: RunConfig, run: Run) -> tuple[RunConfig, list[tuple[str, object, object]]]:
-    """The config a resume of ``run`` trains with: the run's saved config.yaml, with the changes ``cfg`` makes
-    to it applied when they are in :data:`RESUMABLE_CHANGES`; any other change is one ConfigError naming the
-    keys. Returns (config, [(key, saved value, new value)])."""
-    from ..config import load_config
-    from .config import apply_overrides, validate
-
-    if not run.config_path.is_file():
-        return cfg, []
-    saved_raw = load_config(run.config_path)
-    saved = _leaves(validate(saved_raw).to_dict())
-    new = _leaves(cfg.to_dict())
-    changes = [(k, saved.get(k), v) for k, v in new.items()
-               if k in saved and v != saved[k] and not (k == "data.channels" and v is None)]
-    refused = [f"{k} {old!r} -> {value!r}" for k, old, value in changes if k not in RESUMABLE_CHANGES]
-    if refused:
-        raise ConfigError(f"a resume trains with the run's own config ({run.config_path}), but this one changes "
-                          f"{'; '.join(refused)}; start a new run (without --resume), or fine-tune from this one "
-                          f"with --set model.init={run.checkpoints / 'best'}")
-    import yaml
-    return validate(apply_overrides(saved_raw, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                                                for k, _, v in changes])), changes
-
-
-def _leaves(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
-def resume_folder(cfg: RunConfig, resume: str) -> Path:
-    """The run a ``--resume`` names: ``auto`` is ``out_dir/name``; a path is a run folder or a file in it."""
-    if resume == "auto":
-        return Path(cfg.out_dir) / cfg.name
-    p = Path(resume)
-    run = Run.of_checkpoint(p) or (Run(p) if (p / "checkpoints").is_dir() else None)
-    if run is None:
-        run = Run(resolve_state_path(resume).resolve().parent.parent)
-    return run.path
-
-
-def check_compiler(device: torch.device) -> None:
-    """torch.compile for a CPU builds C++ kernels: without a compiler it would fail deep inside the first
-    step, so say so before anything runs."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++", "c++")):
-        raise ConfigError("train.compile=true on the CPU needs a C++ compiler (g++ or clang++ on the PATH, or "
-                          "$CXX); install one or set train.compile=false")
-
-
-def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
-    """Refuse settings that the run is too short to honour: a warm-up that never ends, or an EMA that would
-    still be mostly the untrained weights when the run ends."""
-    total = steps_per_epoch * cfg.train.epochs
-    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    if warmup >= total:
-        raise ConfigError(f"optim.warmup_epochs {cfg.optim.warmup_epochs:g} ({warmup} steps) is not shorter than "
-                          f"the run ({cfg.train.epochs} epochs, {total} steps), so the learning rate would never "
-                          "reach optim.lr; lower optim.warmup_epochs or train longer")
-    decay = cfg.train.ema_decay
-    if decay is not None and not cfg.model.get("init") and decay ** total > 0.01:  # fine-tuning starts trained
-        limit = 0.01 ** (1 / total)
-        raise ConfigError(f"train.ema_decay {decay:g} averages over about {1 / (1 - decay):,.0f} steps, but the run "
-                          f"has {total:,}: the untrained weights would still make up {decay ** total:.0%} of the "
-                          f"average at the end; use train.ema_decay <= {math.floor(limit * 1e5) / 1e5:g} "
-                          "or train longer")
 
 
 class Trainer:
@@ -131,7 +44,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: str | None = None, log=print, changes=()):
         self.cfg, self.changes = cfg, list(changes)
         self.run_folder = Run(run_dir)
-        self.run_dir, self.log_fn = self.run_folder.path, log
+        self.run_dir = self.run_folder.path
         self.ckpt_dir = self.run_folder.checkpoints
         self.ctx = ctx = distributed.setup(cfg.device)
         self.device = ctx.device
@@ -168,7 +81,8 @@ class Trainer:
 
         # Where the run stands: epoch (completed), batch (consumed in the current epoch), optimizer step.
         self.epoch, self.batch, self.step = 0, 0, 0
-        self.best_accuracy, self.best_epoch, self.bad_epochs, self.stopped_early = -1.0, 0, 0, False
+        self.best_accuracy, self.best_loss, self.best_epoch = -1.0, float("inf"), 0
+        self.bad_epochs, self.stopped_early = 0, False
         self.wall_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.running = RunningMetrics(self.device)
         self.resumed_from = self.restore(resume) if resume is not None else None
@@ -184,7 +98,7 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         self.stop = StopRequest(announce=ctx.is_main)
         self.tb = self.tensorboard() if ctx.is_main else None
-        self.bar = None
+        self.console = Console(self, log)
 
     # ---------------------------------------------------------------------------------------------------------
     # Setup helpers
@@ -235,6 +149,7 @@ class Trainer:
         replan(self.scheduler, self.steps_per_epoch * self.cfg.train.epochs)  # the new length, after a change
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best_accuracy, self.best_epoch = state["best_accuracy"], state.get("best_epoch", 0)
+        self.best_loss = state.get("best_loss", float("inf"))
         self.bad_epochs, self.stopped_early = state.get("bad_epochs", 0), state.get("stopped_early", False)
         self.wall_before = state.get("wall_time", 0.0)
         if state.get("running") is not None and self.batch:
@@ -251,11 +166,7 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def log(self, text: str) -> None:
-        if self.ctx.is_main:
-            if self.bar is not None:
-                self.bar.write(text)
-            else:
-                self.log_fn(text)
+        self.console.log(text)
 
     # ---------------------------------------------------------------------------------------------------------
     # Checkpoints and run-folder files
@@ -280,7 +191,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rngs,
                 "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
+                "best_accuracy": self.best_accuracy, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
                 "running": self.running.values() if self.batch else None,
                 "wall_time": self.wall_time(),
@@ -325,15 +236,7 @@ class Trainer:
 
     def after_step(self, step: int, batch: int, running: RunningMetrics) -> bool:
         """Called after every optimizer step: progress, Ctrl-C, mid-epoch checkpoints. True stops the epoch."""
-        if self.bar is not None:
-            self.bar.update(batch - self.batch)
-            if step % 10 == 0:
-                r = running.result()
-                seen = (batch - self.epoch_start_batch) * self.cfg.data.batch_size
-                self.bar.set_postfix(loss=f"{r['loss']:.4f}", acc=f"{r['accuracy']:.3f}",
-                                     img_s=f"{seen / max(time.time() - self.epoch_t0, 1e-9):.0f}")
-        elif time.time() - self.last_progress >= PROGRESS_SECONDS:
-            self.progress_line(step, batch, running)
+        self.console.step(step, batch, running)
         self.step, self.batch = step, batch
         stop = distributed.any_rank(self.stop.requested, self.device)
         every = self.cfg.train.checkpoint_every_steps
@@ -341,19 +244,6 @@ class Trainer:
             self.check_finite(running)
             self.save_last()
         return stop
-
-    def progress_line(self, step: int, batch: int, running: RunningMetrics) -> None:
-        """Where the run stands, for logs and CI (no terminal, no progress bar): a line every PROGRESS_SECONDS."""
-        now = time.time()
-        r = running.result()
-        images = (batch - self.epoch_start_batch) * self.cfg.data.batch_size
-        rate = images / max(now - self.epoch_t0, 1e-9)
-        total = self.steps_per_epoch * self.cfg.train.epochs
-        per_step = (now - self.t_start) / max(step - self.first_step, 1)
-        eta = per_step * (total - step)
-        self.log(f"  epoch {self.epoch + 1}/{self.cfg.train.epochs} step {step}/{total}: loss {r['loss']:.4f} "
-                 f"acc {r['accuracy']:.3f} | {rate:.0f} img/s | ETA {_duration(eta)}")
-        self.last_progress = now
 
     def check_finite(self, running: RunningMetrics) -> None:
         bad = running.bad_step()
@@ -366,7 +256,7 @@ class Trainer:
         """Train to the configured number of epochs (or until validation stops improving for
         ``train.patience`` epochs); returns the exit code (0, or 130/143 when interrupted)."""
         cfg, ctx, data = self.cfg, self.ctx, self.data
-        self.t_start = self.last_progress = time.time()
+        self.t_start = self.console.last_progress = time.time()
         self.first_step = self.step
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -374,7 +264,7 @@ class Trainer:
             if data.splits.is_folder and not self.run_folder.split_path.is_file():
                 atomic_write_text(self.run_folder.split_path, data.splits.split_file_text())
             self.run_folder.trim_metrics(self.epoch)
-        self.announce()
+        self.console.announce()
         with self.stop:
             for epoch in range(self.epoch, cfg.train.epochs):
                 if self.stopped_early:
@@ -392,7 +282,7 @@ class Trainer:
         """One epoch, its validation, its metrics row and checkpoints; False when a signal stopped it."""
         cfg, data = self.cfg, self.data
         self.epoch_t0, self.epoch_start_batch = time.time(), self.batch
-        self.bar = self.progress_bar(epoch)
+        self.console.open_bar(epoch)
         try:
             train = train_epoch(
                 self.train_model, data.train_loader, self.criterion, self.optimizer, self.device, epoch,
@@ -403,9 +293,7 @@ class Trainer:
             self.check_finite(self.running)  # re-raised with the checkpoint named
             raise
         finally:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
+            self.console.close_bar()
         if self.stop.requested:
             return False
         seconds = time.time() - self.epoch_t0
@@ -418,9 +306,13 @@ class Trainer:
                "val_accuracy": val["accuracy"] if val else None, "val_top5": val["top5"] if val else None,
                "lr": max(g["lr"] for g in self.optimizer.param_groups),
                "images_per_s": images / max(seconds, 1e-9), "seconds": seconds}
-        improved = val is None or val["accuracy"] > self.best_accuracy
+        # Better: a higher validation accuracy, or the same with a lower validation loss (small validation
+        # splits tie often, and the loss separates the ties).
+        improved = val is None or (val["accuracy"], -val["loss"]) > (self.best_accuracy, -self.best_loss)
         if improved:
-            self.best_accuracy, self.best_epoch, self.bad_epochs = (val["accuracy"] if val else -1.0), self.epoch, 0
+            self.best_epoch, self.bad_epochs = self.epoch, 0
+            if val:
+                self.best_accuracy, self.best_loss = val["accuracy"], val["loss"]
             if self.ctx.is_main:
                 weights_io.save_weights(self.eval_model, self.ckpt_dir / "best", self.weights_metadata())
                 if val:
@@ -434,7 +326,7 @@ class Trainer:
                 for k, v in row.items():
                     if v is not None:
                         self.tb.add_scalar(k, v, self.epoch)
-        self.log_epoch(row)
+        self.console.epoch(row)
         if self.stopped_early:
             self.log(f"stopping early: validation accuracy has not improved for {self.bad_epochs} epochs "
                      f"(train.patience {cfg.train.patience}); the best was epoch {self.best_epoch}")
@@ -471,18 +363,11 @@ class Trainer:
         report = self.write_report(best) if self.cfg.report else ""
         if self.tb is not None:
             self.tb.close()
-        self.log(self.summary(results))
+        self.log(self.console.summary(results))
         self.log(f"run folder: {self.run_dir}  (config.yaml, metrics.csv, results.json, "
                  f"checkpoints/best.safetensors{report})")
         split = "" if data.val else " --split " + ("test" if data.test else "train")
         self.log(f"next: vitkit eval --checkpoint {self.ckpt_dir / 'best'}{split}")
-
-    def summary(self, r: dict) -> str:
-        chosen = (f"best epoch {r['best_epoch']} of {r['epochs']} (val accuracy {r['val_accuracy']:.4f} on "
-                  f"{r['num_val']} images)") if self.data.val else f"the last epoch ({r['epochs']}; no validation split)"
-        test = (f"; test accuracy {r['test_accuracy']:.4f} on {r['num_test']} images" if r["test_accuracy"] is not None
-                else "; no test split")
-        return f"done in {r['wall_time']:.1f}s: {chosen}{test} (checkpoints/best)"
 
     def write_report(self, model: nn.Module) -> str:
         """The report of the best checkpoint on the split the run scored last (a failure there only warns)."""
@@ -498,49 +383,6 @@ class Trainer:
             warnings.warn(f"the run report could not be written ({type(e).__name__}: {e}); "
                           "the run folder is complete without it", stacklevel=2)
             return ""
-
-    # ---------------------------------------------------------------------------------------------------------
-    # What the person sees
-
-    def progress_bar(self, epoch: int):
-        if not (self.ctx.is_main and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-        return tqdm(total=len(self.data.train_loader), initial=self.batch, desc=f"epoch {epoch + 1}/"
-                    f"{self.cfg.train.epochs}", leave=False, dynamic_ncols=True)
-
-    def announce(self) -> None:
-        cfg, d, m = self.cfg, self.data, self.model_config
-        grid = "x".join(map(str, m.grid_size))
-        size = "x".join(map(str, d.preprocess.img_size))
-        where = f"{self.device}" + (f", {self.ctx.world_size} processes" if self.ctx.distributed else "")
-        counts = " / ".join(f"{d.size(s)} {s}" for s in ("train", "val", "test") if d.size(s))
-        self.log(f"data:  {cfg.data.dataset}: {counts} images, {len(d.classes)} classes, {d.in_channels}x{size} "
-                 f"pixels")
-        self.log(f"split: {d.splits.rule}")
-        if d.splits.is_folder:
-            self.log(f"preprocessing: {d.preprocess.describe()}")
-        self.log(f"model: ViT {count_parameters(self.model) / 1e6:.2f}M parameters (dim {m.embed_dim}, depth "
-                 f"{m.depth}, heads {m.num_heads}, patch {m.patch_size}, {grid} patches)"
-                 + (f", initialised from {cfg.model['init']}" if cfg.model.get("init") else ""))
-        self.log(f"train: {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch {cfg.data.batch_size}, "
-                 f"AdamW lr {cfg.optim.lr:g}, on {where}")
-        if self.resumed_from is not None:
-            self.log(f"resumed from {self.resumed_from} at epoch {self.epoch + 1}, batch {self.batch} "
-                     f"(step {self.step})")
-        for key, old, new in self.changes:
-            why = RESUMABLE_CHANGES[key]
-            self.log(f"changed on resume: {key} {old!r} -> {new!r}" + (f" ({why}; lr now "
-                     f"{max(g['lr'] for g in self.optimizer.param_groups):.2e})" if key == "train.epochs" else
-                     f" ({why})" if why else ""))
-        self.log(f"run folder: {self.run_dir}")
-
-    def log_epoch(self, r: dict) -> None:
-        val = (f" | val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "")
-        self.log(f"epoch {r['epoch']:>3}/{self.cfg.train.epochs}  train loss {r['train_loss']:.4f} "
-                 f"acc {r['train_accuracy']:.4f}{val} | lr {r['lr']:.2e} | {r['images_per_s']:.0f} img/s | "
-                 f"{r['seconds']:.1f}s")
-
 
 def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None = None, log=print) -> int:
     """Run training for ``cfg``; returns the exit code. ``resume``: None, "auto" or a run folder or checkpoint.

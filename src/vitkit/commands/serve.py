@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ConfigError, VitkitError
 
 
-def cli_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitkit serve", description="Serve a checkpoint over HTTP: GET / (a page), /health, /info; POST "
         "/predict, /attention; the Open Inference Protocol v2 under /v2.")
@@ -49,8 +49,8 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     from ..predictor import Predictor
     from ..train.distributed import pick_device
-    from .app import create_app
-    from .service import Settings
+    from ..serve.app import create_app
+    from ..serve.service import Settings
 
     predictor = Predictor.load(args.checkpoint, pick_device(args.device, no_gpu="use --device cpu (or auto)"))
     settings = Settings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batching=not args.no_batching,

@@ -19,7 +19,6 @@ before the model was built (so the other model's memory is not counted).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import os
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("train", "infer")
@@ -199,7 +198,7 @@ def build_model(library: str, name: str, device: torch.device, state_dict: dict 
     """vitkit's or timm's model of this (timm) name on ``device``, optionally with given weights (the keys match,
     so both libraries can run the very same network). ``overrides`` change the preset (timm: TIMM_OVERRIDES)."""
     if library == "vitkit":
-        from .model import create_model
+        from ..model import create_model
         model = create_model(name, **overrides)
     elif library == "timm":
         try:
@@ -284,8 +283,8 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
     ``compile_mode`` is torch.compile's mode ("reduce-overhead" adds CUDA graphs, "max-autotune" kernel search).
     ``overrides`` go to the model config (e.g. ``img_size=32`` for a quick run of a small model).
     """
-    from .config import get_preset
-    from .model import flops_per_image
+    from ..config import get_preset
+    from ..model import flops_per_image
 
     if mode not in MODES:
         raise ConfigError(f"mode must be 'train' or 'infer', got {mode!r}")
@@ -406,63 +405,3 @@ def format_report(report: Report) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as a ConfigError: one sentence and exit 2 from the vitkit CLI."""
-
-    def error(self, message):
-        raise ConfigError(message)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vitkit benchmark", description="Measure training or inference throughput of a ViT, "
-                "optionally against timm's same model run alternately in the same process.")
-    p.add_argument("--model", default="vit_base_patch16_224", help="preset name (see 'vitkit models')")
-    p.add_argument("--mode", choices=MODES, default="infer",
-                   help="train: forward + backward + AdamW step; infer: forward under inference_mode")
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
-                   help="fp32, or bf16 autocast (default: bf16 on CUDA, fp32 on the CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (both, when comparing)")
-    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=None,
-                   help="torch.compile mode (implies --compile)")
-    p.add_argument("--compare", choices=("timm",), default=None, help="also run timm's same model")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--steps", type=_positive, default=None, help="steps per timed window (default: 2 CPU, 20 GPU)")
-    p.add_argument("--windows", type=_positive, default=5, help="timed windows per library (the median is reported)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 CPU, 10 GPU)")
-    p.add_argument("--threads", type=_positive, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    return p
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    """``vitkit benchmark ...``: print one Markdown table and the conditions; 0 on success."""
-    args = build_parser().parse_args(argv)
-    if args.warmup is not None and args.warmup < 0:
-        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
-    dev = resolve_device(args.device)
-    gpu = dev.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = benchmark(args.model, args.mode, args.batch_size, args.dtype or ("bf16" if gpu else "fp32"),
-                       args.compile or args.compile_mode is not None, args.compare, str(dev),
-                       args.steps or (20 if gpu else 2), args.windows,
-                       args.warmup if args.warmup is not None else (10 if gpu else 2), compile_mode=args.compile_mode)
-    print(format_report(report))
-    if args.json:
-        import json
-        with open(args.json, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
-    return 0

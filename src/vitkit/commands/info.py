@@ -1,0 +1,31 @@
+"""``vitkit models`` and ``vitkit config``: the named architectures, and every config key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def models(argv: list[str] | None = None) -> int:
+    from ..config import PRESETS, list_models
+    parser = argparse.ArgumentParser(prog="vitkit models", description="List the named architectures.")
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vit_base_*'")
+    args = parser.parse_args(argv)
+    names = list_models(args.pattern)
+    if not names:
+        print(f"vitkit models: no architecture matches {args.pattern!r}; the names are vit_<size>_patch<p>_<img> "
+              "(size tiny, small, medium, base, large, huge or giant), e.g. 'vit_base_*'", file=sys.stderr)
+        return 1
+    for name in names:
+        p = PRESETS[name]
+        print(f"{name:<28} dim={p['embed_dim']:<5} depth={p['depth']:<3} heads={p['num_heads']:<3} "
+              f"img={p['img_size']}")
+    return 0
+
+
+def config(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="vitkit config", description="Print the reference of every config key of "
+                            "'vitkit train' (the same text as docs/config.md).").parse_args(argv)
+    from ..train.config import reference
+    print(reference(), end="")
+    return 0

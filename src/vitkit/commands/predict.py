@@ -1,0 +1,100 @@
+"""``vitkit predict``: the top-k classes of image files and folders, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .args import load_predictor, positive
+
+
+def collect_images(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to predict: each path, or every image under a folder (recursively); and (path, reason) for the
+    paths that are neither."""
+    from ..data import list_images
+
+    files, problems = [], []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                problems.append((text, "the folder holds no jpg/png/webp/bmp/tif images"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append((text, "no such file or folder"))
+    return files, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    import csv
+    import json
+    import sys
+
+    from ..errors import ConfigError, VitkitError
+
+    parser = argparse.ArgumentParser(
+        prog="vitkit predict", description="Print the top-k classes of images (files, or folders searched "
+        "recursively), preprocessed exactly as the checkpoint's run validated them.")
+    parser.add_argument("images", nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best (or a .safetensors file or run)")
+    parser.add_argument("--top-k", type=int, default=5, help="how many classes to show per image (default 5)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    output.add_argument("--csv", action="store_true", help="CSV on stdout: image, then class and probability per rank")
+    parser.add_argument("--batch-size", type=positive, default=64)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    predictor = load_predictor(args.checkpoint, args.device)
+    classes = predictor.classes
+    if not 1 <= args.top_k <= len(classes):
+        raise ConfigError(f"--top-k must lie between 1 and {len(classes)} (the checkpoint's classes), got {args.top_k}")
+    files, problems = collect_images(args.images)
+    results = []
+    for start in range(0, len(files), args.batch_size):
+        batch, names = [], []
+        for path in files[start:start + args.batch_size]:
+            try:
+                batch.append(predictor.preprocess(path))  # (C, H, W)
+                names.append(str(path))
+            except VitkitError as e:
+                problems.append((str(path), str(e)))
+        if batch:
+            probs = predictor.probabilities(torch.stack(batch))  # (b, classes)
+            top = probs.topk(args.top_k, dim=1)
+            results += [(name, [(classes[i], p) for p, i in zip(ps, idx)])
+                        for name, ps, idx in zip(names, top.values.tolist(), top.indices.tolist())]
+    if args.json:
+        print(json.dumps([{"image": name, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in ranked]}
+                          for name, ranked in results], indent=2))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image"] + [f"{k}{n}" for n in range(1, args.top_k + 1) for k in ("class", "p")])
+        for name, ranked in results:
+            writer.writerow([name] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
+    elif results:
+        print(format_predictions(results))
+    for path, reason in problems:
+        print(f"vitkit predict: skipped {path}: {reason}", file=sys.stderr)
+    if problems:
+        print(f"vitkit predict: {len(problems)} of {len(results) + len(problems)} inputs could not be predicted",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_predictions(results: list[tuple[str, list[tuple[str, float]]]]) -> str:
+    """A table: the image, then each ranked class with its probability."""
+    k = len(results[0][1])
+    width = max(len(name) for name, _ in results)
+    cls = max(5, min(20, max(len(c) for _, ranked in results for c, _ in ranked)))
+    head = f"{'image':<{width}}" + "".join(f"  {'top-' + str(r + 1):<{cls}} {'p':>5}" for r in range(k))
+    lines = [head]
+    for name, ranked in results:
+        lines.append(f"{name:<{width}}" + "".join(f"  {c[:cls]:<{cls}} {p:5.3f}" for c, p in ranked))
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""What a resume trains with: the run's own saved config, changed only where a change has a defined meaning
+mid-run (:data:`~vitkit.train.config.RESUMABLE_CHANGES`), and which run a ``--resume`` names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..configtools import apply_overrides, load_config
+from ..errors import ConfigError
+from ..runs import Run
+from .checkpoint import resolve_state_path
+from .config import RESUMABLE_CHANGES, RunConfig, validate
+
+
+def resume_config(cfg: RunConfig, run: Run) -> tuple[RunConfig, list[tuple[str, object, object]]]:
+    """The config a resume of ``run`` trains with: the run's saved config.yaml, with the changes ``cfg`` makes
+    to it applied when they are in :data:`RESUMABLE_CHANGES`; any other change is one ConfigError naming the
+    keys. Returns (config, [(key, saved value, new value)])."""
+    if not run.config_path.is_file():
+        return cfg, []
+    saved_raw = load_config(run.config_path)
+    saved = _leaves(validate(saved_raw).to_dict())
+    new = _leaves(cfg.to_dict())
+    changes = [(k, saved.get(k), v) for k, v in new.items()
+               if k in saved and v != saved[k] and not (k == "data.channels" and v is None)]
+    refused = [f"{k} {old!r} -> {value!r}" for k, old, value in changes if k not in RESUMABLE_CHANGES]
+    if refused:
+        raise ConfigError(f"a resume trains with the run's own config ({run.config_path}), but this one changes "
+                          f"{'; '.join(refused)}; start a new run (without --resume), or fine-tune from this one "
+                          f"with --set model.init={run.checkpoints / 'best'}")
+    return validate(apply_overrides(saved_raw, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+                                                for k, _, v in changes])), changes
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def resume_folder(cfg: RunConfig, resume: str) -> Path:
+    """The run a ``--resume`` names: ``auto`` is ``out_dir/name``; a path is a run folder or a file in it."""
+    if resume == "auto":
+        return Path(cfg.out_dir) / cfg.name
+    p = Path(resume)
+    run = Run.of_checkpoint(p) or (Run(p) if (p / "checkpoints").is_dir() else None)
+    if run is None:
+        run = Run(resolve_state_path(resume).resolve().parent.parent)
+    return run.path
+
+
