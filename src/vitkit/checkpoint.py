@@ -26,7 +26,7 @@ def resolve_weights_path(path: str | Path) -> Path:
     if p.suffix != WEIGHTS_SUFFIX and not p.is_file():
         p = p.with_name(p.name + WEIGHTS_SUFFIX)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {path} not found (expected a .safetensors file or a run folder)")
+        raise CheckpointError(f"checkpoint {path} not found: it does not exist (expected a weights file or a run folder)")
     return p
 
 

@@ -4,6 +4,7 @@ Sub-command modules are imported only when used, so ``vitkit --help`` is instant
 here is either a person's error or a bug. A :class:`VitkitError` (bad config, file, image or checkpoint), a
 full disk, a denied permission or a read-only folder is printed as one sentence and exits 2, without a
 traceback. Anything else is a bug: one line says so and where its traceback was saved, and the exit code is 1.
+A warning (a resume falling back to the previous checkpoint, say) is one line too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 COMMANDS = {  # name: (module:function, one-line help)
     "train": ("vitkit.commands.train:main", "train a model from a config (no arguments: the digits recipe)"),
@@ -41,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import VitkitError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        if not argv:  # the README's main command is 'vitkit train'; bare 'vitkit' explains itself
-            print(usage())
-            return 0
+    if not argv or argv[0] in ("-h", "--help"):  # bare 'vitkit' explains itself
         print(usage())
         return 0
     if argv[0] == "--version":
@@ -56,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitkit: unknown command {name!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
+    format_warning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kw: f"vitkit {name}: warning: {message}\n"
     try:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
     except VitkitError as e:
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # not a person's error: a bug, reported as one
         return report_bug(name, e)
+    finally:
+        warnings.formatwarning = format_warning
 
 
 PERSON_ERRNOS = {errno.ENOSPC: "no space is left on the device", errno.EDQUOT: "the disk quota is exhausted",

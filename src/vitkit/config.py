@@ -12,7 +12,24 @@ from .errors import ConfigError
 # --------------------------------------------------------------------------------------------------------------
 # The architecture
 
-RPB_KEYS = {"num_heads", "window_size", "seq_len", "bias_type", "init_std"}
+
+
+@dataclass
+class RelativeBias:
+    """The settings of a relative position bias (``ViTConfig.rpb_kwargs``; a plain dict of these keys is
+    accepted). ``bias_type="2d"`` covers the patch grid (``window_size``, default the grid); ``"1d"`` a
+    sequence of ``seq_len`` (the patches, or all tokens). ``num_heads`` defaults to the model's."""
+
+    bias_type: Literal["1d", "2d"] = "2d"
+    window_size: int | tuple[int, int] | None = None
+    seq_len: int | None = None
+    num_heads: int | None = None
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        check_literals(self)
+        check_ranges(self, "rpb_kwargs", {"seq_len": "[1, inf)", "num_heads": "[1, inf)", "init_std": "(0, inf)"})
+
 PoolType = Literal["cls", "mean"]
 PosEmbedType = Literal["learn", "sincos2d", "none"]
 AttnImpl = Literal["fused", "explicit"]
@@ -45,7 +62,7 @@ class ViTConfig:
     attn_drop_rate: float = 0.0  # dropout on the attention weights
     drop_path_rate: float = 0.0  # stochastic depth of the last block (linearly less for earlier blocks)
     use_relative_position: bool = False  # a learned relative position bias in every attention layer
-    rpb_kwargs: dict | None = None  # the bias's settings: bias_type '2d' (window_size) or '1d' (seq_len)
+    rpb_kwargs: RelativeBias | None = None  # the bias's settings (a dict of RelativeBias's keys is accepted)
     pool: PoolType = "cls"  # classify from the [CLS] token ('cls') or the average patch token ('mean')
     class_token: bool = True  # prepend a [CLS] token
     reg_tokens: int = 0  # register tokens after [CLS] (Darcet et al. 2023)
@@ -63,6 +80,8 @@ class ViTConfig:
     def __post_init__(self):
         if isinstance(self.img_size, list):
             self.img_size = tuple(self.img_size)
+        if isinstance(self.rpb_kwargs, dict):
+            self.rpb_kwargs = from_dict(RelativeBias, self.rpb_kwargs, "rpb_kwargs")
         check_positive(self, ("patch_size", "in_channels", "embed_dim", "depth", "num_heads"))
         self.grid_size_of(self.img_size)  # validates the size and its divisibility
         check_literals(self)
@@ -90,29 +109,24 @@ class ViTConfig:
         sequence (prefix tokens are its first positions)."""
         if not self.use_relative_position:
             return None
-        kw = dict(self.rpb_kwargs or {})
-        unknown = sorted(set(kw) - RPB_KEYS)
-        if unknown:
-            raise ConfigError(f"rpb_kwargs has unknown keys {unknown}; expected some of {sorted(RPB_KEYS)}")
-        if kw.setdefault("num_heads", self.num_heads) != self.num_heads:
-            raise ConfigError(f"rpb_kwargs num_heads ({kw['num_heads']}) must equal num_heads ({self.num_heads})")
+        rb = self.rpb_kwargs or RelativeBias()
+        if rb.num_heads not in (None, self.num_heads):
+            raise ConfigError(f"rpb_kwargs num_heads ({rb.num_heads}) must equal num_heads ({self.num_heads})")
         grid, prefix = self.grid_size, self.num_prefix_tokens
         n = grid[0] * grid[1]
-        bias_type = kw.setdefault("bias_type", "2d")
-        if bias_type == "2d":
-            window = kw["window_size"] = pair(kw.get("window_size", grid), "rpb_kwargs window_size")
+        kw = {"num_heads": self.num_heads, "bias_type": rb.bias_type, "init_std": rb.init_std}
+        if rb.bias_type == "2d":
+            window = kw["window_size"] = pair(rb.window_size or grid, "rpb_kwargs window_size")
             if window != grid:
                 raise ConfigError(f"rpb_kwargs window_size {window} must match the patch grid {grid} "
                                   f"(img_size {self.img_size} / patch_size {self.patch_size})")
             kw["num_prefix_tokens"] = prefix
-        elif bias_type == "1d":
-            seq = kw.setdefault("seq_len", n)
+        else:
+            seq = kw["seq_len"] = rb.seq_len or n
             if seq not in (n, n + prefix):
                 raise ConfigError(f"rpb_kwargs seq_len ({seq}) must be the number of patches ({n}) or of all "
                                   f"tokens ({n + prefix})")
             kw["num_prefix_tokens"] = 0 if seq == n + prefix else prefix
-        else:
-            raise ConfigError(f"rpb_kwargs bias_type must be '1d' or '2d', got {bias_type!r}")
         return kw
 
     def grid_size_of(self, img_size) -> tuple[int, int]:

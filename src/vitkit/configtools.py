@@ -118,8 +118,11 @@ def _coerce(value: Any, tp, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:  # an optional value: the one type's own sentence
+            return _coerce(value, arms[0], key)
         errors = []
-        for arm in (a for a in args if a is not type(None)):
+        for arm in arms:
             try:
                 return _coerce(value, arm, key)
             except ConfigError as e:

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         saved = resume_folder(cfg, args.resume) / "config.yaml"
         if saved.is_file():
             cfg = load_run_config(saved, args.overrides)
-    if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    if args.print_config:  # the model section as given: the rest comes from the preset, the data or the defaults
+        print(yaml.safe_dump({**cfg.to_dict(), "model": cfg.model.given()}, sort_keys=False), end="")
+        print("# model: keys not listed take the preset's (model.name) or ViTConfig's defaults; in_channels, "
+              "num_classes and img_size come from the data")
         return 0
     return train(cfg, resume=args.resume)

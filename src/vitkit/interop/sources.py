@@ -52,11 +52,8 @@ def _read_path(path: Path) -> Source:
                     hf_config = json.loads((path / "config.json").read_text())
                     return Source(src.state, _hf_hints(hf_config), str(path), "hf")
             raise CheckpointError(f"Hugging Face folder {path} has no model.safetensors or pytorch_model.bin")
-        return _read_path(resolve_weights_path(path))  # a vitkit run folder
-    if not path.is_file():
-        if path.suffix == "" and path.with_name(path.name + ".safetensors").is_file():  # run/checkpoints/best
-            return _read_path(path.with_name(path.name + ".safetensors"))
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():  # a vitkit run folder, or RUN/checkpoints/best
+        path = resolve_weights_path(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return Source(_read_npz(path), {}, str(path), "jax")

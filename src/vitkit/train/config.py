@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import os
 import re
 import shutil
@@ -127,6 +128,21 @@ class LoopConfig:
                                      "threads": "[1, 1024]", "patience": "[1, inf)"})
 
 
+def _model_section_fields() -> list:
+    hints = typing.get_type_hints(ViTConfig)
+    return [("name", str | None, None), ("init", str | None, None)] + \
+        [(f.name, hints[f.name] | None, None) for f in dataclasses.fields(ViTConfig)]
+
+
+ModelSection = dataclasses.make_dataclass("ModelSection", _model_section_fields(), namespace={
+    "__doc__": "A run's ``model`` section: every :class:`ViTConfig` field, each optional (null: the preset's, "
+               "the data's or the default), plus ``name`` (a preset) and ``init`` (weights to fine-tune from).",
+    "given": lambda self: {k: v for k, v in dataclasses.asdict(self).items() if v is not None},
+    "__post_init__": lambda self: self.name is None or get_preset(self.name),  # a misspelt preset: did you mean
+})
+ModelSection.__module__ = __name__
+
+
 @dataclass
 class RunConfig:
     """A whole training run; ``runs/<name>/`` (under ``out_dir``) is its folder."""
@@ -137,7 +153,7 @@ class RunConfig:
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
     report: bool = True  # write RUN/report.html at the end (when vitkit.report is available)
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict = field(default_factory=dict)  # ViTConfig fields, plus optional `name` (preset) and `init`
+    model: ModelSection = field(default_factory=ModelSection)  # ViTConfig fields, a preset `name`, `init`
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
 
@@ -165,9 +181,6 @@ RESUMABLE_CHANGES = {  # config keys a resume may change, because each has a def
 }
 
 
-MODEL_EXTRA_KEYS = ("name", "init")  # model-section keys that are not ViTConfig fields
-
-
 def packaged_config_dir() -> Path:
     """The folder of the recipes shipped inside the package (``vitkit/configs``)."""
     import vitkit
@@ -175,23 +188,15 @@ def packaged_config_dir() -> Path:
 
 
 def validate(data: dict) -> RunConfig:
-    """Plain data -> a validated :class:`RunConfig`; the model section is checked key by key here and
-    fully (shapes, divisibility) by :func:`resolve_model_config` once the data set is known."""
-    cfg = from_dict(RunConfig, data)
-    model = dict(cfg.model or {})
-    allowed = [f.name for f in dataclasses.fields(ViTConfig)]
-    try:
-        model = apply_aliases(model)
-    except ConfigError as e:
-        raise ConfigError(f"config section 'model': {e}") from None
-    for key in model:
-        if key not in allowed and key not in MODEL_EXTRA_KEYS:
-            raise ConfigError(f"unknown config key 'model.{key}'; expected one of: "
-                              f"{', '.join(list(MODEL_EXTRA_KEYS) + allowed)}")
-    if model.get("name") is not None and model["name"] not in PRESETS:
-        get_preset(model["name"])  # raises a ConfigError with close matches
-    cfg.model = model
-    return cfg
+    """Plain data -> a validated :class:`RunConfig` (the model section's aliases, such as ``n_heads``, renamed);
+    the model section is checked against the data by :func:`resolve_model_config` once the data set is known."""
+    data = dict(data)
+    if isinstance(data.get("model"), dict):
+        try:
+            data["model"] = apply_aliases(dict(data["model"]))
+        except ConfigError as e:
+            raise ConfigError(f"config section 'model': {e}") from None
+    return from_dict(RunConfig, data)
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -218,7 +223,7 @@ def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
                           f"the run ({cfg.train.epochs} epochs, {total} steps), so the learning rate would never "
                           "reach optim.lr; lower optim.warmup_epochs or train longer")
     decay = cfg.train.ema_decay
-    if decay is not None and not cfg.model.get("init") and decay ** total > 0.01:  # fine-tuning starts trained
+    if decay is not None and not cfg.model.init and decay ** total > 0.01:  # fine-tuning starts trained
         limit = 0.01 ** (1 / total)
         raise ConfigError(f"train.ema_decay {decay:g} averages over about {1 / (1 - decay):,.0f} steps, but the run "
                           f"has {total:,}: the untrained weights would still make up {decay ** total:.0%} of the "
@@ -226,11 +231,11 @@ def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
                           "or train longer")
 
 
-def resolve_model_config(model: dict, *, in_channels: int, num_classes: int, img_size) -> ViTConfig:
+def resolve_model_config(model: ModelSection, *, in_channels: int, num_classes: int, img_size) -> ViTConfig:
     """The run's :class:`ViTConfig`: the data set decides in_channels, num_classes and img_size (a value given
     for one of them must agree with the data), a preset ``name`` the architecture (the section may add to it,
     e.g. drop_path_rate, but not contradict it)."""
-    fields = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
+    fields = {k: v for k, v in model.given().items() if k not in ("name", "init")}
     data_has = {"in_channels": in_channels, "num_classes": num_classes, "img_size": img_size}
     what = {"in_channels": "channels", "num_classes": "classes", "img_size": "pixels per side"}
     for key, value in data_has.items():
@@ -241,7 +246,7 @@ def resolve_model_config(model: dict, *, in_channels: int, num_classes: int, img
                               "out and the data decides it" + (" (or set data.img_size for an image folder)"
                                                                if key == "img_size" else ""))
         fields[key] = value
-    name = model.get("name")
+    name = model.name
     if name is not None:
         preset = PRESETS[name]
         clash = [f"{k} {fields[k]!r} (the preset has {v!r})" for k, v in preset.items()
@@ -276,8 +281,6 @@ def field_comments(cls) -> dict[str, str]:
 
 def reference() -> str:
     """Every config key with its type, default and meaning, as Markdown (docs/config.md is this text)."""
-    import typing
-
     from ..configtools import _type_name
     lines = ["# Config keys", "",
              "Every key of a `vitkit train` config, generated from the code (`vitkit config` prints this page).",

@@ -24,7 +24,7 @@ def resume_config(cfg: RunConfig, run: Run) -> tuple[RunConfig, list[tuple[str, 
     saved = _leaves(validate(saved_raw).to_dict())
     new = _leaves(cfg.to_dict())
     changes = [(k, saved.get(k), v) for k, v in new.items()
-               if k in saved and v != saved[k] and not (k == "data.channels" and v is None)]
+               if k in saved and v != saved[k] and not (v is None and (k == "data.channels" or k.startswith("model.")))]
     refused = [f"{k} {old!r} -> {value!r}" for k, old, value in changes if k not in RESUMABLE_CHANGES]
     if refused:
         raise ConfigError(f"a resume trains with the run's own config ({run.config_path}), but this one changes "

@@ -27,7 +27,8 @@ from ..runs import Run, claim_new_run
 from . import distributed
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
                          set_rng_state)
-from .config import RunConfig, check_compiler, check_run_length, resolve_model_config
+from ..configtools import from_dict
+from .config import ModelSection, RunConfig, check_compiler, check_run_length, resolve_model_config
 from .console import Console
 from .data import RunData, build_data
 from .resume import resume_config, resume_folder
@@ -57,7 +58,7 @@ class Trainer:
 
         # Data (a run that already has a split file keeps its files), then the model it implies.
         split_file = self.run_folder.split_path if self.run_folder.split_path.is_file() else None
-        self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.get("img_size"),
+        self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.img_size,
                                         split_file=split_file)
         self.model_config = resolve_model_config(cfg.model, in_channels=self.data.in_channels,
                                                  num_classes=len(self.data.classes), img_size=self.data.img_size)
@@ -65,8 +66,8 @@ class Trainer:
         # The resolved config, for config.yaml (the caller's cfg is left as it was).
         data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
             cfg.data, channels=self.data.in_channels)
-        self.cfg = dataclasses.replace(cfg, data=data_cfg, model={
-            **{k: v for k, v in cfg.model.items() if k in ("name", "init")}, **self.model_config.to_dict()})
+        self.cfg = dataclasses.replace(cfg, data=data_cfg, model=from_dict(ModelSection, {
+            "name": cfg.model.name, "init": cfg.model.init, **self.model_config.to_dict()}, "model"))
 
         # Optimisation.
         o = cfg.optim
@@ -104,11 +105,11 @@ class Trainer:
     # Setup helpers
 
     def build_model(self) -> VisionTransformer:
-        init = self.cfg.model.get("init")
+        init = self.cfg.model.init
         if not init:
             return VisionTransformer(self.model_config)
         # Fine-tuning: the architecture is the checkpoint's; the data set decides the head and image size.
-        overrides = {k: v for k, v in self.cfg.model.items()
+        overrides = {k: v for k, v in self.cfg.model.given().items()
                      if k not in ("name", "init", "num_classes", "img_size", "in_channels")}
         model = VisionTransformer.from_pretrained(init, num_classes=self.model_config.num_classes,
                                                   img_size=self.model_config.img_size, **overrides)
