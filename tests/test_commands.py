@@ -113,6 +113,36 @@ def test_predict_prints_top_k_classes(run, tmp_path, capsys):
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
 
 
+@pytest.mark.parametrize("embedding", ["pooled", "head"])
+def test_predict_writes_embeddings(run, tmp_path, capsys, embedding):
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from vitkit.predictor import Predictor
+
+    folder, _, _ = run
+    test = load_dataset("digits", split="test")
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    paths = [tmp_path / "imgs" / "a.png", tmp_path / "imgs" / "sub" / "b.png"]
+    for i, path in enumerate(paths):
+        Image.fromarray(test.images[i, 0].numpy()).save(path)
+    out = tmp_path / "emb.safetensors"
+    assert main(["predict", str(tmp_path / "imgs"), "--checkpoint", str(folder / "checkpoints" / "best"),
+                 "--features", str(out), "--embedding", embedding, "--device", "cpu"]) == 0
+    assert f"wrote {out}: 2 embeddings of dimension {32 if embedding == 'pooled' else 10}" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        features, meta = f.get_tensor("features"), f.metadata()
+    assert json.loads(meta["images"]) == [str(p) for p in paths] and meta["embedding"] == embedding
+    predictor = Predictor.load(folder / "checkpoints" / "best")
+    x = torch.stack([predictor.preprocess(p) for p in paths])  # (2, 1, 8, 8)
+    with torch.no_grad():
+        tokens = predictor.model.forward_features(x)
+        expected = predictor.model.forward_head(tokens, pre_logits=embedding == "pooled")
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
+
+
 def one_error_line(capsys, expected: str) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err

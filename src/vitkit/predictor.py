@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import read_header, resolve_weights_path
 from .configtools import pair
 from .data.preprocess import Preprocess
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import evaluate
 from .model import VisionTransformer
 from .runs import Run
@@ -64,6 +64,18 @@ class Predictor:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, classes) of a preprocessed batch, on the CPU."""
         return self.model(batch.to(self.device)).float().softmax(dim=1).cpu()
+
+    @torch.no_grad()
+    def features(self, batch: torch.Tensor, kind: str = "pooled") -> torch.Tensor:
+        """Embeddings (B, D) of a preprocessed batch, on the CPU: the pooled representation the head reads
+        (``"pooled"``), or the head's output (``"head"``: for a CLIP tower loaded with its projection as the
+        head, the image embedding)."""
+        if kind not in ("pooled", "head"):
+            raise ConfigError(f"kind of features must be 'pooled' or 'head', got {kind!r}")
+        x = batch.to(self.device)
+        out = self.model(x) if kind == "head" else self.model.forward_head(self.model.forward_features(x),
+                                                                               pre_logits=True)
+        return out.float().cpu()
 
     def splits(self, dataset: str | None = None, root: str | None = None):
         """The data this model was trained on, split by the rule its run used (``RUN/split.csv`` when the

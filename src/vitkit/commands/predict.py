@@ -1,4 +1,5 @@
-"""``vitkit predict``: the top-k classes of image files and folders, as a table, JSON or CSV."""
+"""``vitkit predict``: the top-k classes of image files and folders, as a table, JSON or CSV; or their
+embeddings, written to a safetensors file."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from ..errors import ConfigError, VitkitError
+    from ..errors import ConfigError
 
     parser = argparse.ArgumentParser(
         prog="vitkit predict", description="Print the top-k classes of images (files, or folders searched "
@@ -46,29 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="one JSON document on stdout")
     output.add_argument("--csv", action="store_true", help="CSV on stdout: image, then class and probability per rank")
+    parser.add_argument("--features", metavar="OUT.safetensors",
+                        help="write each image's embedding (tensor 'features' (N, D), the files in its metadata) "
+                        "instead of printing classes")
+    parser.add_argument("--embedding", choices=("pooled", "head"), default="pooled",
+                        help="with --features: the pooled representation (default), or the head's output (a CLIP "
+                        "tower's projected embedding)")
     parser.add_argument("--batch-size", type=positive, default=64)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
     predictor = load_predictor(args.checkpoint, args.device)
     classes = predictor.classes
+    if args.features:
+        return write_features(predictor, args)
     if not 1 <= args.top_k <= len(classes):
         raise ConfigError(f"--top-k must lie between 1 and {len(classes)} (the checkpoint's classes), got {args.top_k}")
-    files, problems = collect_images(args.images)
-    results = []
-    for start in range(0, len(files), args.batch_size):
-        batch, names = [], []
-        for path in files[start:start + args.batch_size]:
-            try:
-                batch.append(predictor.preprocess(path))  # (C, H, W)
-                names.append(str(path))
-            except VitkitError as e:
-                problems.append((str(path), str(e)))
-        if batch:
-            probs = predictor.probabilities(torch.stack(batch))  # (b, classes)
-            top = probs.topk(args.top_k, dim=1)
-            results += [(name, [(classes[i], p) for p, i in zip(ps, idx)])
-                        for name, ps, idx in zip(names, top.values.tolist(), top.indices.tolist())]
+    problems, results = [], []
+    for names, batch in batches(predictor, args.images, args.batch_size, problems):
+        probs = predictor.probabilities(batch)  # (b, classes)
+        top = probs.topk(args.top_k, dim=1)
+        results += [(name, [(classes[i], p) for p, i in zip(ps, idx)])
+                    for name, ps, idx in zip(names, top.values.tolist(), top.indices.tolist())]
     if args.json:
         print(json.dumps([{"image": name, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in ranked]}
                           for name, ranked in results], indent=2))
@@ -79,13 +79,62 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerow([name] + [v for c, p in ranked for v in (c, f"{p:.6f}")])
     elif results:
         print(format_predictions(results))
+    return report_problems(problems, len(results))
+
+
+def batches(predictor, paths: list[str], batch_size: int, problems: list):
+    """(file names, preprocessed batch (b, C, H, W)) for the images under ``paths``; an unreadable file is added
+    to ``problems`` as (path, reason) and skipped."""
+    from ..errors import VitkitError
+
+    files, missing = collect_images(paths)
+    problems += missing
+    for start in range(0, len(files), batch_size):
+        batch, names = [], []
+        for path in files[start:start + batch_size]:
+            try:
+                batch.append(predictor.preprocess(path))  # (C, H, W)
+                names.append(str(path))
+            except VitkitError as e:
+                problems.append((str(path), str(e)))
+        if batch:
+            yield names, torch.stack(batch)
+
+
+def report_problems(problems: list, done: int) -> int:
+    """Say which inputs were skipped and why; exit code 1 when any was."""
+    import sys
     for path, reason in problems:
         print(f"vitkit predict: skipped {path}: {reason}", file=sys.stderr)
     if problems:
-        print(f"vitkit predict: {len(problems)} of {len(results) + len(problems)} inputs could not be predicted",
+        print(f"vitkit predict: {len(problems)} of {done + len(problems)} inputs could not be predicted",
               file=sys.stderr)
         return 1
     return 0
+
+
+def write_features(predictor, args) -> int:
+    """``--features``: every image's embedding into one safetensors file (``features`` (N, D) float32; the files,
+    in order, and the kind in its metadata)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..fileio import atomic_path
+
+    problems, names, rows = [], [], []
+    for batch_names, batch in batches(predictor, args.images, args.batch_size, problems):
+        rows.append(predictor.features(batch, args.embedding))  # (b, D)
+        names += batch_names
+    if rows:
+        features = torch.cat(rows)  # (N, D)
+        with atomic_path(args.features) as tmp:
+            save_file({"features": features.contiguous()}, str(tmp),
+                      metadata={"images": json.dumps(names), "embedding": args.embedding,
+                                "checkpoint": str(predictor.path)})
+        print(f"wrote {args.features}: {features.shape[0]} embeddings of dimension {features.shape[1]} "
+              f"({args.embedding})")
+    return report_problems(problems, len(names))
 
 
 def format_predictions(results: list[tuple[str, list[tuple[str, float]]]]) -> str:
