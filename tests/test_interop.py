@@ -209,29 +209,45 @@ def test_torchvision_old_mlp_keys_and_pre_logits():
 
 def timm_to_npz(model: TimmViT, path, big_vision: bool = False, scan: bool = False, prefix: str = "",
                 extra: dict | None = None) -> None:
-    """Write ``model`` in the original JAX layout: exactly the inverse of timm's ``_load_weights``."""
+    """Write ``model`` in the original JAX layout: exactly the inverse of timm's ``_load_weights`` (with
+    big_vision's MAP head when the model pools by attention)."""
     mha, ln2, mlp = (0, 1, 0) if big_vision else (1, 2, 3)
     d, h = model.embed_dim, model.blocks[0].attn.num_heads
     a = lambda t: t.detach().numpy().copy()  # noqa: E731
+
+    def attention(out: dict, at: str, q, k, v, qb, kb, vb, proj) -> None:
+        for name, wt, bs in zip(("query", "key", "value"), (q, k, v), (qb, kb, vb)):
+            out[f"{at}{name}/kernel"] = a(wt.T.reshape(d, h, d // h))  # (D, H, hd)
+            out[f"{at}{name}/bias"] = a(bs.reshape(h, d // h))
+        out[f"{at}out/kernel"] = a(proj.weight.T.reshape(h, d // h, d))
+        out[f"{at}out/bias"] = a(proj.bias)
+
+    def dense(out: dict, at: str, m) -> None:
+        for r, fc in enumerate((m.fc1, m.fc2)):
+            out[f"{at}Dense_{r}/kernel"], out[f"{at}Dense_{r}/bias"] = a(fc.weight.T), a(fc.bias)
+
     w = {"embedding/kernel": a(model.patch_embed.proj.weight.permute(2, 3, 1, 0)),  # (D,C,P,P) -> (P,P,C,D)
          "embedding/bias": a(model.patch_embed.proj.bias),
-         "Transformer/encoder_norm/scale": a(model.norm.weight), "Transformer/encoder_norm/bias": a(model.norm.bias),
-         "head/kernel": a(model.head.weight.T), "head/bias": a(model.head.bias)}
+         "Transformer/encoder_norm/scale": a(model.norm.weight), "Transformer/encoder_norm/bias": a(model.norm.bias)}
+    if hasattr(model.head, "weight"):
+        w["head/kernel"], w["head/bias"] = a(model.head.weight.T), a(model.head.bias)
     if model.cls_token is not None:
         w["cls"] = a(model.cls_token)
     w["pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"] = a(model.pos_embed)
+    if getattr(model, "attn_pool", None) is not None:
+        pool = model.attn_pool
+        w["MAPHead_0/probe"] = a(pool.latent)
+        attention(w, "MAPHead_0/MultiHeadDotProductAttention_0/", pool.q.weight, *pool.kv.weight.chunk(2),
+                  pool.q.bias, *pool.kv.bias.chunk(2), pool.proj)
+        w["MAPHead_0/LayerNorm_0/scale"], w["MAPHead_0/LayerNorm_0/bias"] = a(pool.norm.weight), a(pool.norm.bias)
+        dense(w, "MAPHead_0/MlpBlock_0/", pool.mlp)
     blocks = []
     for blk in model.blocks:
         b = {"LayerNorm_0/scale": a(blk.norm1.weight), "LayerNorm_0/bias": a(blk.norm1.bias),
-             f"LayerNorm_{ln2}/scale": a(blk.norm2.weight), f"LayerNorm_{ln2}/bias": a(blk.norm2.bias),
-             f"MultiHeadDotProductAttention_{mha}/out/kernel": a(blk.attn.proj.weight.T.reshape(h, d // h, d)),
-             f"MultiHeadDotProductAttention_{mha}/out/bias": a(blk.attn.proj.bias)}
-        for name, wt, bs in zip(("query", "key", "value"), blk.attn.qkv.weight.chunk(3), blk.attn.qkv.bias.chunk(3)):
-            b[f"MultiHeadDotProductAttention_{mha}/{name}/kernel"] = a(wt.T.reshape(d, h, d // h))  # (D, H, hd)
-            b[f"MultiHeadDotProductAttention_{mha}/{name}/bias"] = a(bs.reshape(h, d // h))
-        for r, fc in enumerate((blk.mlp.fc1, blk.mlp.fc2)):
-            b[f"MlpBlock_{mlp}/Dense_{r}/kernel"] = a(fc.weight.T)
-            b[f"MlpBlock_{mlp}/Dense_{r}/bias"] = a(fc.bias)
+             f"LayerNorm_{ln2}/scale": a(blk.norm2.weight), f"LayerNorm_{ln2}/bias": a(blk.norm2.bias)}
+        attention(b, f"MultiHeadDotProductAttention_{mha}/", *blk.attn.qkv.weight.chunk(3),
+                  *blk.attn.qkv.bias.chunk(3), blk.attn.proj)
+        dense(b, f"MlpBlock_{mlp}/", blk.mlp)
         blocks.append(b)
     if scan:  # one tensor per parameter with a leading depth axis
         w.update({f"Transformer/encoderblock/{k}": np.stack([b[k] for b in blocks]) for k in blocks[0]})

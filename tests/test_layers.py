@@ -202,3 +202,92 @@ def test_resample_pos_embed_equals_timm():
     assert ours.shape == (1, 1 + 24 * 24, 32)
     assert torch.equal(ours[:, :1], pos[:, :1])
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The layers of the model families (CLIP, SigLIP, DINOv2, BEiT, vit-pytorch), each against its reference
+
+
+def test_activations_equal_timm():
+    from timm.layers import QuickGELU, get_act_layer
+    from vitkit.layers import ACTIVATIONS
+    x = torch.randn(1000) * 4
+    assert torch.equal(ACTIVATIONS["quick_gelu"]()(x), QuickGELU()(x))
+    assert torch.equal(ACTIVATIONS["quick_gelu"]()(x), x * torch.sigmoid(1.702 * x))
+    torch.testing.assert_close(ACTIVATIONS["silu"]()(x), x * torch.sigmoid(x))  # PyTorch's kernel rounds otherwise
+    assert torch.equal(ACTIVATIONS["gelu_tanh"]()(x), get_act_layer("gelu_tanh")()(x))
+
+
+def test_glu_mlp_equals_timm_swiglu_packed():
+    """The gate is the first half of fc1's output (timm's SwiGLUPacked, DINOv2's w12), fc2 reads half the width."""
+    from timm.layers import SwiGLUPacked
+    from vitkit.layers import GluMlp
+    ref = SwiGLUPacked(in_features=24, hidden_features=64).eval()
+    ours = GluMlp(24, 64, act="silu").eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 5, 24)
+    assert torch.equal(ours(x), ref(x))
+    h = ours.fc1(x)
+    torch.testing.assert_close(ours(x), ours.fc2(torch.nn.functional.silu(h[..., :32]) * h[..., 32:]))
+    with pytest.raises(ValueError, match="65 is odd"):
+        GluMlp(24, 65)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+def test_attention_pool_equals_timm(act):
+    from timm.layers import AttentionPoolLatent as TimmPool, get_act_layer
+    from vitkit.layers import AttentionPoolLatent
+    ref = TimmPool(48, num_heads=4, mlp_ratio=3.0, norm_layer=torch.nn.LayerNorm, act_layer=get_act_layer(act)).eval()
+    ours = AttentionPoolLatent(48, 4, 144, act, norm_eps=1e-5).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 7, 48)
+    assert torch.equal(ours(x), ref(x))
+
+
+def test_qv_bias_attention_equals_timm_beit():
+    """BEiT's biases: learned for the query and value, zero for the key, beside a bias-free qkv."""
+    from timm.models.beit import Attention as BeitAttention
+    ref = BeitAttention(24, num_heads=4, qkv_bias=True).eval()
+    ours = MultiHeadAttention(24, 4, qkv_bias="qv").eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    torch.nn.init.normal_(ref.q_bias)
+    torch.nn.init.normal_(ref.v_bias)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 10, 24)
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.attend(x)[0], ref(x), rtol=0, atol=1e-6)
+    assert ours.qkv.bias is None
+
+
+def test_patch_norm_equals_vit_pytorch():
+    """vit-pytorch cuts patches in (p1 p2 c) order: its LayerNorm weights and Linear map to vitkit's (C, P, P)
+    order by one permutation, and then the two patch embeddings agree on a non-square image."""
+    from vit_pytorch import ViT as LucidViT
+    c, p, d = 3, 4, 32
+    ref = LucidViT(image_size=(8, 12), patch_size=p, num_classes=1, dim=d, depth=1, heads=2, mlp_dim=8,
+                   channels=c).to_patch_embedding.eval()
+    for m in (ref[1], ref[3]):
+        torch.nn.init.normal_(m.weight)
+        torch.nn.init.normal_(m.bias)
+    ours = PatchEmbedding((8, 12), p, c, d, norm=True, norm_eps=1e-5).eval()
+    perm = torch.arange(p * p * c).reshape(p, p, c).permute(2, 0, 1).flatten()  # (c p1 p2) -> index in (p1 p2 c)
+    ours.load_state_dict({
+        "pre_norm.weight": ref[1].weight[perm], "pre_norm.bias": ref[1].bias[perm],
+        "proj.weight": ref[2].weight.reshape(d, p, p, c).permute(0, 3, 1, 2), "proj.bias": ref[2].bias,
+        "norm.weight": ref[3].weight, "norm.bias": ref[3].bias})
+    x = torch.randn(2, c, 8, 12)
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.train()(x), ours.eval()(x), rtol=0, atol=0)
+
+
+def test_patch_embedding_without_bias_equals_timm():
+    from timm.layers import PatchEmbed
+    ref = PatchEmbed(8, 4, 3, 5, bias=False).eval()
+    pe = PatchEmbedding(8, 4, 3, 5, bias=False)
+    assert list(pe.state_dict()) == list(ref.state_dict()) == ["proj.weight"]
+    pe.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(pe.eval()(x), ref(x))
+    torch.testing.assert_close(pe.train()(x), ref(x), rtol=0, atol=1e-6)  # the matrix product on a CPU

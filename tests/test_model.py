@@ -194,12 +194,19 @@ def test_compile_and_export_match_eager():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(embed_dim=50, num_heads=3), r"embed_dim \(50\) must be divisible by num_heads \(3\)"),
     (dict(img_size=30), r"img_size 30 must be divisible by patch_size 8"),
-    (dict(pool="max"), r"pool must be one of 'cls', 'mean', got 'max'"),
+    (dict(pool="max"), r"pool must be one of 'cls', 'mean', 'map', got 'max'"),
     (dict(use_relative_position=True, rpb_kwargs={"window_size": (7, 7)}),
      r"window_size \(7, 7\) must match the patch grid \(4, 4\)"),
     (dict(num_heads=3, n_heads=4), r"n_heads=4 contradicts num_heads=3"),
     (dict(pool="cls", class_token=False), r"pool='cls' needs class_token=True"),
     (dict(attn_impl="flash"), r"attn_impl must be one of 'fused', 'explicit', got 'flash'"),
+    (dict(qkv_bias="kv"), r"qkv_bias must be true, false or 'qv' \(query and value only\), got 'kv'"),
+    (dict(distilled=True, class_token=False, pool="mean"), r"distilled=True reads the \[CLS\] and distillation"),
+    (dict(distilled=True, pool="mean"), r"needs class_token=True, pool='cls' and no fc_norm"),
+    (dict(distilled=True, fc_norm=True), r"needs class_token=True, pool='cls' and no fc_norm"),
+    (dict(mlp="swiglu", mlp_ratio=1.0 + 1 / 48), r"mlp='swiglu' splits .* so it must be even, got 49"),
+    (dict(mlp="geglu"), r"mlp must be one of 'mlp', 'swiglu', got 'geglu'"),
+    (dict(act="swish"), r"act must be one of 'gelu', 'gelu_tanh', 'quick_gelu', 'silu', 'relu', got 'swish'"),
 ])
 def test_invalid_configs_name_argument_and_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -257,3 +264,89 @@ def test_inference_keeps_timm_numbers_and_hooked_outputs():
         ours(x)
     hook.remove()
     assert torch.equal(seen[0], seen[1])  # a hooked output is not overwritten afterwards
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# forward_intermediates and grad checkpointing
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(indices=2, norm=True),
+    dict(indices=[0, -1], output_fmt="NLC", return_prefix_tokens=True),
+    dict(indices=[1], return_prefix_tokens=True, stop_early=True),
+    dict(indices=[2, 0], norm=True, intermediates_only=True, output_fmt="NLC"),
+])
+@pytest.mark.parametrize("prefix", ["cls_regs", "none"])
+def test_forward_intermediates_equal_timm(kwargs, prefix):
+    """Every argument combination gives timm's outputs (non-square grid; [CLS] + registers, or no prefix)."""
+    ours_kw, timm_kw = (dict(reg_tokens=2), dict(reg_tokens=2)) if prefix == "cls_regs" else \
+        (dict(class_token=False, pool="mean"), dict(class_token=False, global_pool="avg"))
+    size = dict(img_size=(32, 48), patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=10)
+    ref = timm.models.vision_transformer.VisionTransformer(**size, **timm_kw).eval()
+    model = VisionTransformer(**size, **ours_kw).eval()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 32, 48)
+    expected, got = ref.forward_intermediates(x, **kwargs), model.forward_intermediates(x, **kwargs)
+    if not kwargs.get("intermediates_only"):
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+        expected, got = expected[1], got[1]
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected):
+        for u, v in zip(*((a, b) if isinstance(a, tuple) else ((a,), (b,)))):
+            assert u.shape == v.shape
+            torch.testing.assert_close(u, v, rtol=0, atol=0)
+    if kwargs.get("output_fmt", "NCHW") == "NCHW":
+        assert (got[0][0] if isinstance(got[0], tuple) else got[0]).shape == (2, 48, 4, 6)
+
+
+def test_forward_intermediates_with_attention_in_the_same_pass():
+    model = tiny(depth=3, reg_tokens=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    final, inter = model.forward_intermediates(x, indices=[1])
+    final2, inter2, maps = model.forward_intermediates(x, indices=[1], attention_layers=[0, -1])
+    torch.testing.assert_close(final2, final, rtol=0, atol=1e-5)  # layers 0 and 2 computed explicitly
+    torch.testing.assert_close(inter2[0], inter[0], rtol=0, atol=1e-5)
+    assert sorted(maps) == [0, 2]
+    for i, m in model.get_attention_maps(x, layers=[0, 2]).items():
+        torch.testing.assert_close(maps[i], m, rtol=0, atol=0)
+    only, maps = model.forward_intermediates(x, 1, intermediates_only=True, stop_early=True, attention_layers=[0])
+    torch.testing.assert_close(only[0], model.forward_intermediates(x, [2])[1][0], rtol=0, atol=1e-5)
+    assert list(maps) == [0]
+    with pytest.raises(ValueError, match="indices=4 asks for the last 4 blocks; the model has 3"):
+        model.forward_intermediates(x, 4)
+    with pytest.raises(ValueError, match="block 3 does not exist; the model has layers 0..2"):
+        model.forward_intermediates(x, [3])
+
+
+def _gradients(model, x, seed=0):
+    torch.manual_seed(seed)
+    model.zero_grad()
+    model(x).logsumexp(-1).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_grad_checkpointing_gives_the_same_gradients_and_recomputes_only_in_training():
+    """Checkpointed blocks run twice in a training step (forward, then again in backward) and give exactly the
+    same gradients, dropout and stochastic depth included (their random draws are replayed); in eval it is a
+    no-op."""
+    model = tiny(depth=3, drop_rate=0.1, drop_path_rate=0.2, layer_scale_init=0.1).train()
+    calls = []
+    for block in model.blocks:  # a pre-hook: the recomputation stops once it has what backward needs
+        block.register_forward_pre_hook(lambda *_: calls.append(1))
+    x = torch.randn(4, 3, 32, 32)
+    plain = _gradients(model, x)
+    assert len(calls) == 3
+    model.set_grad_checkpointing()
+    calls.clear()
+    checkpointed = _gradients(model, x)
+    assert len(calls) == 6  # each block recomputed once in backward
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, rtol=0, atol=0, msg=name)
+    model.eval()
+    calls.clear()
+    out = model(x)
+    out.sum().backward()
+    assert len(calls) == 3  # no recomputation
+    model.set_grad_checkpointing(False)
+    assert torch.equal(out, model(x))

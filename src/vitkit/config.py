@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,9 +31,10 @@ class RelativeBias:
         check_literals(self)
         check_ranges(self, "rpb_kwargs", {"seq_len": "[1, inf)", "num_heads": "[1, inf)", "init_std": "(0, inf)"})
 
-PoolType = Literal["cls", "mean"]
+PoolType = Literal["cls", "mean", "map"]
 PosEmbedType = Literal["learn", "sincos2d", "none"]
 AttnImpl = Literal["fused", "explicit"]
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
 
 
 @dataclass
@@ -41,7 +43,12 @@ class ViTConfig:
 
     Names follow timm and the paper; Hugging Face names (``hidden_size``, ``num_hidden_layers`` ...) are read
     by :meth:`from_hf`. ``pool="cls"`` classifies from the [CLS] token, ``"mean"`` from the average patch
-    token (then ``fc_norm`` defaults to on and the final ``norm`` moves after pooling, as in timm).
+    token (then ``fc_norm`` defaults to on and the final ``norm`` moves after pooling, as in timm), ``"map"``
+    from one learned query attending over the patch tokens (SigLIP; timm's ``attn_pool``). The families
+    timm names differ by a few switches: CLIP has ``norm_pre`` and no ``patch_bias``, SigLIP pools by
+    ``"map"`` without a [CLS] token, DINOv2 has layer scale (and registers, and a ``"swiglu"`` MLP for the
+    giant), DeiT's distilled models a ``distilled`` token, BEiT has ``qkv_bias="qv"`` and a relative position
+    bias.
     ``norm_style="post"`` with ``act="relu"`` and ``final_norm=False`` is the network of vitkit.scratch.
     ``attn_impl="fused"`` runs ``scaled_dot_product_attention``, which is what timm runs, so logits equal
     timm's bit for bit. ``"explicit"`` runs matmul-softmax-matmul (Hugging Face's
@@ -57,23 +64,29 @@ class ViTConfig:
     depth: int = 12  # number of transformer blocks
     num_heads: int = 12  # attention heads; must divide embed_dim
     mlp_ratio: float = 4.0  # MLP hidden width as a multiple of embed_dim
-    qkv_bias: bool = True  # biases in the query/key/value projection
+    qkv_bias: bool | Literal["qv"] = True  # biases in the query/key/value projection; 'qv': query and value only (BEiT)
     drop_rate: float = 0.0  # dropout after the position embedding, in attention output and MLP, before the head
     attn_drop_rate: float = 0.0  # dropout on the attention weights
     drop_path_rate: float = 0.0  # stochastic depth of the last block (linearly less for earlier blocks)
     use_relative_position: bool = False  # a learned relative position bias in every attention layer
     rpb_kwargs: RelativeBias | None = None  # the bias's settings (a dict of RelativeBias's keys is accepted)
-    pool: PoolType = "cls"  # classify from the [CLS] token ('cls') or the average patch token ('mean')
+    pool: PoolType = "cls"  # what the head reads: the [CLS] token, the mean patch token or attention pooling (SigLIP)
     class_token: bool = True  # prepend a [CLS] token
+    distilled: bool = False  # a distillation token after [CLS] with its own head; the logits average both heads (DeiT)
     reg_tokens: int = 0  # register tokens after [CLS] (Darcet et al. 2023)
     pos_embed: PosEmbedType = "learn"  # position embedding: learned, fixed 2-d sin-cos, or none
     no_embed_class: bool = False  # the position embedding covers the patches only (DeiT III, big_vision)
+    norm_pre: bool = False  # a LayerNorm on the tokens before the first block (CLIP's ln_pre)
     fc_norm: bool | None = None  # a norm after pooling instead of before it; None: on for pool 'mean'
     final_norm: bool = True  # a LayerNorm after the last block
     layer_scale_init: float | None = None  # learned per-channel residual scale, initialised to this (CaiT)
     norm_eps: float = 1e-6  # LayerNorm epsilon
     norm_style: Literal["pre", "post"] = "pre"  # LayerNorm before each branch (ViT) or after the residual add
-    act: Literal["gelu", "gelu_tanh", "relu"] = "gelu"  # the MLP's activation
+    act: Activation = "gelu"  # the MLP's activation; quick_gelu is x * sigmoid(1.702 x) (OpenAI CLIP)
+    mlp: Literal["mlp", "swiglu"] = "mlp"  # 'swiglu': fc1's output halves x1, x2 give fc2(act(x1) * x2) (DINOv2 giant)
+    patch_bias: bool = True  # a bias in the patch projection (CLIP has none)
+    patch_norm: bool = False  # LayerNorms on each flattened patch and on its projection (vit-pytorch)
+    head_bias: bool = True  # a bias in the head (CLIP's projection has none)
     dynamic_img_size: bool = False  # accept any image size, resampling the position embedding on the fly
     attn_impl: AttnImpl = "fused"  # 'fused' (PyTorch's kernel, timm's numbers) or 'explicit' (faster on a CPU)
 
@@ -95,6 +108,14 @@ class ViTConfig:
                               f"{self.embed_dim} x mlp_ratio < 1)")
         if self.pool == "cls" and not self.class_token:
             raise ConfigError("pool='cls' needs class_token=True; use pool='mean' for a model without [CLS]")
+        if not (isinstance(self.qkv_bias, bool) or self.qkv_bias == "qv"):
+            raise ConfigError(f"qkv_bias must be true, false or 'qv' (query and value only), got {self.qkv_bias!r}")
+        if self.distilled and (not self.class_token or self.pool != "cls" or self.fc_norm):
+            raise ConfigError("distilled=True reads the [CLS] and distillation tokens after the final norm, so it "
+                              "needs class_token=True, pool='cls' and no fc_norm")
+        if self.mlp == "swiglu" and self.mlp_dim % 2:
+            raise ConfigError(f"mlp='swiglu' splits the MLP's hidden width int(embed_dim * mlp_ratio) in two "
+                              f"halves, so it must be even, got {self.mlp_dim}")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
             raise ConfigError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.use_relative_position and self.dynamic_img_size:
@@ -145,7 +166,7 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + self.reg_tokens
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
 
     @property
     def mlp_dim(self) -> int:
@@ -181,8 +202,10 @@ class ViTConfig:
     def from_hf(cls, hf: Any, **overrides) -> "ViTConfig":
         """From a Hugging Face ``ViTConfig`` (object or dict): same architecture, HF's ``layer_norm_eps``."""
         d = hf.to_dict() if hasattr(hf, "to_dict") else dict(hf)
-        if d.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-            raise ConfigError(f"unsupported Hugging Face hidden_act {d['hidden_act']!r}; expected 'gelu'")
+        act = _HF_ACTIVATIONS.get(d.get("hidden_act", "gelu"))
+        if act is None:
+            raise ConfigError(f"unsupported Hugging Face hidden_act {d['hidden_act']!r}; expected one of "
+                              f"{', '.join(_HF_ACTIVATIONS)}")
         num_labels = len(d["id2label"]) if d.get("id2label") else d.get("num_labels", 0)
         kwargs = dict(
             img_size=d.get("image_size", 224), patch_size=d.get("patch_size", 16),
@@ -191,7 +214,7 @@ class ViTConfig:
             mlp_ratio=d.get("intermediate_size", 3072) / d.get("hidden_size", 768),
             qkv_bias=d.get("qkv_bias", True), drop_rate=d.get("hidden_dropout_prob", 0.0),
             attn_drop_rate=d.get("attention_probs_dropout_prob", 0.0), norm_eps=d.get("layer_norm_eps", 1e-12),
-            act="gelu" if d.get("hidden_act", "gelu") == "gelu" else "gelu_tanh")
+            act=act)
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -203,6 +226,8 @@ class ViTConfig:
         return to_dict(self)
 
 
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                   "quick_gelu": "quick_gelu", "silu": "silu", "swish": "silu", "relu": "relu"}
 _ALIASES = {"n_heads": "num_heads", "dropout": "drop_rate", "in_chans": "in_channels"}
 
 
@@ -229,23 +254,89 @@ VARIANTS = {  # width, depth, heads, mlp_ratio (the paper; big_vision's decode_v
     "huge": (1280, 32, 16, 4.0),
     "giant": (1408, 40, 16, 48 / 11),
 }
+FAMILY_VARIANTS = {  # more shapes the CLIP, SigLIP and DINOv2 families use, with the mlp_ratio timm writes
+    "xsmall": (256, 10, 4, 4.0),
+    "betwixt": (640, 12, 10, 4.0),
+    "base_plus": (896, 12, 14, 4.0),
+    "gigantic": (1664, 48, 16, 64 / 13),
+    "so400m": (1152, 27, 16, 3.7362),  # SigLIP's shape-optimised 400M model
+    "giantopt": (1536, 40, 16, 4.0),
+    "giant_dinov2": (1536, 40, 24, 2.66667 * 2),  # a SwiGLU whose fc1 holds both halves
+}
 PATCH_SIZES = (8, 14, 16, 32)
 IMG_SIZES = (224, 384)
 
+_CLIP = {  # name: num_classes of timm's default weights (an ImageNet fine-tune, or CLIP's embedding width)
+    "vit_xsmall_patch16_clip_224": 512, "vit_medium_patch32_clip_224": 512, "vit_medium_patch16_clip_224": 512,
+    "vit_betwixt_patch32_clip_224": 512, "vit_base_patch32_clip_224": 1000, "vit_base_patch32_clip_256": 512,
+    "vit_base_patch32_clip_384": 1000, "vit_base_patch32_clip_448": 1000, "vit_base_patch16_clip_224": 1000,
+    "vit_base_patch16_clip_384": 1000, "vit_base_patch16_plus_clip_240": 640, "vit_large_patch14_clip_224": 1000,
+    "vit_large_patch14_clip_336": 1000, "vit_huge_patch14_clip_224": 1000, "vit_huge_patch14_clip_336": 1000,
+    "vit_huge_patch14_clip_378": 1024, "vit_giant_patch14_clip_224": 1024, "vit_gigantic_patch14_clip_224": 1280,
+    "vit_gigantic_patch14_clip_378": 1280,
+    "vit_base_patch32_clip_quickgelu_224": 512, "vit_base_patch16_clip_quickgelu_224": 512,
+    "vit_large_patch14_clip_quickgelu_224": 768, "vit_large_patch14_clip_quickgelu_336": 768,
+    "vit_huge_patch14_clip_quickgelu_224": 1024, "vit_huge_patch14_clip_quickgelu_378": 1024,
+    "vit_gigantic_patch14_clip_quickgelu_224": 1280,
+}
+_SIGLIP = [  # variant, patch, image sizes, activation: timm's newer definitions use the tanh GELU that big_vision
+    # trained with, its first ports the exact GELU
+    ("base", 32, (256,), "gelu_tanh"),
+    ("base", 16, (224, 256, 384, 512), "gelu"),
+    ("large", 16, (256, 384), "gelu"),
+    ("large", 16, (512,), "gelu_tanh"),
+    ("so400m", 14, (224, 378), "gelu"),
+    ("so400m", 16, (256, 384, 512), "gelu_tanh"),
+    ("giantopt", 16, (256, 384), "gelu_tanh"),
+]
+_BEIT = {"beit_base": 0.1, "beit_large": 1e-5, "beitv2_base": 1e-5, "beitv2_large": 1e-5}  # layer scale init
 
-def _build_presets() -> dict[str, dict]:
+
+def _shape(variant: str, patch: int, img: int, **kw) -> dict:
+    dim, depth, heads, ratio = {**VARIANTS, **FAMILY_VARIANTS}[variant]
+    return dict(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=ratio, **kw)
+
+
+def _build_presets() -> dict[str, tuple[str, dict]]:
+    """{name: (family, ViTConfig fields)}, each as timm's constructor of that name builds it."""
     presets = {}
-    for variant, (dim, depth, heads, ratio) in VARIANTS.items():
+    for variant in VARIANTS:
         for patch in PATCH_SIZES:
             for img in IMG_SIZES:
                 if img % patch:  # e.g. patch 14 needs 224 or 518
                     continue
-                presets[f"vit_{variant}_patch{patch}_{img}"] = dict(
-                    img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=ratio)
+                presets[f"vit_{variant}_patch{patch}_{img}"] = ("vit", _shape(variant, patch, img))
+    for name, classes in _CLIP.items():  # e.g. vit_base_patch16_plus_clip_240
+        variant, patch, plus, img = re.fullmatch(r"vit_([a-z]+)_patch(\d+)(_plus)?_clip\w*_(\d+)", name).groups()
+        presets[name] = ("clip", _shape(variant + (plus or ""), int(patch), int(img), num_classes=classes,
+                                        norm_pre=True, patch_bias=False, norm_eps=1e-5,
+                                        act="quick_gelu" if "_quickgelu_" in name else "gelu"))
+    for variant, patch, sizes, act in _SIGLIP:
+        for img in sizes:
+            siglip = _shape(variant, patch, img, class_token=False, num_classes=0, act=act)
+            presets[f"vit_{variant}_patch{patch}_siglip_{img}"] = ("siglip", dict(siglip, pool="map"))
+            presets[f"vit_{variant}_patch{patch}_siglip_gap_{img}"] = ("siglip", dict(siglip, pool="mean",
+                                                                                      fc_norm=False))
+    for variant in ("small", "base", "large", "giant"):
+        giant = dict(mlp="swiglu", act="silu") if variant == "giant" else {}
+        dino = _shape(variant + ("_dinov2" if giant else ""), 14, 518, layer_scale_init=1e-5, num_classes=0, **giant)
+        presets[f"vit_{variant}_patch14_dinov2"] = ("dinov2", dino)
+        presets[f"vit_{variant}_patch14_reg4_dinov2"] = ("dinov2", dict(dino, reg_tokens=4, no_embed_class=True))
+    for variant, img in (("tiny", 224), ("small", 224), ("base", 224), ("base", 384)):
+        presets[f"deit_{variant}_patch16_{img}"] = ("deit", _shape(variant, 16, img))
+        presets[f"deit_{variant}_distilled_patch16_{img}"] = ("deit", _shape(variant, 16, img, distilled=True))
+    for prefix, init in _BEIT.items():
+        for img in (224, 384, 512) if prefix == "beit_large" else (224, 384) if prefix == "beit_base" else (224,):
+            presets[f"{prefix}_patch16_{img}"] = (prefix.partition("_")[0], _shape(
+                prefix.partition("_")[2], 16, img, use_relative_position=True, pos_embed="none", pool="mean",
+                qkv_bias="qv", layer_scale_init=init))
     return presets
 
 
-PRESETS: dict[str, dict] = _build_presets()
+PRESET_FAMILIES: dict[str, str] = {}  # name: 'vit', 'clip', 'siglip', 'dinov2', 'deit', 'beit' or 'beitv2'
+PRESETS: dict[str, dict] = {}  # name: ViTConfig fields
+for _name, (_family, _fields) in _build_presets().items():
+    PRESET_FAMILIES[_name], PRESETS[_name] = _family, _fields
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -262,3 +353,48 @@ def get_preset(name: str, **overrides) -> ViTConfig:
         hint = f"; did you mean {', '.join(close)}?" if close else "; see vitkit.list_models()"
         raise ConfigError(f"unknown model name {name!r}{hint}")
     return ViTConfig.from_kwargs(**{**PRESETS[name], **overrides})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# How each family's weights want their images (timm's pretrained_cfg of the weights a name loads by default)
+
+_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_OPENAI_CLIP = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+FAMILY_PREPROCESSING = {  # resize the short side to img_size / crop_pct (interpolation), take the centre, normalise
+    "vit": dict(_INCEPTION, interpolation="bicubic", crop_pct=0.9),  # Google's augreg weights
+    "mae": dict(_IMAGENET, interpolation="bicubic", crop_pct=0.9),
+    "clip": dict(_OPENAI_CLIP, interpolation="bicubic", crop_pct=1.0),
+    "siglip": dict(_INCEPTION, interpolation="bicubic", crop_pct=0.9),
+    "dinov2": dict(_IMAGENET, interpolation="bicubic", crop_pct=1.0),
+    "deit": dict(_IMAGENET, interpolation="bicubic", crop_pct=0.9),
+    "beit": dict(_INCEPTION, interpolation="bicubic", crop_pct=0.9),
+    "beitv2": dict(_IMAGENET, interpolation="bicubic", crop_pct=0.9),
+}
+_DEFAULT_WEIGHTS_DIFFER = {  # names whose default weights in timm were trained or fine-tuned otherwise
+    "vit_small_patch8_224": _IMAGENET,  # DINO
+    "vit_large_patch14_clip_224": _INCEPTION, "vit_large_patch14_clip_336": _INCEPTION,  # LAION-2B, in1k fine-tune
+    "vit_base_patch16_clip_224": dict(crop_pct=0.95),
+    **{name: dict(crop_pct=0.9) for name in ("vit_base_patch32_clip_224", "vit_base_patch32_clip_quickgelu_224",
+                                             "vit_xsmall_patch16_clip_224", "vit_medium_patch16_clip_224",
+                                             "vit_medium_patch32_clip_224", "vit_betwixt_patch32_clip_224")},
+    "beitv2_large_patch16_224": dict(crop_pct=0.95),
+}
+
+
+def _preprocessing(name: str, family: str) -> dict:
+    prep = dict(FAMILY_PREPROCESSING[family])
+    if family in ("vit", "deit", "beit") and PRESETS[name]["img_size"] > 224:
+        prep["crop_pct"] = 1.0  # fine-tuned at the higher resolution on full images
+    return {**prep, **_DEFAULT_WEIGHTS_DIFFER.get(name, {})}
+
+
+PREPROCESSING: dict[str, dict] = {**FAMILY_PREPROCESSING,
+                                  **{name: _preprocessing(name, family) for name, family in PRESET_FAMILIES.items()}}
+
+
+def preprocessing_of(name: str) -> dict | None:
+    """How the images of a preset's (or a family's: 'vit', 'mae', 'clip', 'siglip', 'dinov2', 'deit', 'beit',
+    'beitv2') weights are prepared: ``mean``, ``std``, ``interpolation`` and ``crop_pct``; None if unknown."""
+    prep = PREPROCESSING.get(name)
+    return None if prep is None else dict(prep)

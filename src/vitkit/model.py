@@ -10,13 +10,15 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from . import interop
+from . import hub, interop
 from .checkpoint import check_state_dict
-from .config import ViTConfig, get_preset
+from .config import PRESETS, ViTConfig, get_preset
 from .configtools import pair
 from .errors import ConfigError
-from .layers import PatchEmbedding, PostNormBlock, TransformerBlock, resample_pos_embed, sincos_2d_pos_embed
+from .layers import (AttentionPoolLatent, PatchEmbedding, PostNormBlock, TransformerBlock, resample_pos_embed,
+                     sincos_2d_pos_embed)
 
 
 class VisionTransformer(nn.Module):
@@ -25,6 +27,10 @@ class VisionTransformer(nn.Module):
     Build it from keyword arguments (every argument of :class:`ViTConfig`; ``n_heads``, ``dropout`` and
     ``in_chans`` are accepted as aliases), from a ``ViTConfig`` passed positionally, or with
     :meth:`from_config`. ``num_classes=0`` makes ``forward`` return the pooled representation (B, D).
+
+    The tokens are ``[cls, dist, registers, patches]`` (each prefix token where the config has it), position
+    embeddings added as timm adds them, then ``norm_pre``, the blocks and the final ``norm``; the head reads the
+    pooled token (``pool``), or with ``distilled`` averages a head on [CLS] and one on the distillation token.
     """
 
     def __init__(self, config: ViTConfig | None = None, **kwargs):
@@ -39,8 +45,10 @@ class VisionTransformer(nn.Module):
         self.embed_dim = self.num_features = dim
         self.num_prefix_tokens = cfg.num_prefix_tokens
 
+        self.grad_checkpointing = False
         self.patch_embed = PatchEmbedding(cfg.img_size, cfg.patch_size, cfg.in_channels, dim,
-                                          strict_img_size=not cfg.dynamic_img_size)
+                                          strict_img_size=not cfg.dynamic_img_size, bias=cfg.patch_bias,
+                                          norm=cfg.patch_norm, norm_eps=cfg.norm_eps)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, dim)) if cfg.reg_tokens else None
         # timm: the position embedding covers the prefix tokens unless no_embed_class.
@@ -52,7 +60,9 @@ class VisionTransformer(nn.Module):
             if cfg.pos_embed == "sincos2d":
                 self.register_buffer("fixed_pos_embed", sincos_2d_pos_embed(cfg.grid_size, dim)[None],
                                      persistent=False)  # (1, N, D): derived, not saved
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.distilled else None  # timm: after pos_embed
         self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.norm_pre = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()
 
         rpb_kwargs = cfg.relative_position_bias()
         # Stochastic depth, linear rule: 0 for the first block up to drop_path_rate for the last.
@@ -61,14 +71,19 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position, rpb_kwargs,
                   qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
-                  layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act,
+                  layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act, mlp=cfg.mlp,
                   fused_attn=cfg.attn_impl == "fused")
             for i in range(cfg.depth))
         use_fc_norm = cfg.use_fc_norm
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and not use_fc_norm else nn.Identity()
+        self.attn_pool = AttentionPoolLatent(dim, cfg.num_heads, cfg.mlp_dim, cfg.act, cfg.norm_eps) \
+            if cfg.pool == "map" else None
         self.fc_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(dim, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 else nn.Identity()
+        if cfg.distilled:
+            self.head_dist = nn.Linear(dim, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 \
+                else nn.Identity()
         self.init_weights()
 
     @classmethod
@@ -82,12 +97,15 @@ class VisionTransformer(nn.Module):
 
         ``src``: a ``.safetensors`` / ``.pth`` / ``.bin`` / ``.npz`` file, a Hugging Face model folder, a vitkit
         run folder or ``run/checkpoints/best``, a state dict, or a live timm / transformers / torchvision /
-        vitkit model. ``source`` forces the format ('timm', 'hf', 'torchvision', 'jax', 'vitkit'); 'auto'
+        vitkit model, or a Hub name: ``hf-hub:org/name[@revision]`` or timm's tagged name
+        (``vit_small_patch16_224.augreg_in21k``), downloaded through ``huggingface_hub`` (its cache,
+        ``HF_ENDPOINT``, safetensors before pickles). ``source`` forces the format ('timm', 'hf', 'torchvision', 'jax', 'vitkit'); 'auto'
         detects it. ``num_classes`` other than the checkpoint's re-initialises the head (with a warning);
         ``img_size`` other than the checkpoint's resamples the position embedding. ``overrides`` are
         ViTConfig fields (see :func:`vitkit.interop.load_pretrained`). A file that does not fit is one
         CheckpointError listing every missing, unexpected or mis-shaped tensor.
         """
+        src = hub.resolve(src)
         found = interop.load_pretrained(src, source, num_classes, img_size, **overrides)
         model = cls(found.config)
         state = found.state
@@ -99,10 +117,14 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """timm's default initialisation: truncated normal (std .02) for linear layers and the position
-        embedding, zero biases, near-zero [CLS]/register tokens; convolution and norms as PyTorch has them."""
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        """timm's default initialisation: truncated normal (std .02) for linear layers, the position embedding
+        and the distillation token, zero biases, near-zero [CLS]/register tokens, a unit-variance attention-pool
+        query; convolution and norms as PyTorch has them."""
+        for p in (self.pos_embed, self.dist_token):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+        if self.attn_pool is not None:
+            nn.init.trunc_normal_(self.attn_pool.latent, std=self.embed_dim ** -0.5)
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
@@ -114,7 +136,12 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that weight decay should skip (besides all 1-d parameters)."""
-        return {"pos_embed", "cls_token", "reg_token"}
+        return {"pos_embed", "cls_token", "reg_token", "dist_token"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only):
+        less memory for one more forward pass of the blocks; the same gradients."""
+        self.grad_checkpointing = enable
 
     # ----------------------------------------------------------------------------------------------------------
     # Image size
@@ -143,6 +170,8 @@ class VisionTransformer(nn.Module):
         prefix = []
         if self.cls_token is not None:
             prefix.append(self.cls_token.expand(b, -1, -1))  # (B, 1, D)
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(b, -1, -1))  # (B, 1, D)
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(b, -1, -1))  # (B, R, D)
         if self.pos_embed is None:
@@ -175,26 +204,88 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, classes), or the pooled representation (B, D) with ``pre_logits``."""
-        if self.config.pool == "mean":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
-        else:
-            x = x[:, 0]  # (B, D): the [CLS] token
-        x = self.head_drop(self.fc_norm(x))
+        if self.dist_token is not None:  # DeiT: a head on [CLS] and one on the distillation token, averaged
+            x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])  # (B, D) each
+            return (x + x_dist) / 2 if pre_logits else (self.head(x) + self.head_dist(x_dist)) / 2
+        x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of or attention over the patch tokens."""
+        if self.attn_pool is not None:
+            return self.attn_pool(x[:, self.num_prefix_tokens:])
+        if self.config.pool == "mean":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x[:, 0]
 
     def encode(self, x: torch.Tensor, attention_layers: Iterable[int] = ()) -> tuple[torch.Tensor, dict]:
         """Images (B, C, H, W) -> (normed tokens (B, prefix + N, D), {layer: attention (B, heads, T, T)}) for
         the blocks in ``attention_layers``, which compute their attention explicitly; the others run fused."""
+        x, _, maps = self._run_blocks(self._embed(x), attention_layers=set(attention_layers))
+        return self.norm(x), maps
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Iterable[int] | None = None, norm: bool = False,
+                              output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
+                              intermediates_only: bool = False, stop_early: bool = False,
+                              attention_layers: Iterable[int] | None = None):
+        """timm's ``forward_intermediates``: the outputs of the blocks in ``indices`` (an int: the last n; a list:
+        those, negative ones from the end; None: all), in block order, each through the final norm with ``norm``.
+
+        ``output_fmt="NCHW"`` gives the patch tokens as maps (B, D, gh, gw), ``"NLC"`` as tokens (B, N, D); with
+        ``return_prefix_tokens`` each item is ``(patches, prefix tokens (B, prefix, D))``. Returns ``(final
+        normed tokens (B, T, D), intermediates)``, or the list alone with ``intermediates_only``. ``stop_early``
+        runs no block after the last one needed (the "final" tokens are then that block's). ``attention_layers``
+        computes those blocks' attention weights in the same pass and appends ``{layer: (B, H, T, T)}``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        depth = len(self.blocks)
+        if isinstance(indices, int):
+            if not 0 < indices <= depth:
+                raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
+            indices = range(depth - indices, depth)
+        take = self._layer_indices(indices, "block")
+        wanted = self._layer_indices(attention_layers) if attention_layers is not None else []
+        b, p = x.shape[0], self.num_prefix_tokens
+        gh, gw = self.patch_embed.grid_for(*x.shape[-2:])
+        x, kept, maps = self._run_blocks(self._embed(x), set(take), set(wanted),
+                                         max(take + wanted) + 1 if stop_early else depth)
+        out = []
+        for i in take:
+            y = self.norm(kept[i]) if norm else kept[i]  # (B, T, D)
+            patches = y[:, p:]  # (B, N, D)
+            if output_fmt == "NCHW":
+                patches = patches.reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous()  # (B, D, gh, gw)
+            out.append((patches, y[:, :p]) if return_prefix_tokens and p else patches)
+        result = [out] if intermediates_only else [self.norm(x), out]
+        if attention_layers is not None:
+            result.append(maps)
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> the tokens entering the first block (B, T, D), T = prefix + N."""
         grid = self.patch_embed.grid_for(*x.shape[-2:])
         x = self.patch_embed(x)  # (B, N, D)
-        x = self.pos_drop(self._pos_embed(x, grid))  # (B, T, D), T = prefix + N
-        wanted, maps = set(attention_layers), {}
-        for i, block in enumerate(self.blocks):
-            if i in wanted:
+        return self.norm_pre(self.pos_drop(self._pos_embed(x, grid)))
+
+    def _run_blocks(self, x: torch.Tensor, keep: set[int] = frozenset(), attention_layers: set[int] = frozenset(),
+                    depth: int | None = None) -> tuple[torch.Tensor, dict, dict]:
+        """Tokens through the first ``depth`` blocks (all by default): (tokens, {i: block i's output for i in
+        keep}, {i: block i's attention weights}). The blocks in ``attention_layers`` compute their attention
+        explicitly; under grad checkpointing the others keep no activations, recomputing them in backward."""
+        kept, maps = {}, {}
+        checkpointed = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for i in range(len(self.blocks) if depth is None else depth):
+            block = self.blocks[i]
+            if i in attention_layers:
                 x, maps[i] = block.forward_with_attention(x)
+            elif checkpointed:
+                x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return self.norm(x), maps
+            if i in keep:
+                kept[i] = x
+        return x, kept, maps
 
     def forward_with_attention(self, x: torch.Tensor, layers: Iterable[int] | None = None
                                ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -208,26 +299,42 @@ class VisionTransformer(nn.Module):
         {layer: (B, heads, T, T)}. Only those layers compute attention explicitly."""
         return self.encode(x, self._layer_indices(layers))[1]
 
-    def _layer_indices(self, layers: Iterable[int] | None) -> list[int]:
+    def _layer_indices(self, layers: Iterable[int] | None, what: str = "attention layer") -> list[int]:
         depth = len(self.blocks)
         if layers is None:
             return list(range(depth))
         out = []
         for i in layers:
             if not isinstance(i, int) or not -depth <= i < depth:
-                raise ValueError(f"attention layer {i!r} does not exist; the model has layers 0..{depth - 1}")
+                raise ValueError(f"{what} {i!r} does not exist; the model has layers 0..{depth - 1}")
             out.append(i % depth)
         if not out:
-            raise ValueError("no attention layers were asked for; pass layer indices or None for all")
+            raise ValueError(f"no {what}s were asked for; pass layer indices or None for all")
         return sorted(set(out))
 
 
 ViT = VisionTransformer
 
 
-def create_model(name: str, **overrides) -> VisionTransformer:
-    """A model by timm's preset name, e.g. ``create_model("vit_base_patch16_224", num_classes=10, img_size=32)``."""
-    return VisionTransformer(get_preset(name, **overrides))
+def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTransformer:
+    """A model by timm's name, e.g. ``create_model("vit_base_patch16_224", num_classes=10, img_size=32)``.
+
+    ``pretrained=True`` loads the Hub weights of the name, as timm does: a tagged name
+    (``vit_small_patch16_224.augreg_in21k``) its tag, an untagged one timm's default tag, and
+    ``hf-hub:org/name`` that repository. ``overrides`` are ViTConfig fields (``num_classes`` other than the
+    weights' re-initialises the head; ``img_size`` resamples the position embedding).
+    """
+    arch, _ = hub.parse_name(name)
+    if arch.startswith(hub.HUB_PREFIX):
+        if not pretrained:
+            raise ConfigError(f"{name!r} names weights on the Hub, not an architecture; "
+                              "pass pretrained=True, or an architecture name such as 'vit_base_patch16_224'")
+        return VisionTransformer.from_pretrained(name, **overrides)
+    if not pretrained:
+        return VisionTransformer(get_preset(arch, **overrides))
+    source = hub.pretrained_source(name)
+    preset = {k: v for k, v in PRESETS[arch].items() if k != "num_classes"}
+    return VisionTransformer.from_pretrained(source, **{**preset, **overrides})
 
 
 def from_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None,
@@ -242,9 +349,13 @@ def count_parameters(model: nn.Module) -> int:
 
 def flops_per_image(cfg: ViTConfig) -> float:
     """Forward FLOPs of one image (2 per multiply-add), counting the matmuls: patch projection, qkv, attention
-    (q k^T and attn v), output projection, MLP and head."""
-    t = cfg.num_patches + cfg.num_prefix_tokens
+    (q k^T and attn v), output projection, MLP, attention pooling and head(s)."""
+    n = cfg.num_patches
+    t = n + cfg.num_prefix_tokens
     d, m = cfg.embed_dim, cfg.mlp_dim
-    patch = 2 * cfg.num_patches * (cfg.in_channels * cfg.patch_size**2) * d
-    per_block = 2 * t * (3 * d * d + d * d + 2 * d * m) + 2 * 2 * t * t * d
-    return float(patch + cfg.depth * per_block + 2 * d * cfg.num_classes)
+    m_out = m // 2 if cfg.mlp == "swiglu" else m  # a gated MLP's fc2 reads half of fc1's width
+    patch = 2 * n * (cfg.in_channels * cfg.patch_size**2) * d
+    per_block = 2 * t * (3 * d * d + d * d + d * m + m_out * d) + 2 * 2 * t * t * d
+    pool = 2 * (d * d + n * 2 * d * d + 2 * n * d + d * d + 2 * d * m) if cfg.pool == "map" else 0
+    heads = 2 * d * cfg.num_classes * (2 if cfg.distilled else 1)
+    return float(patch + cfg.depth * per_block + pool + heads)

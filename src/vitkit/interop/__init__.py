@@ -1,16 +1,17 @@
-"""Other libraries' ViT weights in vitkit's terms, exactly: a state dict in vitkit's (timm's) keys and the
-:class:`ViTConfig` that computes what the source computes. :meth:`vitkit.VisionTransformer.from_pretrained`
-builds the model from them; nothing here builds a model.
+"""Other libraries' ViT weights in vitkit's terms, exactly: a state dict in vitkit's (timm's) keys, the
+:class:`ViTConfig` that computes what the source computes, and the preprocessing the model was trained with.
+:meth:`vitkit.VisionTransformer.from_pretrained` builds the model from them; nothing here builds a model.
 
-:func:`load_pretrained` takes a file (``.safetensors``, ``.pth``/``.bin``, ``.npz``), a
-Hugging Face model folder, a vitkit run folder, a state dict, or a live timm / transformers / torchvision
-model. It
+:func:`load_pretrained` takes a file (``.safetensors``, ``.pth``/``.bin``, OpenAI's TorchScript ``.pt``,
+``.npz``), a Hugging Face / timm / open_clip model folder, a vitkit run folder, a state dict, or a live timm /
+transformers / torchvision / open_clip / vit-pytorch / ``nn.TransformerEncoder`` model. It
 
-1. reads the tensors (and whatever the source says about its architecture: heads, norm eps, pooling ...),
-2. detects the format by a marker key and renames the tensors to timm's keys (vitkit's own) with that
-   format's declarative key table (:data:`FORMATS`),
-3. infers the :class:`ViTConfig` from the tensor shapes plus the source's description plus the caller's
-   overrides,
+1. reads the tensors and whatever the source says about its architecture (``config.json``,
+   ``open_clip_config.json``, the live modules: heads, eps, activation, pooling ...),
+2. finds the format by its keys (docs/formats.md lists them) and renames the tensors to vitkit's keys with
+   that format's declarative table (:data:`FORMATS`; a caller's own table with ``rules=``),
+3. infers the :class:`ViTConfig` from the shapes, the source's description and the caller's overrides; what
+   none of them tells takes the family's documented default, with a warning naming it,
 4. resamples the position embedding for another ``img_size`` and re-initialises the head for another
    ``num_classes`` (with a warning), and
 5. hands them to the model, which raises one :class:`CheckpointError` listing every missing, unexpected or
@@ -27,17 +28,21 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ViTConfig
-from ..errors import ConfigError
+from ..config import ViTConfig, apply_aliases
+from ..errors import CheckpointError, ConfigError
 from ..layers.position import resample_pos_embed
 from .architecture import infer_config
-from .formats import FORMATS, SOURCE_ALIASES, Format, Rule, convert_state_dict, detect_format, unwrap
+from .catalog import FORMATS, SOURCE_ALIASES
+from .convert import convert_state_dict, detect_format, source_keys, unplaced_keys, unwrap
+from .rules import TRANSFORMS, Assume, Format, Profile, Rule, custom_format
 from .sources import Source, read_source
+from .support import SUPPORT, formats_markdown
 
 Tensor = torch.Tensor
 
 __all__ = ["Pretrained", "load_pretrained", "read_source", "Source", "detect_format", "convert_state_dict",
-           "infer_config", "FORMATS", "Format", "Rule"]
+           "infer_config", "FORMATS", "Format", "Rule", "Profile", "Assume", "TRANSFORMS", "custom_format",
+           "SUPPORT", "formats_markdown"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -48,28 +53,52 @@ __all__ = ["Pretrained", "load_pretrained", "read_source", "Source", "detect_for
 class Pretrained:
     """What a weights source holds, ready for a model: the architecture to build (``config``, with the caller's
     ``num_classes`` and ``img_size``), the state dict in vitkit's keys (position embedding resampled), a name
-    for messages, and whether the head is to start fresh (its keys are then absent from ``state``)."""
+    for messages, whether the head is to start fresh (its keys are then absent from ``state``), and how the
+    model's images were preprocessed in training (the fields of :class:`vitkit.data.preprocess.Preprocess`
+    but the size, which is the model's)."""
 
     config: ViTConfig
     state: dict[str, Tensor]
     name: str
     fresh_head: bool
+    preprocess: dict | None = None  # mean, std, interpolation, crop_pct, crop_mode (None: the source says none)
 
 
-def load_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None,
+def load_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None, rules=None,
                     **overrides) -> Pretrained:
     """Read ``src`` (see :meth:`vitkit.VisionTransformer.from_pretrained`) and convert it to vitkit's keys and
-    architecture. ``source`` forces the format; ``overrides`` are ViTConfig fields, e.g. ``num_heads`` for a
-    state dict of a non-standard width, ``drop_path_rate`` for fine-tuning, ``act="gelu"`` to reproduce timm's
-    port of a JAX checkpoint. A head for another ``num_classes`` starts fresh (with a warning)."""
+    architecture. ``source`` forces the format (a name of :data:`SOURCE_ALIASES`); ``rules`` describes a layout
+    vitkit does not know (see :func:`custom_format`). ``overrides`` are ViTConfig fields, e.g. ``num_heads``,
+    ``act``, ``norm_style`` for facts the weights cannot tell, ``drop_path_rate`` for fine-tuning. A head for
+    another ``num_classes`` starts fresh (with a warning)."""
     if source not in SOURCE_ALIASES:
         raise ConfigError(f"unknown weights source {source!r}; expected one of: {', '.join(SOURCE_ALIASES)}")
     read = read_source(src)
-    fmt = SOURCE_ALIASES[source]
-    if fmt == "auto":
-        fmt = read.format or detect_format(unwrap(read.state))
-    state, pre_logits, facts = convert_state_dict(read.state, fmt)
-    hints = {**FORMATS[fmt].defaults, **facts, **read.hints}
+    if rules is not None:
+        spec = custom_format(rules)
+    else:
+        name = SOURCE_ALIASES[source]
+        spec = FORMATS[read.format or detect_format(unwrap(read.state)) if name == "auto" else name]
+    state, pre_logits, facts = convert_state_dict(read.state, spec)
+    foreign = {k: v for k, v in state.items() if spec.foreign_head and k.startswith(spec.foreign_head)}
+    state = {k: v for k, v in state.items() if k not in foreign}
+    lost = unplaced_keys(state)
+    if lost:
+        few = ", ".join(lost[:4]) + (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
+        raise CheckpointError(f"{read.name} read as the {spec.label or spec.name} layout leaves {len(lost)} "
+                              f"tensor(s) no vitkit key fits ({few}); describe its layout with "
+                              "from_pretrained(..., rules={vitkit key: their key(s)}), as examples/"
+                              "load_custom_vit.py shows")
+    profile = spec.profile(state)
+    hints = {**spec.defaults, **profile.defaults, **facts, **read.hints}
+    said = set(hints) | set(apply_aliases(dict(overrides))) | ({"img_size"} if img_size is not None else set())
+    raw = source_keys(read.state, spec) if any(a.test for a in spec.assume + profile.assume) else {}
+    assumed = [a for a in spec.assume + profile.assume
+               if a.field not in said and (a.test is None or a.test(raw))]
+    hints.update({a.field: a.value for a in assumed})
+    hints = {k: v(state) if callable(v) else v for k, v in hints.items()}
+    if assumed:
+        warnings.warn(f"{read.name}: " + "; ".join(a.why for a in assumed), stacklevel=3)
     fresh_head = bool(pre_logits)
     if pre_logits:  # head(tanh(pre_logits(x))) cannot be reproduced: keep the features, drop both layers
         if "head.weight" in state:
@@ -77,13 +106,19 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         warnings.warn(f"{read.name} has a pre-logits (representation) layer, which vitkit does not have; it "
                       "was dropped and the head after it starts from scratch", stacklevel=3)
+    if foreign:  # e.g. a classifier on the mean of un-normed tokens: keep the backbone, start a new head
+        hints.setdefault("num_classes", next(iter(foreign.values())).shape[0])
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
+        fresh_head = True
+        warnings.warn(f"{read.name} has a classifier ({spec.foreign_head}*) on other features than vitkit's "
+                      "pooled token; it was dropped and a new head starts from scratch", stacklevel=3)
     cfg = infer_config(state, hints, overrides, img_size)  # the checkpoint's own architecture
 
     target = cfg.replace(**{k: v for k, v in (("num_classes", num_classes), ("img_size", img_size))
                             if v is not None})
     if target.num_classes != cfg.num_classes:
         fresh_head = True
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
         had = f"a {cfg.num_classes}-class head" if cfg.num_classes else "no head"
         now = f"a new {target.num_classes}-class head starts from scratch" if target.num_classes else \
             "it is removed (num_classes=0)"
@@ -91,4 +126,5 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
     if target.grid_size != cfg.grid_size and isinstance(state.get("pos_embed"), Tensor):
         prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], target.grid_size, cfg.grid_size, prefix)
-    return Pretrained(target, state, f"{read.name} ({fmt} format)", fresh_head)
+    preprocess = read.preprocess or (dict(profile.preprocess) if profile.preprocess else None)
+    return Pretrained(target, state, f"{read.name} ({spec.name} format)", fresh_head, preprocess)

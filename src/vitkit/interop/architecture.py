@@ -33,31 +33,76 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
                               "(D, C, P, P); is this a plain ViT?")
     dim, chans, patch = w.shape[0], w.shape[1], w.shape[-1]  # (D, C, P, P)
     depth = len({m.group(1) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
-    fc1 = state.get("blocks.0.mlp.fc1.weight")  # (M, D)
     cls = "cls_token" in state
     regs = state["reg_token"].shape[1] if "reg_token" in state else 0  # (1, R, D)
     fc_norm = "fc_norm.weight" in state
     fields = dict(
         patch_size=patch, in_channels=chans, embed_dim=dim, depth=max(depth, 1),
-        mlp_ratio=fc1.shape[0] / dim if fc1 is not None else 4.0,
         qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=cls, reg_tokens=regs,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
         pool="mean" if fc_norm or not cls else "cls", fc_norm=fc_norm,
         final_norm=fc_norm or "norm.weight" in state,
         layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None)  # any value: gamma is loaded
+    fields.update(_mlp(state, dim))
+    fields.update({name: value for name, value, present in _options(state) if present})
+    if "pos_embed" not in state:
+        fields["pos_embed"] = "none"
+    table = state.get(f"blocks.0.{_REL}")  # ((2h-1)(2w-1) + 3, H): BEiT's relative position bias
+    if isinstance(table, Tensor):
+        fields.update(use_relative_position=True, rpb_kwargs={"bias_type": "2d"}, num_heads=table.shape[1])
+        side = (math.isqrt(table.shape[0] - 3) + 1) // 2
+        fields.setdefault("img_size", side * patch)
     fields.update(hints)
     fields.update(overrides)
     fields.setdefault("num_heads", _HEADS_BY_WIDTH.get(dim))
     if fields["num_heads"] is None:
         raise ConfigError(f"cannot tell the number of attention heads of a width-{dim} model from its weights; "
                           "pass num_heads=...")
+    qkv = state.get("blocks.0.attn.qkv.weight")  # (3D, D)
+    if isinstance(qkv, Tensor) and qkv.shape[0] != 3 * dim:
+        raise CheckpointError(f"the attention projects width {dim} to {qkv.shape[0] // 3} per query/key/value "
+                              "(heads x head width differs from the width), which vitkit's attention cannot hold")
+    prefix = int(fields["class_token"]) + fields["reg_tokens"] + int(bool(fields.get("distilled")))
     pos = state.get("pos_embed")  # (1, L, D)
     if isinstance(pos, Tensor) and pos.ndim == 3 and fields.get("pos_embed", "learn") == "learn":
-        _infer_grid(fields, pos.shape[1], patch, int(fields["class_token"]) + fields["reg_tokens"], img_size)
+        _infer_grid(fields, pos.shape[1], patch, prefix, img_size)
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ViTConfig)})
     if unknown:
         raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; expected ViTConfig fields")
     return ViTConfig(**fields)
+
+
+_REL = "attn.relative_position_bias.relative_position_bias_table"
+
+
+def _options(state: dict) -> list[tuple[str, object, bool]]:
+    """(ViTConfig field, value, whether the keys show it): options set only when their keys say so, so a
+    plain ViT's config names none of them."""
+    return [
+        ("norm_pre", True, "norm_pre.weight" in state),  # CLIP's ln_pre
+        ("patch_bias", False, "patch_embed.proj.bias" not in state),
+        ("head_bias", False, "head.weight" in state and "head.bias" not in state),
+        ("qkv_bias", "qv", "blocks.0.attn.q_bias" in state),  # BEiT: q and v biases, none for k
+        ("pool", "map", "attn_pool.latent" in state),
+        ("distilled", True, "dist_token" in state),
+        ("patch_norm", True, "patch_embed.pre_norm.weight" in state),
+    ]
+
+
+def _mlp(state: dict, dim: int) -> dict:
+    """MLP width (as mlp_ratio, exact through ``int(dim * ratio)``) and kind: a packed SwiGLU's fc1 has twice
+    the rows that fc2 has columns ([gate; up], then down), and gates with SiLU."""
+    fc1, fc2 = state.get("blocks.0.mlp.fc1.weight"), state.get("blocks.0.mlp.fc2.weight")  # (M, D), (D, M')
+    if not isinstance(fc1, Tensor):
+        return {}
+    hidden = fc1.shape[0]
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:  # float rounding: int(176 * (240 / 176)) == 239
+        ratio = (hidden + 0.5) / dim
+    out = {"mlp_ratio": ratio}
+    if isinstance(fc2, Tensor) and fc2.shape[1] * 2 == hidden:
+        out.update(mlp="swiglu", act="silu")
+    return out
 
 
 def _infer_grid(fields: dict, length: int, patch: int, prefix: int, caller_img_size=None) -> None:

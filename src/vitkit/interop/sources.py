@@ -1,10 +1,12 @@
-"""Reading a weights source: a file (safetensors, PyTorch, npz), a Hugging Face folder, a vitkit run, a state
-dict or a live timm / transformers / torchvision model, as tensors plus what the source says about its
-architecture (heads, eps, pooling ...) that the shapes cannot tell."""
+"""Reading a weights source: a file (safetensors, PyTorch, OpenAI's TorchScript, npz), a Hugging Face / timm /
+open_clip model folder, a vitkit run, a state dict or a live model, as tensors plus what the source says
+about its architecture (heads, eps, activation, pooling ...) and preprocessing, which the shapes cannot tell."""
 
 from __future__ import annotations
 
 import json
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,21 +16,22 @@ import torch
 from ..checkpoint import resolve_weights_path
 from ..config import ViTConfig
 from ..errors import CheckpointError
+from . import preprocess as pp
+from .describe import hf_hints, module_hints, open_clip_hints, timm_folder_hints
 
 Tensor = torch.Tensor
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading a source
 
 
 @dataclass
 class Source:
-    """Tensors as found, what the source says about its architecture, and a name for messages."""
+    """Tensors as found, what the source says about its architecture and preprocessing, and a name for
+    messages. ``format`` is set when the object or file kind tells it; else the keys do."""
 
     state: dict[str, Any]
     hints: dict[str, Any]
     name: str
-    format: str | None = None  # known from the object or file kind; else detected from the keys
+    format: str | None = None
+    preprocess: dict | None = None
 
 
 def read_source(src: Any) -> Source:
@@ -40,34 +43,42 @@ def read_source(src: Any) -> Source:
     if isinstance(src, torch.nn.Module):
         return _read_module(src)
     raise CheckpointError(f"cannot load weights from a {type(src).__name__}; expected a file path, a state "
-                          "dict or a timm / transformers / torchvision model")
+                          "dict or a timm / transformers / torchvision / open_clip / vit-pytorch model")
+
+
+# Weights files in model folders, and the description that comes with them.
+_FOLDERS = (("config.json", ("model.safetensors", "pytorch_model.bin")),  # Hugging Face or timm
+            ("open_clip_config.json", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")))
 
 
 def _read_path(path: Path) -> Source:
     if path.is_dir():
-        if (path / "config.json").is_file():  # a Hugging Face model folder
-            for name in ("model.safetensors", "pytorch_model.bin"):
-                if (path / name).is_file():
-                    src = _read_path(path / name)
-                    hf_config = json.loads((path / "config.json").read_text())
-                    return Source(src.state, _hf_hints(hf_config), str(path), "hf")
-            raise CheckpointError(f"Hugging Face folder {path} has no model.safetensors or pytorch_model.bin")
+        for config_name, weights in _FOLDERS:
+            if not (path / config_name).is_file():
+                continue
+            file = next((path / w for w in weights if (path / w).is_file()), None)
+            if file is None:
+                raise CheckpointError(f"model folder {path} has {config_name} but none of {', '.join(weights)}")
+            config = _read_json(path / config_name)
+            src = _read_path(file)
+            if config_name == "open_clip_config.json":
+                hints, preprocess = open_clip_hints(config)
+            elif "architecture" in config:  # timm's Hub folders
+                hints, preprocess = timm_folder_hints(config)
+            else:
+                hints, preprocess = hf_hints(config), None
+            if (path / "preprocessor_config.json").is_file():
+                preprocess = pp.from_hf_processor(_read_json(path / "preprocessor_config.json")) or preprocess
+            return Source(src.state, hints, str(path), None, preprocess)
     if not path.is_file():  # a vitkit run folder, or RUN/checkpoints/best
         path = resolve_weights_path(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return Source(_read_npz(path), {}, str(path), "jax")
     if suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({e})") from None
-        if "vitkit_config" in header:
-            return Source(state, json.loads(header["vitkit_config"]), str(path), "vitkit")
-        return Source(state, {}, str(path))
+        return _read_safetensors(path)
+    if _is_torchscript(path):
+        return _read_torchscript(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -75,6 +86,53 @@ def _read_path(path: Path) -> Source:
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict")
     return Source(obj, {}, str(path))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
+
+
+def _read_safetensors(path: Path) -> Source:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({e})") from None
+    if "vitkit_config" in header:
+        meta = json.loads(header.get("metadata", "{}"))
+        preprocess = meta.get("preprocess") if isinstance(meta, dict) else None
+        return Source(state, json.loads(header["vitkit_config"]), str(path), "vitkit", preprocess)
+    return Source(state, {}, str(path))
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (OpenAI's CLIP files) is a zip with compiled code beside the tensors."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/__torch__" in n for n in z.namelist())
+
+
+def _read_torchscript(path: Path) -> Source:
+    """OpenAI's CLIP ``.pt`` files: read with TorchScript's own loader (it builds no arbitrary Python object)
+    and widen the fp16 weights to float32. OpenAI's models all compute QuickGELU with 64-wide heads."""
+    try:
+        with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, which reads no .pt
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is a TorchScript archive that cannot be read ({e})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    hints = {"act": "quick_gelu"}
+    width = state.get("visual.conv1.weight")
+    if isinstance(width, Tensor):
+        hints["num_heads"] = width.shape[0] // 64
+    return Source(state, hints, str(path), None, dict(pp.CLIP))
 
 
 def _read_npz(path: Path) -> dict[str, Tensor]:
@@ -93,55 +151,10 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
 
 
 def _read_module(m: torch.nn.Module) -> Source:
-    """A live model's tensors plus the architecture facts that shapes cannot tell (heads, eps, pooling)."""
-    module = type(m).__module__
+    """A live model's tensors plus the architecture facts its modules know (heads, eps, activation ...)."""
     name = f"the given {type(m).__name__}"
     state = m.state_dict()
     if isinstance(getattr(m, "config", None), ViTConfig):  # a vitkit model
         return Source(state, m.config.to_dict(), name, "vitkit")
-    if module.startswith("timm."):
-        return Source(state, _timm_hints(m), name, "timm")
-    if module.startswith("transformers."):
-        return Source(state, _hf_hints(m.config), name, "hf")
-    if module.startswith("torchvision."):
-        block = m.encoder.layers[0]
-        hints = {"num_heads": block.num_heads, "img_size": m.image_size, "norm_eps": m.encoder.ln.eps}
-        return Source(state, hints, name, "torchvision")
-    return Source(state, {}, name)
-
-
-def _timm_hints(m) -> dict:
-    pools = {"token": "cls", "avg": "mean"}
-    if m.global_pool not in pools:
-        raise CheckpointError(f"timm global_pool={m.global_pool!r} is not supported; vitkit pools 'token' "
-                              "([CLS]) or 'avg' (mean of patch tokens)")
-    block = m.blocks[0]
-    img_size = getattr(m.patch_embed, "img_size", None)
-    hints = {"num_heads": block.attn.num_heads, "pool": pools[m.global_pool],
-             "no_embed_class": bool(getattr(m, "no_embed_class", False)), "norm_eps": block.norm1.eps,
-             "act": _act_name(block.mlp.act), "dynamic_img_size": bool(getattr(m, "dynamic_img_size", False))}
-    if img_size is not None:
-        hints["img_size"] = tuple(img_size)
-    if getattr(m, "pos_embed", None) is None:
-        hints["pos_embed"] = "none"
-    return hints
-
-
-def _act_name(act: torch.nn.Module) -> str:
-    name, approx = type(act).__name__, getattr(act, "approximate", "none")
-    if name == "GELU":
-        return "gelu_tanh" if approx == "tanh" else "gelu"
-    if name in ("GELUTanh", "GELU_tanh"):
-        return "gelu_tanh"
-    if name == "ReLU":
-        return "relu"
-    raise CheckpointError(f"activation {name} is not supported; vitkit has GELU (exact or tanh) and ReLU")
-
-
-def _hf_hints(hf_config) -> dict:
-    """Heads, eps, activation and image size from a Hugging Face ViTConfig (object or config.json dict)."""
-    c = ViTConfig.from_hf(hf_config)
-    return {"num_heads": c.num_heads, "norm_eps": c.norm_eps, "act": c.act, "img_size": c.img_size,
-            "qkv_bias": c.qkv_bias}
-
-
+    hints, fmt, preprocess = module_hints(m)
+    return Source(state, hints, name, fmt, preprocess)

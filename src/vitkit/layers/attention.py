@@ -41,11 +41,12 @@ class MultiHeadAttention(nn.Module):
     ``proj_drop`` are given. :meth:`forward` returns the output; :meth:`attend` also returns the weights,
     computed explicitly. ``fused=False`` always computes explicitly (matmul, softmax, matmul), which is
     faster for short sequences on a CPU; the fused kernel is what timm runs, so it matches timm bit for
-    bit. The two agree to float rounding.
+    bit. The two agree to float rounding. ``qkv_bias="qv"`` is BEiT's: learned query and value biases
+    (``q_bias``, ``v_bias``) beside a bias-free ``qkv``, the key's bias fixed at zero.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, use_relative_position: bool = False,
-                 rpb_kwargs: dict | None = None, *, qkv_bias: bool = True, attn_drop: float | None = None,
+                 rpb_kwargs: dict | None = None, *, qkv_bias: bool | str = True, attn_drop: float | None = None,
                  proj_drop: float | None = None, scale: bool = True, fused: bool = True):
         super().__init__()
         if embed_dim % num_heads:
@@ -56,7 +57,11 @@ class MultiHeadAttention(nn.Module):
         self.attn_drop = dropout if attn_drop is None else attn_drop
         self.scale = scale
         self.fused = fused
-        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
+        if qkv_bias not in (True, False, "qv"):
+            raise ValueError(f"qkv_bias must be True, False or 'qv', got {qkv_bias!r}")
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias is True)
+        self.q_bias = nn.Parameter(torch.zeros(embed_dim)) if qkv_bias == "qv" else None
+        self.v_bias = nn.Parameter(torch.zeros(embed_dim)) if qkv_bias == "qv" else None
         self.attention = ScaledDotProductAttention(scale=scale, dropout=self.attn_drop)
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_drop = nn.Dropout(dropout if proj_drop is None else proj_drop)
@@ -84,14 +89,19 @@ class MultiHeadAttention(nn.Module):
 
     def _qkv(self, x: torch.Tensor):
         b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
+        if self.q_bias is None:
+            qkv = self.qkv(x)  # (B, N, 3C)
+        else:  # the key's bias is zero: softmax ignores a shift that is the same for every key
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
+            qkv = F.linear(x, self.qkv.weight, bias)
+        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
         bias = None
         if self.relative_position_bias is not None:
             bias = self.relative_position_bias()  # (H, N, N)
             if bias.shape[-1] != n:
                 raise ValueError(f"the relative position bias covers {bias.shape[-1]} tokens but the input has {n}")
-            bias = bias.to(q.dtype)
+            bias = bias.to(q.dtype)[None]  # (1, H, N, N): the shape timm's BEiT passes, so the kernels round alike
         return q, k, v, bias
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:

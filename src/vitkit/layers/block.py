@@ -1,4 +1,4 @@
-"""The transformer encoder block and its MLP.
+"""The transformer encoder block.
 
 The block is the paper's equation, one line per branch:
 
@@ -15,29 +15,9 @@ import torch
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .mlp import MLPS, Mlp
 
-ACTIVATIONS = {
-    "gelu": nn.GELU,
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # what JAX/big_vision checkpoints were trained with
-    "relu": nn.ReLU,
-}
-
-
-class Mlp(nn.Module):
-    """Linear -> activation -> dropout -> linear -> dropout (timm's ``fc1``/``fc2`` keys)."""
-
-    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", dropout: float = 0.0):
-        super().__init__()
-        if act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = ACTIVATIONS[act]()
-        self.drop1 = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop2 = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+__all__ = ["LayerScale", "Mlp", "PostNormBlock", "TransformerBlock", "drop_path_layer"]
 
 
 class LayerScale(nn.Module):
@@ -67,13 +47,14 @@ class TransformerBlock(nn.Module):
 
     :meth:`forward` is the equation; :meth:`forward_with_attention` is the same with the attention weights
     computed explicitly and returned. timm's parameter names (``norm1``, ``attn``, ``ls1``, ``norm2``,
-    ``mlp``, ``ls2``), so a timm state dict fits.
+    ``mlp``, ``ls2``), so a timm state dict fits. ``mlp="swiglu"`` makes the MLP gated (:class:`GluMlp`, whose
+    ``fc1`` is ``int(embed_dim * mlp_ratio)`` wide); ``qkv_bias="qv"`` gives the attention BEiT's biases.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 use_relative_position: bool = False, rpb_kwargs: dict | None = None, *, qkv_bias: bool = True,
+                 use_relative_position: bool = False, rpb_kwargs: dict | None = None, *, qkv_bias: bool | str = True,
                  attn_drop: float | None = None, drop_path: float = 0.0, layer_scale_init: float | None = None,
-                 norm_eps: float = 1e-6, act: str = "gelu", fused_attn: bool = True):
+                 norm_eps: float = 1e-6, act: str = "gelu", mlp: str = "mlp", fused_attn: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.attn = MultiHeadAttention(embed_dim, num_heads, dropout, use_relative_position, rpb_kwargs,
@@ -81,7 +62,9 @@ class TransformerBlock(nn.Module):
         self.ls1 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path1 = drop_path_layer(drop_path)
         self.norm2 = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.mlp = Mlp(embed_dim, int(embed_dim * mlp_ratio), act, dropout)
+        if mlp not in MLPS:
+            raise ValueError(f"mlp must be one of {sorted(MLPS)}, got {mlp!r}")
+        self.mlp = MLPS[mlp](embed_dim, int(embed_dim * mlp_ratio), act, dropout)
         self.ls2 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path2 = drop_path_layer(drop_path)
 

@@ -19,10 +19,15 @@ class PatchEmbedding(nn.Module):
     (:meth:`project_patches`): the same map, but the CPU convolution's weight gradient is slow for a stride
     equal to its kernel (BENCHMARKS.md measures the difference). In eval mode the convolution runs, as in
     timm, so logits stay equal to timm's bit for bit.
+
+    ``bias=False`` leaves out the projection's bias (CLIP). ``norm=True`` is vit-pytorch's patch embedding: a
+    LayerNorm over each flattened patch (``pre_norm``, in the weight's (C, P, P) order) before the projection
+    and a LayerNorm over its output (``norm``, timm's name for a norm after the projection). The patches are
+    then always cut out and multiplied, since the convolution cannot normalise them first.
     """
 
     def __init__(self, img_size=224, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768,
-                 strict_img_size: bool = True):
+                 strict_img_size: bool = True, bias: bool = True, norm: bool = False, norm_eps: float = 1e-6):
         super().__init__()
         self.img_size = pair(img_size, "img_size")
         self.patch_size = pair(patch_size, "patch_size")
@@ -34,7 +39,10 @@ class PatchEmbedding(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.in_channels = in_channels
         self.strict_img_size = strict_img_size
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        patch_dim = in_channels * self.patch_size[0] * self.patch_size[1]
+        self.pre_norm = nn.LayerNorm(patch_dim, eps=norm_eps) if norm else None
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -45,17 +53,22 @@ class PatchEmbedding(nn.Module):
                              "(build the model with dynamic_img_size=True or call set_img_size to change it)")
         if h % self.patch_size[0] or w % self.patch_size[1]:
             raise ValueError(f"image size {h}x{w} is not divisible by patch size {self.patch_size}")
-        if self.training and x.device.type == "cpu":
-            return self.project_patches(x)
-        x = self.proj(x)  # (B, D, H/P, W/P)
-        return x.flatten(2).transpose(1, 2)  # (B, N, D)
+        if self.pre_norm is not None or (self.training and x.device.type == "cpu"):
+            x = self.project_patches(x)
+        else:
+            x = self.proj(x)  # (B, D, H/P, W/P)
+            x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        return self.norm(x)
 
     def project_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution as a matrix product: (B, C, H, W) -> (B, N, D)."""
+        """The convolution as a matrix product (with ``pre_norm`` applied to each patch first):
+        (B, C, H, W) -> (B, N, D)."""
         b, c, h, w = x.shape
         (p, q), (gh, gw) = self.patch_size, self.grid_for(h, w)
         x = x.reshape(b, c, gh, p, gw, q).permute(0, 2, 4, 1, 3, 5)  # (B, H/P, W/P, C, P, P)
         x = x.reshape(b, gh * gw, c * p * q)  # (B, N, C*P*P), each row a patch in the weight's (C, P, P) order
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         return F.linear(x, self.proj.weight.flatten(1), self.proj.bias)  # (B, N, D)
 
     def grid_for(self, h: int, w: int) -> tuple[int, int]:

@@ -117,6 +117,7 @@ class LoopConfig:
     ema_decay: float | None = None  # e.g. 0.9998: evaluate and export an exponential moving average of weights
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     compile: bool = False  # torch.compile the model
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more time
     checkpoint_every_steps: int = 0  # also save `last` every N optimizer steps; 0: at the end of each epoch only
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on the CPU needs nothing more)
     threads: int | None = None  # torch.set_num_threads; None: PyTorch's default
@@ -176,8 +177,8 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 RESUMABLE_CHANGES = {  # config keys a resume may change, because each has a defined meaning mid-run
     "train.epochs": "the remaining steps follow the schedule of a run of the new length",
     "train.patience": "early stopping counts from the epochs already run",
-    "train.checkpoint_every_steps": "", "train.threads": "", "data.workers": "", "data.eval_batch_size": "",
-    "report": "", "device": "",
+    "train.checkpoint_every_steps": "", "train.threads": "", "train.grad_checkpointing": "", "data.workers": "",
+    "data.eval_batch_size": "", "report": "", "device": "",
 }
 
 

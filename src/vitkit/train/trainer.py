@@ -63,6 +63,7 @@ class Trainer:
         self.model_config = resolve_model_config(cfg.model, in_channels=self.data.in_channels,
                                                  num_classes=len(self.data.classes), img_size=self.data.img_size)
         self.model = self.build_model().to(self.device)
+        self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
         # The resolved config, for config.yaml (the caller's cfg is left as it was).
         data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
             cfg.data, channels=self.data.in_channels)

@@ -1,0 +1,159 @@
+"""Applying a key table: find the format of a state dict by its keys, strip its prefix, and rename its tensors
+to vitkit's (timm's) keys with the format's rules."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from .catalog import DETECTION_ORDER, FORMATS
+from .rules import Format
+
+Tensor = torch.Tensor
+
+# Top-level names of a vitkit model: a converted key outside them was not placed by any rule.
+VITKIT_MODULES = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed.", "norm_pre.", "blocks.",
+                  "norm.", "fc_norm.", "attn_pool.", "head.", "head_dist.")
+
+
+def unwrap(state: dict) -> dict:
+    """Training checkpoints nest the weights: {'model': ...}, {'state_dict': ...}, DINOv2's {'teacher': ...}."""
+    for key in ("model", "state_dict", "model_state_dict", "module", "teacher"):
+        if isinstance(state.get(key), dict):
+            return unwrap(state[key])
+    return state
+
+
+@lru_cache(maxsize=None)
+def _glob(pattern: str) -> re.Pattern:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def _has(keys, pattern: str) -> bool:
+    if "*" not in pattern:
+        return pattern in keys
+    rx = _glob(pattern)
+    return any(rx.match(k) for k in keys)
+
+
+def _strip(state: dict, fmt: Format) -> dict | None:
+    """``state`` with the format's prefix stripped, if the format's markers are there (else None)."""
+    for p in (*fmt.prefixes, ""):
+        keys = {k[len(p):] for k in state if k.startswith(p)} if p else set(state)
+        if fmt.markers and all(_has(keys, m) for m in fmt.markers):
+            if not p:
+                return dict(state)
+            if fmt.scoped_prefix:
+                return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+            return {k[len(p):] if k.startswith(p) else k: v for k, v in state.items()}
+    return None
+
+
+def detect_format(state: dict[str, Any]) -> str:
+    """The first format (most specific first) whose marker keys the state dict has."""
+    for name in DETECTION_ORDER:
+        if _strip(state, FORMATS[name]) is not None:
+            return name
+    tensors = [k for k, v in state.items() if isinstance(v, Tensor)]
+    few = ", ".join(tensors[:4]) + (f" and {len(tensors) - 4} more" if len(tensors) > 4 else "")
+    raise CheckpointError(f"cannot tell the format of these weights: no layout vitkit knows (docs/formats.md) "
+                          f"places {few or 'them'}; map them to vitkit's keys with from_pretrained(..., "
+                          "rules={'blocks.{i}.attn.qkv.weight': ('enc.{i}.q.weight', 'enc.{i}.k.weight', "
+                          "'enc.{i}.v.weight'), ...}) as examples/load_custom_vit.py shows")
+
+
+def _unscan(state: dict) -> dict:
+    """JAX scan layout: one ``Transformer/encoderblock/...`` tensor per parameter with a leading depth axis
+    (depth, ...) -> ``Transformer/encoderblock_{i}/...`` tensors (...)."""
+    scan = "Transformer/encoderblock/"
+    out = {}
+    for k, v in state.items():
+        if k.startswith(scan):
+            for i in range(v.shape[0]):
+                out[f"Transformer/encoderblock_{i}/{k[len(scan):]}"] = v[i]
+        else:
+            out[k] = v
+    return out
+
+
+def _placeholders(state: dict, fmt: Format) -> dict[str, str]:
+    found = {}
+    for name, pattern in fmt.placeholders.items():
+        rx = re.compile(pattern)
+        found[name] = next((m.group(1) for k in sorted(state) if (m := rx.search(k))), "")
+    return found
+
+
+def _block_indices(state: dict, fmt: Format, fields: dict) -> list[int]:
+    """Every block index that a ``{i}`` rule of the format finds in the keys, or that a key already in vitkit's
+    layout (``blocks.{i}.``) has."""
+    patterns = {r"blocks\.(\d+)\..*"}
+    for rule in fmt.rules:
+        for t in rule.theirs:
+            if "{i}" in t:
+                parts = [re.escape(p.format(**fields)) for p in t.split("{i}")]
+                patterns.add(r"(\d+)".join(parts))
+    rx = re.compile("|".join(f"^(?:{p})$" for p in sorted(patterns)))
+    return sorted({int(next(g for g in m.groups() if g is not None)) for k in state if (m := rx.match(k))})
+
+
+def source_keys(state: dict, fmt: Format) -> dict:
+    """The source's tensors as the format's rules see them: unwrapped, prefix stripped (and scoped)."""
+    state = unwrap(state)
+    return _strip(state, fmt) or dict(state)
+
+
+def convert_state_dict(state: dict, fmt: str | Format) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+    """Rename ``state`` (a ``fmt`` checkpoint) to vitkit's keys with the format's table.
+
+    Returns ``(converted, dropped_pre_logits, facts)``: tensors no rule consumed stay in ``converted`` under
+    their own names (the load check reports them), the optional representation layer is split off, and
+    ``facts`` holds architecture facts only the raw layout shows (JAX: heads). Half-precision tensors are
+    widened to float32 first, so the rules' arithmetic is exact."""
+    spec = FORMATS[fmt] if isinstance(fmt, str) else fmt
+    state = {k: v.float() if isinstance(v, Tensor) and v.dtype in (torch.float16, torch.bfloat16) else v
+             for k, v in source_keys(state, spec).items()}
+    if spec.scan:
+        state = _unscan(state)
+    for pattern, repl in spec.renames:
+        state = {re.sub(pattern, repl, k): v for k, v in state.items()}
+    pre_logits = {k: v for k, v in state.items() if spec.pre_logits and k.startswith(spec.pre_logits)}
+    state = {k: v for k, v in state.items()
+             if k not in pre_logits and not any(re.search(p, k) for p in spec.ignore)}
+    fields = _placeholders(state, spec)
+    facts = _facts(state, spec, fields)
+    out, used, done = {}, set(), set()
+    blocks = _block_indices(state, spec, fields)
+    for rule in spec.rules:
+        for i in blocks if "{i}" in rule.ours else [None]:
+            target = rule.ours.format(i=i)
+            if target in done:
+                continue
+            keys = [t.format(i=i, **fields) for t in rule.theirs]
+            if all(k in state for k in keys) and all(w.format(i=i, **fields) in state for w in rule.when) \
+                    and not any(u.format(i=i, **fields) in state for u in rule.unless):
+                value = rule.fn(*(state[k] for k in keys))
+                used.update(keys)
+                done.add(target)
+                if value is not None:
+                    out[target] = value
+    leftover = {k: v for k, v in state.items() if k not in used and k not in done}
+    return {**leftover, **out}, pre_logits, facts
+
+
+def _facts(state: dict, spec: Format, fields: dict) -> dict:
+    """Architecture facts only a raw layout shows: JAX attention kernels (D, H, hd) hold the head count."""
+    if "mha" not in spec.placeholders:
+        return {}
+    q = state.get(f"Transformer/encoderblock_0/MultiHeadDotProductAttention_{fields['mha']}/query/kernel")
+    return {"num_heads": q.shape[1]} if isinstance(q, Tensor) and q.ndim == 3 else {}
+
+
+def unplaced_keys(state: dict) -> list[str]:
+    """Converted keys that lie outside every vitkit module: no rule knew where they go."""
+    return [k for k in state if not k.startswith(VITKIT_MODULES)]

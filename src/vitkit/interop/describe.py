@@ -1,0 +1,178 @@
+"""What a source says about its architecture beyond the tensors, in ViTConfig's field names: Hugging Face
+``config.json``, ``open_clip_config.json``, timm's Hub ``config.json``, and the modules of a live timm,
+transformers, torchvision, open_clip, vit-pytorch or ``nn.TransformerEncoder`` model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from . import preprocess as pp
+
+# --------------------------------------------------------------------------------------------------------------
+# Hugging Face config.json
+
+_HF_ACTS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+            "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
+# transformers' defaults, for config.json files that leave them out (they store only what differs)
+_HF_DEFAULTS = {
+    "vit": {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "num_attention_heads": 12, "image_size": 224,
+            "qkv_bias": True},
+    "clip_vision_model": {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "num_attention_heads": 12,
+                          "image_size": 224},
+    "siglip_vision_model": {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "num_attention_heads": 12,
+                            "image_size": 224},
+    "dinov2": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "num_attention_heads": 12, "image_size": 224,
+               "qkv_bias": True},
+}
+_HF_TYPES = {"vit": "vit", "deit": "vit", "clip": "clip_vision_model", "clip_vision_model": "clip_vision_model",
+             "siglip": "siglip_vision_model", "siglip_vision_model": "siglip_vision_model", "dinov2": "dinov2",
+             "dinov2_with_registers": "dinov2"}
+
+
+def hf_hints(config: Any) -> dict:
+    """Heads, eps, activation, image size and qkv bias from a Hugging Face config (object or config.json dict);
+    for a CLIP or SigLIP model, from its vision config."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    kind = _HF_TYPES.get(d.get("model_type", "vit"), "vit")
+    if isinstance(d.get("vision_config"), dict):
+        d = d["vision_config"]
+    d = {**_HF_DEFAULTS[kind], **{k: v for k, v in d.items() if v is not None}}
+    act = d["hidden_act"]
+    if act not in _HF_ACTS:
+        raise ConfigError(f"unsupported Hugging Face hidden_act {act!r}; expected one of {', '.join(_HF_ACTS)}")
+    hints = {"num_heads": d["num_attention_heads"], "norm_eps": d["layer_norm_eps"], "act": _HF_ACTS[act],
+             "img_size": d["image_size"]}
+    if "qkv_bias" in d:
+        hints["qkv_bias"] = d["qkv_bias"]
+    if d.get("use_swiglu_ffn"):  # Dinov2's SwiGLU gates with SiLU whatever hidden_act says
+        hints["act"] = "silu"
+    return hints
+
+
+# --------------------------------------------------------------------------------------------------------------
+# open_clip and timm model folders
+
+
+def open_clip_hints(config: dict) -> tuple[dict, dict | None]:
+    """Heads (width // head_width), activation (quick_gelu) and image size from ``open_clip_config.json``,
+    and its preprocessing."""
+    model = config.get("model_cfg", config)
+    vision = model.get("vision_cfg", {})
+    preprocess = pp.from_open_clip(config.get("preprocess_cfg", {}))
+    if vision.get("timm_model_name"):  # a timm trunk: its definition holds the facts
+        trunk = _timm_on_meta(vision["timm_model_name"], num_classes=0, global_pool=vision.get("timm_pool", ""))
+        return (_timm_hints(trunk) if trunk is not None else {}), preprocess
+    width = vision.get("width", 768)
+    hints = {"num_heads": width // vision.get("head_width", 64),
+             "act": "quick_gelu" if model.get("quick_gelu") else "gelu", "img_size": vision.get("image_size", 224)}
+    return hints, preprocess
+
+
+def timm_folder_hints(config: dict) -> tuple[dict, dict | None]:
+    """A timm Hub folder's ``config.json`` names the architecture; its definition (built on the meta device,
+    no memory) gives the facts, its ``pretrained_cfg`` the preprocessing."""
+    kwargs = {"num_classes": config.get("num_classes", 0), **config.get("model_args", {})}
+    model = _timm_on_meta(config["architecture"], **kwargs)
+    return (_timm_hints(model) if model is not None else {}), pp.from_timm_cfg(config.get("pretrained_cfg"))
+
+
+def _timm_on_meta(name: str, **kwargs):
+    try:
+        import timm
+    except ImportError:
+        return None
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception:  # an architecture this timm does not know: the keys and defaults decide
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Live models
+
+
+def module_hints(m: nn.Module) -> tuple[dict, str | None, dict | None]:
+    """(hints, format if the module's kind tells it, preprocessing) of a live model."""
+    module = type(m).__module__
+    if module.startswith("timm."):
+        return _timm_hints(m), "timm", pp.from_timm_cfg(getattr(m, "pretrained_cfg", None))
+    if module.startswith("transformers."):
+        return hf_hints(m.config), None, None
+    if module.startswith("torchvision."):
+        hints = {"num_heads": m.encoder.layers[0].num_heads, "img_size": m.image_size, "norm_eps": m.encoder.ln.eps}
+        return hints, "torchvision", None
+    if module.startswith("open_clip."):
+        return _open_clip_module_hints(m), None, None
+    if module.startswith("vit_pytorch."):
+        return _vit_pytorch_hints(m), None, None
+    layer = next((x for x in m.modules() if isinstance(x, nn.TransformerEncoderLayer)), None)
+    if layer is not None:
+        return {"num_heads": layer.self_attn.num_heads, "norm_style": "pre" if layer.norm_first else "post",
+                "norm_eps": layer.norm1.eps, "act": _encoder_act(layer)}, None, None
+    return {}, None, None
+
+
+def _timm_hints(m) -> dict:
+    pools = {"token": "cls", "avg": "mean", "map": "map"}
+    if m.global_pool not in pools:
+        raise CheckpointError(f"timm global_pool={m.global_pool!r} is not supported; vitkit pools 'token' "
+                              "([CLS]), 'avg' (mean of patch tokens) or 'map' (attention pooling)")
+    block = m.blocks[0]
+    img_size = getattr(m.patch_embed, "img_size", None)
+    hints = {"num_heads": block.attn.num_heads, "pool": pools[m.global_pool],
+             "no_embed_class": bool(getattr(m, "no_embed_class", False)), "norm_eps": block.norm1.eps,
+             "act": act_name(block.mlp.act), "dynamic_img_size": bool(getattr(m, "dynamic_img_size", False))}
+    if img_size is not None:
+        hints["img_size"] = tuple(img_size)
+    if getattr(m, "pos_embed", None) is None:
+        hints["pos_embed"] = "none"
+    return hints
+
+
+def _open_clip_module_hints(m) -> dict:
+    tower = getattr(m, "visual", m)
+    if hasattr(tower, "trunk"):
+        return _timm_hints(tower.trunk)
+    block = tower.transformer.resblocks[0]
+    return {"num_heads": block.attn.num_heads, "act": act_name(block.mlp.gelu), "norm_eps": block.ln_1.eps,
+            "img_size": tuple(tower.image_size)}
+
+
+def _vit_pytorch_hints(m) -> dict:
+    """Heads from the attention module; SimpleViT's image size from its sin-cos table (a plain attribute, not
+    in the state dict) and the patch size its einops Rearrange cuts."""
+    attn = m.transformer.layers[0][0]
+    hints = {"num_heads": getattr(attn, "fn", attn).heads}
+    table, cut = getattr(m, "pos_embedding", None), getattr(m.to_patch_embedding[0], "axes_lengths", {})
+    if isinstance(table, torch.Tensor) and not isinstance(table, nn.Parameter) and "p1" in cut:
+        side = int(table.shape[-2] ** 0.5)  # a square grid
+        h, w = side * cut["p1"], side * cut.get("p2", cut["p1"])
+        hints["img_size"] = h if h == w else (h, w)
+    return hints
+
+
+def _encoder_act(layer: nn.TransformerEncoderLayer) -> str:
+    act = layer.activation
+    if act is torch.nn.functional.relu:
+        return "relu"
+    if act is torch.nn.functional.gelu:
+        return "gelu"
+    if isinstance(act, nn.Module):
+        return act_name(act)
+    raise ConfigError(f"nn.TransformerEncoderLayer activation {getattr(act, '__name__', act)!r} is not "
+                      "supported; vitkit has relu, gelu, gelu_tanh, quick_gelu and silu")
+
+
+def act_name(act: nn.Module) -> str:
+    name, approx = type(act).__name__, getattr(act, "approximate", "none")
+    names = {"GELU": "gelu_tanh" if approx == "tanh" else "gelu", "GELUTanh": "gelu_tanh", "GELU_tanh": "gelu_tanh",
+             "ReLU": "relu", "QuickGELU": "quick_gelu", "SiLU": "silu", "Swish": "silu"}
+    if name not in names:
+        raise CheckpointError(f"activation {name} is not supported; vitkit has GELU (exact or tanh), QuickGELU, "
+                              "SiLU and ReLU")
+    return names[name]

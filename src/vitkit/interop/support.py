@@ -1,0 +1,132 @@
+"""What loads from where, as data: :data:`SUPPORT` (model family x library -> format and the parity test that
+checks it against the library), rendered with the formats' markers and assumptions into docs/formats.md by
+:func:`formats_markdown` (a test keeps the file equal to it)."""
+
+from __future__ import annotations
+
+from .catalog import DETECTION_ORDER, FORMATS
+
+COLUMNS = ("timm", "Hugging Face transformers", "original files", "vit-pytorch", "torch.nn")
+
+# family: {column: [(what, format, parity test)]}
+SUPPORT: dict[str, dict[str, list[tuple[str, str, str]]]] = {
+    "CLIP": {
+        "timm": [("vit_*_clip_* (live, state dict)", "timm", "test_timm_clip")],
+        "Hugging Face transformers": [("CLIPVisionModel(WithProjection), CLIPModel (live, folder)", "hf_clip",
+                                       "test_hf_clip_vision_with_projection")],
+        "original files": [("OpenAI TorchScript .pt (fp16)", "open_clip", "test_openai_torchscript_file"),
+                           ("open_clip folder with open_clip_config.json", "open_clip",
+                            "test_open_clip_tower_with_its_config_folder"),
+                           ("open_clip CLIPA, layer scale", "open_clip", "test_open_clip_clipa_and_layer_scale")],
+    },
+    "SigLIP": {
+        "timm": [("vit_*_siglip_* (MAP head)", "timm", "test_timm_siglip_map")],
+        "Hugging Face transformers": [("SiglipVisionModel (live, folder)", "hf_siglip", "test_hf_siglip_vision_model"),
+                                      ("SiglipModel file", "hf_siglip", "test_hf_siglip_model_file")],
+        "original files": [("big_vision .npz (params/img/, MAPHead_0, scan)", "jax", "test_big_vision_siglip_npz"),
+                           ("open_clip with a timm trunk", "open_clip_timm", "test_open_clip_timm_trunk_siglip")],
+    },
+    "DINOv2": {
+        "timm": [("vit_*_dinov2, reg4, giant SwiGLU", "timm", "test_timm_dinov2")],
+        "Hugging Face transformers": [("Dinov2Model (live v5 names, Hub v4 names, SwiGLU)", "hf_dinov2",
+                                       "test_hf_dinov2"),
+                                      ("Dinov2WithRegistersModel", "hf_dinov2", "test_hf_dinov2_with_registers")],
+        "original files": [("facebookresearch hub .pth (registers, SwiGLU)", "timm",
+                            "test_dinov2_original_hub_file"),
+                           ("training checkpoint (teacher, chunked blocks)", "timm",
+                            "test_dinov2_training_checkpoint_chunked")],
+    },
+    "DeiT": {
+        "timm": [("deit_*, deit_*_distilled_*", "timm", "test_timm_deit_distilled")],
+        "Hugging Face transformers": [("DeiTForImageClassificationWithTeacher", "hf", "test_hf_deit_with_teacher")],
+        "original files": [("facebookresearch/deit {'model': ...} (timm keys)", "timm", "test_timm_deit_distilled")],
+    },
+    "BEiT": {
+        "timm": [("beit_*, beitv2_*", "timm", "test_timm_beit")],
+        "original files": [("unilm files (relative_position_index, shared table)", "timm",
+                            "test_beit_shared_relative_position_bias")],
+    },
+    "MAE": {
+        "timm": [("vit_*.mae", "timm", "test_mae_pretrain_and_finetune")],
+        "original files": [("facebookresearch/mae pretrain and fine-tune files", "timm",
+                            "test_mae_pretrain_and_finetune")],
+    },
+    "ViT (google)": {
+        "timm": [("vit_* (live, state dict, any size)", "timm", "test_timm_vit_tiny_live_model_and_state_dict")],
+        "Hugging Face transformers": [("ViTForImageClassification, ViTModel (live, folder)", "hf",
+                                       "test_hf_vit_for_image_classification_live_and_folder")],
+        "original files": [("google-research / big_vision .npz", "jax", "test_jax_npz_matches_timm_loader")],
+        "torch.nn": [("torchvision vit_b_16", "torchvision", "test_torchvision_vit_b_16")],
+    },
+    "vit-pytorch": {
+        "vit-pytorch": [("ViT >= 1.16.1 (cls, mean)", "vit_pytorch", "test_vit_pytorch_vit_current"),
+                        ("ViT 1.0 - 1.15 (patch LayerNorms)", "vit_pytorch", "test_vit_pytorch_vit_1_12"),
+                        ("ViT 0.10 - 0.40", "vit_pytorch", "test_vit_pytorch_vit_0_40"),
+                        ("SimpleViT >= 1.4.5", "vit_pytorch_simple", "test_vit_pytorch_simple_vit")],
+    },
+    "torch.nn": {
+        "torch.nn": [("nn.TransformerEncoder ViT (pre/post-norm, relu/gelu)", "torch_nn",
+                      "test_torch_transformer_encoder_vit")],
+    },
+}
+
+
+# What does not load exactly, and why (docs/formats.md lists it).
+UNSUPPORTED = [
+    ("open_clip CoCa towers (attentional_pool)", "a cross-attention pooler with its own widths, not a ViT pool"),
+    ("Hugging Face CLIP/SigLIP/Dinov2ForImageClassification heads",
+     "they read the mean of the tokens (un-normed, for CLIP) or [CLS] and the mean side by side; the backbone "
+     "loads and a new head starts from scratch, with a warning"),
+    ("SigLIP2 NaFlex (Siglip2VisionModel)", "variable patch grids with a per-image position resize"),
+    ("Hugging Face BEiT and ViTMAE models", "not mapped (timm's and the original files are)"),
+    ("DINOv2 without registers at a size other than the checkpoint's",
+     "the original and transformers <= 4.44 resample positions with a 0.1 offset and no antialiasing; vitkit "
+     "resamples as timm and the register models do (exact at the checkpoint's own size)"),
+    ("vit-pytorch before 0.7, and pool='mean' before 1.16",
+     "the attention scale was dim ** -0.5; the mean included the [CLS] token"),
+    ("vit-pytorch with heads x dim_head != dim, or no to_out (heads == 1, dim_head == dim)",
+     "vitkit's attention projects to the model's width"),
+    ("nn.MultiheadAttention with kdim/vdim != embed_dim or add_bias_kv; LayerNorms without bias",
+     "no vitkit equivalent"),
+]
+
+
+def _cell(entries: list[tuple[str, str, str]]) -> str:
+    return "<br>".join(f"{what}: `{fmt}` ({test})" for what, fmt, test in entries) or "—"
+
+
+def _pairs(items) -> str:
+    return ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}" for k, v in items)
+
+
+def formats_markdown() -> str:
+    """docs/formats.md: the support table, each format's marker keys (in detection order) and what it
+    assumes when neither the source nor the caller says."""
+    lines = ["# Weights formats", "",
+             "Generated by `vitkit.interop.formats_markdown()` from `vitkit.interop.SUPPORT` and the key tables; "
+             "tests/test_interop_custom.py checks this file equals it. Each cell names the format and the "
+             "parity test that loads the library's model with random weights and compares vitkit's logits or "
+             "features with the library's (float32, max abs difference <= 1e-5).", "",
+             "`VisionTransformer.from_pretrained(src)` finds the format by its keys; `source=` forces one; "
+             "`rules=` describes any other layout (examples/load_custom_vit.py).", "",
+             "| family | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
+    for family, cells in SUPPORT.items():
+        lines.append(f"| {family} | " + " | ".join(_cell(cells.get(c, [])) for c in COLUMNS) + " |")
+    lines += ["", "## Formats, in the order their keys are tried", "",
+              "| format | marker keys | prefixes stripped | documented defaults | assumed (with a warning) |",
+              "| --- | --- | --- | --- | --- |"]
+    for name in DETECTION_ORDER:
+        f = FORMATS[name]
+        defaults = [_pairs(f.defaults.items())] + [f"{p.family}: {_pairs(p.defaults.items())}"
+                                                   for p in f.profiles if p.defaults]
+        assumed = [_pairs((a.field, a.value) for a in f.assume)] + [
+            f"{p.family}: {_pairs((a.field, a.value) for a in p.assume)}" for p in f.profiles if p.assume]
+        lines.append(f"| `{name}` | " + ", ".join(f"`{m}`" for m in f.markers) + " | "
+                     + (", ".join(f"`{p}`" for p in f.prefixes) or "—") + " | "
+                     + ("; ".join(d for d in defaults if d) or "—") + " | "
+                     + ("; ".join(a for a in assumed if a) or "—") + " |")
+    lines += ["", "## Not supported", ""] + [f"- {what}: {why}." for what, why in UNSUPPORTED]
+    lines += ["", "Heads, activation, pre/post norm and eps are read from the source when it says "
+              "(`config.json`, `open_clip_config.json`, a live module); else from `from_pretrained(..., "
+              "num_heads=, act=, norm_style=, norm_eps=)`; else the defaults above, and the assumed ones warn.", ""]
+    return "\n".join(lines)
