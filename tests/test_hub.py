@@ -426,3 +426,25 @@ def test_create_model_pretrained_from_a_hub_repository(fake_hub, hf_repo):
 def test_create_model_without_pretrained_reads_no_hub(fake_hub):
     model = vitkit.create_model("vit_tiny_patch16_224.augreg_in21k", depth=1, img_size=32)
     assert len(model.blocks) == 1 and fake_hub.requests == []
+
+
+def test_from_pretrained_by_timm_name_builds_the_names_architecture(fake_hub, tmp_path_factory):
+    """timm's Hub repository of OpenAI's CLIP says 'vit_base_patch16_clip_224' (GELU) in its config.json;
+    the QuickGELU name loads those files with QuickGELU, as timm's create_model does, in from_pretrained and
+    create_model alike."""
+    import timm
+    from timm.models._hub import save_for_hf
+    small = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=0)
+    reference = timm.create_model("vit_base_patch16_clip_quickgelu_224", **small).eval()
+    folder = tmp_path_factory.mktemp("openai")
+    save_for_hf(reference, str(folder), safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"] = "vit_base_patch16_clip_224"  # as on the Hub
+    (folder / "config.json").write_text(json.dumps(config))
+    fake_hub.add("timm/vit_base_patch16_clip_224.openai", _files(folder))
+    x = torch.randn(2, 3, 32, 32)
+    name = "vit_base_patch16_clip_quickgelu_224.openai"
+    for ours in (VisionTransformer.from_pretrained(name, **small), vitkit.create_model(name, pretrained=True, **small)):
+        assert ours.config.act == "quick_gelu"
+        with torch.no_grad():
+            assert (ours(x) - reference(x)).abs().max() <= 1e-5

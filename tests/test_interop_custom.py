@@ -14,6 +14,7 @@ from test_interop import TOL, images, max_diff, randomize
 from test_interop_clip import logits, silent
 from vitkit import CheckpointError, ConfigError, from_pretrained
 from vitkit.interop import Rule, TRANSFORMS, formats_markdown, SUPPORT
+from vitkit.interop.support import support_table
 from vitkit.interop.preprocess import FROM_TIMM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +70,12 @@ def test_formats_doc_is_generated_and_names_real_tests():
                for m in re.finditer(r"^def (test_\w+)\(", path.read_text(), re.M)}
     named = {test for cells in SUPPORT.values() for entries in cells.values() for _, _, test in entries}
     assert named and named <= defined, named - defined
+
+
+def test_readme_shows_the_support_table_as_generated():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- support table: [^\n]*-->\n(.*?)\n<!-- end of support table -->", readme, re.S)
+    assert block is not None and block.group(1) == support_table()
 
 
 def test_preprocess_of_each_family_is_timms():

@@ -46,6 +46,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = cfg.num_prefix_tokens
 
         self.grad_checkpointing = False
+        self.pretrained_preprocess: dict | None = None  # set by from_pretrained when the source says
         self.patch_embed = PatchEmbedding(cfg.img_size, cfg.patch_size, cfg.in_channels, dim,
                                           strict_img_size=not cfg.dynamic_img_size, bias=cfg.patch_bias,
                                           norm=cfg.patch_norm, norm_eps=cfg.norm_eps)
@@ -99,12 +100,18 @@ class VisionTransformer(nn.Module):
         run folder or ``run/checkpoints/best``, a state dict, or a live timm / transformers / torchvision /
         vitkit model, or a Hub name: ``hf-hub:org/name[@revision]`` or timm's tagged name
         (``vit_small_patch16_224.augreg_in21k``), downloaded through ``huggingface_hub`` (its cache,
-        ``HF_ENDPOINT``, safetensors before pickles). ``source`` forces the format ('timm', 'hf', 'torchvision', 'jax', 'vitkit'); 'auto'
+        ``HF_ENDPOINT``, safetensors before pickles); a timm name also fixes the architecture, as
+        :func:`create_model` does (``..._clip_quickgelu_224.openai``: QuickGELU). ``source`` forces the format ('timm', 'hf', 'torchvision', 'jax', 'vitkit'); 'auto'
         detects it. ``num_classes`` other than the checkpoint's re-initialises the head (with a warning);
         ``img_size`` other than the checkpoint's resamples the position embedding. ``overrides`` are
         ViTConfig fields (see :func:`vitkit.interop.load_pretrained`). A file that does not fit is one
         CheckpointError listing every missing, unexpected or mis-shaped tensor.
         """
+        if hub.is_hub_source(src) and not src.startswith(hub.HUB_PREFIX):  # a timm name: its architecture too
+            preset = {k: v for k, v in PRESETS[hub.parse_name(src)[0]].items() if k != "num_classes"}
+            img_size = preset.pop("img_size") if img_size is None else img_size
+            preset.pop("img_size", None)
+            overrides = {**preset, **overrides}
         src = hub.resolve(src)
         found = interop.load_pretrained(src, source, num_classes, img_size, **overrides)
         model = cls(found.config)
@@ -113,6 +120,8 @@ class VisionTransformer(nn.Module):
             state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("head.")}}
         check_state_dict(model, state, found.name)
         model.load_state_dict(state)
+        # How the source's images were prepared (mean, std, interpolation, crop_pct, crop_mode), or None.
+        model.pretrained_preprocess = found.preprocess
         return model.eval()
 
     @torch.no_grad()

@@ -48,7 +48,10 @@ class Predictor:
         if cfg.num_classes and len(classes) != cfg.num_classes:
             raise CheckpointError(f"checkpoint {path} names {len(classes)} classes but its head has "
                                   f"{cfg.num_classes} outputs")
-        preprocess = Preprocess.from_metadata(meta, cfg.img_size, cfg.in_channels)
+        if not meta.get("preprocess") and model.pretrained_preprocess:  # weights of another library
+            preprocess = Preprocess(pair(cfg.img_size), **model.pretrained_preprocess)
+        else:
+            preprocess = Preprocess.from_metadata(meta, cfg.img_size, cfg.in_channels)
         size = pair(cfg.img_size)
         if preprocess.img_size != size or preprocess.channels != cfg.in_channels:
             raise CheckpointError(f"checkpoint {path} preprocesses to {preprocess.channels}x"

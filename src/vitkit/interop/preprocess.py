@@ -6,26 +6,17 @@ mean, std, interpolation, crop_pct and crop_mode, in the names of :class:`vitkit
 
 from __future__ import annotations
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
+from ..config import FAMILY_PREPROCESSING
 
 
-def _pp(mean, std, crop_pct: float, interpolation: str = "bicubic") -> dict:
-    return {"mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": "center"}
+def _family(name: str) -> dict:
+    return {**FAMILY_PREPROCESSING[name], "crop_mode": "center"}
 
 
-# CLIP: resize the short side to the size, centre crop (OpenAI's and open_clip's pipeline: crop_pct 1).
-CLIP = _pp(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 1.0)
-SIGLIP = _pp(INCEPTION_MEAN, INCEPTION_STD, 0.9)
-DINOV2 = _pp(IMAGENET_MEAN, IMAGENET_STD, 1.0)
-DEIT = _pp(IMAGENET_MEAN, IMAGENET_STD, 0.9)
-BEIT = _pp(INCEPTION_MEAN, INCEPTION_STD, 0.9)  # BEiT v2 checkpoints use ImageNet's statistics instead
-MAE = _pp(IMAGENET_MEAN, IMAGENET_STD, 0.9)
-VIT_GOOGLE = _pp(INCEPTION_MEAN, INCEPTION_STD, 0.9)
+# Each family's preprocessing is the one table in vitkit.config (resize the short side to size / crop_pct,
+# centre crop; CLIP's crop_pct 1 is OpenAI's and open_clip's pipeline).
+CLIP, SIGLIP, DINOV2, DEIT = _family("clip"), _family("siglip"), _family("dinov2"), _family("deit")
+BEIT, MAE, VIT_GOOGLE = _family("beit"), _family("mae"), _family("vit")  # BEiT v2: "beitv2", ImageNet's statistics
 
 # Which timm pretrained config each set was copied from (tests compare them).
 FROM_TIMM = {

@@ -99,6 +99,14 @@ def _pairs(items) -> str:
     return ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}" for k, v in items)
 
 
+def support_table() -> str:
+    """The family x library table of :data:`SUPPORT` in markdown (docs/formats.md and the README show it)."""
+    lines = ["| family | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
+    for family, cells in SUPPORT.items():
+        lines.append(f"| {family} | " + " | ".join(_cell(cells.get(c, [])) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 def formats_markdown() -> str:
     """docs/formats.md: the support table, each format's marker keys (in detection order) and what it
     assumes when neither the source nor the caller says."""
@@ -108,10 +116,7 @@ def formats_markdown() -> str:
              "parity test that loads the library's model with random weights and compares vitkit's logits or "
              "features with the library's (float32, max abs difference <= 1e-5).", "",
              "`VisionTransformer.from_pretrained(src)` finds the format by its keys; `source=` forces one; "
-             "`rules=` describes any other layout (examples/load_custom_vit.py).", "",
-             "| family | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
-    for family, cells in SUPPORT.items():
-        lines.append(f"| {family} | " + " | ".join(_cell(cells.get(c, [])) for c in COLUMNS) + " |")
+             "`rules=` describes any other layout (examples/load_custom_vit.py).", "", support_table()]
     lines += ["", "## Formats, in the order their keys are tried", "",
               "| format | marker keys | prefixes stripped | documented defaults | assumed (with a warning) |",
               "| --- | --- | --- | --- | --- |"]

@@ -91,6 +91,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates
     eps: float = 1e-8  # AdamW's denominator epsilon
     warmup_epochs: float = 1.0  # linear warm-up length; must be shorter than the run
+    head_warmup_epochs: float = 0.0  # fine-tuning: first train the head alone (backbone lr 0); needs model.init
     layer_decay: float | None = None  # layer-wise lr decay (BEiT / MAE fine-tuning), e.g. 0.75; None: off
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     label_smoothing: float = 0.1  # of the training loss (evaluation uses plain cross-entropy)
@@ -99,7 +100,7 @@ class OptimConfig:
     def __post_init__(self):
         check_ranges(self, "optim", {"lr": "(0, inf)", "min_lr": "[0, inf)", "weight_decay": "[0, inf)",
                                      "betas": "[0, 1)", "eps": "(0, 1)", "warmup_epochs": "[0, inf)",
-                                     "layer_decay": "(0, 1]", "grad_clip": "(0, inf)", "label_smoothing": "[0, 1)"})
+                                     "head_warmup_epochs": "[0, inf)", "layer_decay": "(0, 1]", "grad_clip": "(0, inf)", "label_smoothing": "[0, 1)"})
         if self.min_lr > self.lr:
             raise ConfigError(f"optim.min_lr ({self.min_lr:g}) must not exceed optim.lr ({self.lr:g}): the schedule "
                               "decays from lr down to min_lr")
@@ -167,6 +168,10 @@ class RunConfig:
         check_ranges(self, "", {"seed": f"[0, {2**32 - 1}]"})
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.optim.head_warmup_epochs and not self.model.init:
+            raise ConfigError("optim.head_warmup_epochs trains a new head on a pre-trained backbone, but "
+                              "model.init names no weights; set model.init=WEIGHTS (a file, a folder or a Hub "
+                              "name) or optim.head_warmup_epochs=0")
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -223,6 +228,12 @@ def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
         raise ConfigError(f"optim.warmup_epochs {cfg.optim.warmup_epochs:g} ({warmup} steps) is not shorter than "
                           f"the run ({cfg.train.epochs} epochs, {total} steps), so the learning rate would never "
                           "reach optim.lr; lower optim.warmup_epochs or train longer")
+    head_only = round(cfg.optim.head_warmup_epochs * steps_per_epoch)
+    if head_only and head_only + warmup >= total:
+        raise ConfigError(f"optim.head_warmup_epochs {cfg.optim.head_warmup_epochs:g} plus optim.warmup_epochs "
+                          f"{cfg.optim.warmup_epochs:g} ({head_only} + {warmup} steps) is not shorter than the run "
+                          f"({cfg.train.epochs} epochs, {total} steps), so the backbone would never train at "
+                          "optim.lr; shorten them or train longer")
     decay = cfg.train.ema_decay
     if decay is not None and not cfg.model.init and decay ** total > 0.01:  # fine-tuning starts trained
         limit = 0.01 ** (1 / total)

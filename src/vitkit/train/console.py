@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 from ..model import count_parameters
 from .config import RESUMABLE_CHANGES
@@ -18,6 +19,9 @@ def _duration(seconds: float) -> str:
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
+
+def _stats(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 class Console:
@@ -89,7 +93,17 @@ class Console:
                  f"{m.depth}, heads {m.num_heads}, patch {m.patch_size}, {grid} patches)"
                  + (f", initialised from {cfg.model.init}" if cfg.model.init else ""))
         self.log(f"train: {cfg.train.epochs} epochs x {t.steps_per_epoch} steps, batch {cfg.data.batch_size}, "
-                 f"AdamW lr {cfg.optim.lr:g}, on {where}")
+                 f"AdamW lr {cfg.optim.lr:g}"
+                 + (f", layer decay {cfg.optim.layer_decay:g}" if cfg.optim.layer_decay is not None else "")
+                 + (f", the head alone for the first {cfg.optim.head_warmup_epochs:g} epochs"
+                    if cfg.optim.head_warmup_epochs else "") + f", on {where}")
+        if t.ctx.is_main and d.splits.is_folder and t.model.pretrained_preprocess:
+            theirs = t.model.pretrained_preprocess
+            if (tuple(theirs["mean"]), tuple(theirs["std"])) != (d.preprocess.mean, d.preprocess.std):
+                warnings.warn(f"the weights of {cfg.model.init} were trained on images normalised with mean "
+                          f"{_stats(theirs['mean'])} and std {_stats(theirs['std'])}, this run normalises with "
+                          f"{_stats(d.preprocess.mean)} and {_stats(d.preprocess.std)}; set data.mean and data.std "
+                          "to theirs (the finetune-* recipes do)")
         if t.resumed_from is not None:
             self.log(f"resumed from {t.resumed_from} at epoch {t.epoch + 1}, batch {t.batch} "
                      f"(step {t.step})")

@@ -39,6 +39,10 @@ from .optim import build_optimizer, build_scheduler, replan
 from .signals import StopRequest
 
 
+# Model keys a fine-tune may set on top of any weights: they change no parameter's shape.
+REGULARISATION = {"drop_rate", "drop_path_rate", "attn_drop_rate", "attn_impl", "num_heads", "act", "norm_eps"}
+
+
 class Trainer:
     """Builds everything a run needs, optionally restores it from a checkpoint, and runs it."""
 
@@ -112,8 +116,17 @@ class Trainer:
         # Fine-tuning: the architecture is the checkpoint's; the data set decides the head and image size.
         overrides = {k: v for k, v in self.cfg.model.given().items()
                      if k not in ("name", "init", "num_classes", "img_size", "in_channels")}
-        model = VisionTransformer.from_pretrained(init, num_classes=self.model_config.num_classes,
-                                                  img_size=self.model_config.img_size, **overrides)
+        try:
+            model = VisionTransformer.from_pretrained(init, num_classes=self.model_config.num_classes,
+                                                      img_size=self.model_config.img_size, **overrides)
+        except CheckpointError as e:
+            shaping = {k: v for k, v in overrides.items() if k not in REGULARISATION}
+            if not shaping:
+                raise
+            shown = ", ".join(f"{k}={v!r}" for k, v in shaping.items())
+            raise CheckpointError(f"{e}; the run's model section sets {shown} on top of the weights (a recipe "
+                                  "for training from scratch?): use a finetune-* recipe (finetune-clip, "
+                                  "finetune-dinov2, finetune-siglip) or drop those keys") from None
         self.model_config = model.config
         return model
 
