@@ -168,3 +168,30 @@ def test_a_recipe_without_weights_is_one_sentence(tmp_path, capsys, monkeypatch)
     code, out, err = cli(capsys, "train", "--config", "finetune-clip")
     assert code == 2 and one_sentence(err) and "set model.init=WEIGHTS" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_grad_checkpointing_in_a_run_trains_the_same_weights(tmp_path, capsys, monkeypatch):
+    """train.grad_checkpointing recomputes the blocks in backward (dropout and drop-path replay their random
+    draws): the run's weights are those of the same run without it."""
+    from safetensors.torch import load_file
+    root = tmp_path / "images"
+    make_layout(root, "split")
+    monkeypatch.chdir(tmp_path)
+    import vitkit.model
+    calls = []
+    real = vitkit.model.checkpoint
+    monkeypatch.setattr(vitkit.model, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    weights, recomputed = {}, {}
+    for on in (False, True):
+        calls.clear()
+        sets = SMALL + [f"data.dataset=imagefolder:{root}", "model.patch_size=8", "model.embed_dim=16",
+                        "model.depth=2", "model.drop_path_rate=0.2", "model.drop_rate=0.1", "train.epochs=2", "optim.warmup_epochs=1",
+                        f"train.grad_checkpointing={str(on).lower()}", f"name=gc-{on}"]
+        code, out, err = cli(capsys, "train", *sets_args(sets))
+        assert code == 0, err
+        recomputed[on] = len(calls)
+        weights[on] = load_file(str(tmp_path / "runs" / f"gc-{on}" / "checkpoints" / "last.safetensors"))
+    assert recomputed[False] == 0 and recomputed[True] == 2 * 2 * 6  # blocks x epochs x steps
+    assert weights[False].keys() == weights[True].keys()
+    for k in weights[False]:
+        assert torch.equal(weights[False][k], weights[True][k]), k
