@@ -85,22 +85,10 @@ class Run:
     # Reading
 
     def read_config(self) -> dict:
-        if not self.config_path.is_file():
-            return {}
-        try:
-            data = yaml.safe_load(self.config_path.read_text())
-        except yaml.YAMLError as e:
-            raise DataError(f"{self.config_path} is not valid YAML ({e})") from None
-        return data if isinstance(data, dict) else {}
+        return _read_mapping(self.config_path, yaml.safe_load, yaml.YAMLError, "YAML")
 
     def read_results(self) -> dict:
-        if not self.results_path.is_file():
-            return {}
-        try:
-            data = json.loads(self.results_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{self.results_path} is not valid JSON ({e})") from None
-        return data if isinstance(data, dict) else {}
+        return _read_mapping(self.results_path, json.loads, json.JSONDecodeError, "JSON")
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
@@ -191,3 +179,15 @@ def _csv_text(rows) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
+
+
+def _read_mapping(path: Path, parse, error: type[Exception], kind: str) -> dict:
+    """The mapping a run file holds: {} when the file is missing or holds no mapping; a damaged file is one
+    DataError naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        data = parse(path.read_text())
+    except error as e:
+        raise DataError(f"{path} is not valid {kind} ({e})") from None
+    return data if isinstance(data, dict) else {}
