@@ -305,7 +305,7 @@ def test_dropped_connection_is_one_sentence_naming_the_endpoint(fake_hub, tmp_pa
         hub.download("hf-hub:org/tiny-vit", cache_dir=tmp_path)
 
 
-def test_refused_connection_is_one_sentence_naming_the_endpoint(fake_hub, tmp_path, monkeypatch):
+def test_refused_connection_is_one_sentence_naming_the_endpoint(fake_hub, tmp_path, monkeypatch, capfd):
     from huggingface_hub.utils import _http
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -318,6 +318,7 @@ def test_refused_connection_is_one_sentence_naming_the_endpoint(fake_hub, tmp_pa
     assert message.startswith(f"cannot download org/tiny-vit from the Hugging Face Hub at {url} (HF_ENDPOINT): "
                               "ConnectError (") and message.endswith(", and it is not in the cache")
     assert "\n" not in message
+    assert "Retry" not in capfd.readouterr().err  # huggingface_hub's retry warnings are not shown
 
 
 @pytest.mark.parametrize("present, fetched", [
@@ -448,3 +449,25 @@ def test_from_pretrained_by_timm_name_builds_the_names_architecture(fake_hub, tm
         assert ours.config.act == "quick_gelu"
         with torch.no_grad():
             assert (ours(x) - reference(x)).abs().max() <= 1e-5
+
+
+def test_predict_reads_a_hub_name(fake_hub, hf_repo, tmp_path, capsys):
+    """`vitkit predict --checkpoint hf-hub:org/name`: the downloaded model's probabilities, with the family's
+    preprocessing (Google's ViT: mean and std 0.5) since the folder has no preprocessor config."""
+    from PIL import Image
+    from vitkit.cli import main
+    from vitkit.predictor import Predictor
+    model, files = hf_repo
+    fake_hub.add("org/hf-vit", files)
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    predictor = Predictor.load("hf-hub:org/hf-vit")
+    assert predictor.preprocess.mean == (0.5, 0.5, 0.5) and predictor.preprocess.img_size == (32, 32)
+    batch = predictor.inputs([image])
+    with torch.no_grad():
+        expected = model(batch).logits.softmax(dim=1)
+    assert (predictor.probabilities(batch) - expected).abs().max() <= 1e-6
+    capsys.readouterr()
+    assert main(["predict", str(image), "--checkpoint", "hf-hub:org/hf-vit", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["top_k"][0]["class"] == str(int(expected.argmax()))

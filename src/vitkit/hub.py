@@ -11,7 +11,9 @@ ever opened by its ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -190,8 +192,9 @@ def _fetch(filename: str, revision: str | None, *, repo: str, where: str, cache_
                                         RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
-                                    local_files_only=offline))
+        with _quiet_retries():
+            return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
+                                        local_files_only=offline))
     except RemoteEntryNotFoundError:
         return None
     except HFValidationError:
@@ -210,6 +213,19 @@ def _fetch(filename: str, revision: str | None, *, repo: str, where: str, cache_
     except (HfHubHTTPError, httpx2.TransportError) as e:
         raise CheckpointError(f"cannot download {where} from the Hugging Face Hub at {endpoint} (HF_ENDPOINT): "
                               f"{_reason(e)}") from None
+
+
+@contextlib.contextmanager
+def _quiet_retries():
+    """huggingface_hub logs a warning for every retry of a failed request; the failure that remains is said
+    once, as a sentence, by the caller."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _reason(error: BaseException) -> str:

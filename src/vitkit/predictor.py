@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import hub
 from .checkpoint import read_header, resolve_weights_path
 from .configtools import pair
 from .data.preprocess import Preprocess
@@ -32,17 +33,21 @@ class Predictor:
     @classmethod
     def load(cls, checkpoint, device: str | torch.device = "cpu") -> "Predictor":
         """The model of a vitkit weights file (``RUN/checkpoints/best``, a ``.safetensors`` file or a run
-        folder), or of any weights :meth:`VisionTransformer.from_pretrained` reads, in eval mode on
+        folder), or of any weights :meth:`VisionTransformer.from_pretrained` reads (Hub names too), in eval mode on
         ``device``; a file whose classes or preprocessing do not fit its model is one CheckpointError."""
-        path = Path(checkpoint)
-        try:
-            path = resolve_weights_path(checkpoint)
-        except CheckpointError:
-            if not path.exists():
-                raise
         device = torch.device(device)
-        model = VisionTransformer.from_pretrained(path).to(device)
-        meta = read_header(path)[1] if path.suffix == ".safetensors" else {}
+        if hub.is_hub_source(str(checkpoint)):  # hf-hub:org/name or a timm name: weights from the Hub
+            model = VisionTransformer.from_pretrained(str(checkpoint)).to(device)
+            path, meta = hub.resolve(str(checkpoint)), {}  # the folder the download left in the cache
+        else:
+            path = Path(checkpoint)
+            try:
+                path = resolve_weights_path(checkpoint)
+            except CheckpointError:
+                if not path.exists():
+                    raise
+            model = VisionTransformer.from_pretrained(path).to(device)
+            meta = read_header(path)[1] if path.suffix == ".safetensors" else {}
         cfg = model.config
         classes = meta.get("classes") or [str(k) for k in range(cfg.num_classes)]
         if cfg.num_classes and len(classes) != cfg.num_classes:
