@@ -209,8 +209,8 @@ def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch, ca
 def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     recipe = write_recipe(tmp_path, out_dir=Path("runs"))
-    assert main(["train", "--config", str(recipe), "--set", "optim.lr=0.002", "--set", "train.epochs=3",
-                 "--set", "data.mixup_alpha=0.2", "--print-config"]) == 0
+    assert main(["train", "--config", str(recipe), "--set", "optim.lr=0.002", "train.epochs=3",
+                 "--set", "data.mixup_alpha=0.2", "--print-config"]) == 0  # one --set takes several values
     captured = capsys.readouterr()
     assert captured.err == ""
     printed = yaml.safe_load(captured.out)

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"recipes: {', '.join(training_recipes())} (pass --config configs/NAME.yaml or just --config NAME); "
         "every key: vitkit config")
     parser.add_argument("--config", help="YAML recipe (a path, or the name of a packaged recipe)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (YAML syntax), e.g. --set optim.lr=3e-4; repeatable")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override config values (YAML syntax), e.g. --set "
+                        "optim.lr=3e-4 train.epochs=20; repeatable")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="'auto': continue runs/NAME from its newest valid checkpoint (or start it); "
                         "PATH: a run folder or checkpoint to continue. A resume keeps the run's config; "
