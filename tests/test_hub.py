@@ -471,3 +471,25 @@ def test_predict_reads_a_hub_name(fake_hub, hf_repo, tmp_path, capsys):
     assert main(["predict", str(image), "--checkpoint", "hf-hub:org/hf-vit", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["top_k"][0]["class"] == str(int(expected.argmax()))
+
+
+def test_train_fine_tunes_from_a_hub_name(fake_hub, hf_repo, tmp_path, monkeypatch):
+    """`vitkit train --set model.init=hf-hub:org/name`: the run starts from the downloaded weights."""
+    from safetensors.torch import load_file
+    from test_train_imagefolder import make_layout
+    from vitkit.cli import main
+    model, files = hf_repo
+    fake_hub.add("org/hf-vit", files)
+    make_layout(tmp_path / "images", "split")
+    monkeypatch.chdir(tmp_path)
+    sets = ["model.init=hf-hub:org/hf-vit", f"data.dataset=imagefolder:{tmp_path / 'images'}", "data.img_size=32",
+            "data.batch_size=4", "data.workers=0", "data.mean=[0.5, 0.5, 0.5]", "data.std=[0.5, 0.5, 0.5]",
+            "optim.lr=1e-9", "optim.min_lr=0", "optim.warmup_epochs=0", "train.epochs=1", "report=false",
+            "device=cpu", "name=ft"]
+    with pytest.warns(UserWarning, match="new 3-class head"):
+        assert main(["train", "--config", "finetune-clip", "--set", *sets, "optim.head_warmup_epochs=0"]) == 0
+    tuned = load_file(str(tmp_path / "runs" / "ft" / "checkpoints" / "last.safetensors"))
+    reference = VisionTransformer.from_pretrained(model)
+    for key, value in reference.state_dict().items():
+        if not key.startswith("head."):  # lr 1e-9: the trunk is the downloaded one
+            torch.testing.assert_close(tuned[key], value, rtol=0, atol=1e-6)

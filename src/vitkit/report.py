@@ -190,7 +190,8 @@ def write_report(run_dir, model, eval_set=None, predictions: dict | None = None,
     data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
     dataset_name = data_cfg.get("dataset") or results.get("dataset") or ""
 
-    note = "From results.json: the best checkpoint, chosen on the validation split, and its test score."
+    note = "From results.json: the best checkpoint, chosen on the validation split" + (
+        ", and its test score." if results.get("test_accuracy") is not None else " (the data has no test split).")
     sections.append(_section("Results", note if results else "No results.json in this run.", _cards(results)))
     if run.metrics_path.is_file():
         try:

@@ -20,6 +20,10 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _epochs(n: float) -> str:
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
 def _stats(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
@@ -95,7 +99,7 @@ class Console:
         self.log(f"train: {cfg.train.epochs} epochs x {t.steps_per_epoch} steps, batch {cfg.data.batch_size}, "
                  f"AdamW lr {cfg.optim.lr:g}"
                  + (f", layer decay {cfg.optim.layer_decay:g}" if cfg.optim.layer_decay is not None else "")
-                 + (f", the head alone for the first {cfg.optim.head_warmup_epochs:g} epochs"
+                 + (f", the head alone for the first {_epochs(cfg.optim.head_warmup_epochs)}"
                     if cfg.optim.head_warmup_epochs else "") + f", on {where}")
         if t.ctx.is_main and d.splits.is_folder and t.model.pretrained_preprocess:
             theirs = t.model.pretrained_preprocess
