@@ -348,3 +348,26 @@ def test_missing_and_unexpected_tensors_in_one_error(tmp_path):
         from_pretrained("/nonexistent/weights.pth")
     with pytest.raises(ConfigError, match="unknown weights source"):
         from_pretrained(state, source="keras")
+
+
+def test_class_names_come_from_the_folder_or_the_live_model(tmp_path):
+    """A Hugging Face id2label (not transformers' LABEL_i placeholder) or timm's label_names (through
+    label_descriptions) names the outputs; the Predictor prints them; a new head has none."""
+    from transformers import ViTConfig as HFConfig, ViTForImageClassification
+    from vitkit.interop.describe import class_names
+    from vitkit.predictor import Predictor
+    labels = {0: "tench", 1: "goldfish", 2: "great white shark"}
+    hf = ViTForImageClassification(HFConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64, image_size=16, patch_size=8, num_labels=3,
+                                            id2label=labels, label2id={v: k for k, v in labels.items()})).eval()
+    assert VisionTransformer.from_pretrained(hf).pretrained_classes == list(labels.values())
+    hf.save_pretrained(tmp_path / "named")
+    assert Predictor.load(tmp_path / "named").classes == list(labels.values())
+    with pytest.warns(UserWarning, match="new 2-class head"):
+        assert VisionTransformer.from_pretrained(tmp_path / "named", num_classes=2).pretrained_classes is None
+    assert class_names({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}) is None
+    assert class_names({"label_names": ["n01440764", "n01443537"],
+                        "label_descriptions": {"n01440764": "tench, Tinca tinca"}}) == \
+        ["tench, Tinca tinca", "n01443537"]
+    assert class_names({"label_names": {"1": "b", "0": "a"}}) == ["a", "b"]
+    assert class_names({"id2label": {"0": "a", "2": "c"}}) is None  # not every output named

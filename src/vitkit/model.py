@@ -47,6 +47,7 @@ class VisionTransformer(nn.Module):
 
         self.grad_checkpointing = False
         self.pretrained_preprocess: dict | None = None  # set by from_pretrained when the source says
+        self.pretrained_classes: list[str] | None = None  # likewise
         self.patch_embed = PatchEmbedding(cfg.img_size, cfg.patch_size, cfg.in_channels, dim,
                                           strict_img_size=not cfg.dynamic_img_size, bias=cfg.patch_bias,
                                           norm=cfg.patch_norm, norm_eps=cfg.norm_eps)
@@ -122,6 +123,7 @@ class VisionTransformer(nn.Module):
         model.load_state_dict(state)
         # How the source's images were prepared (mean, std, interpolation, crop_pct, crop_mode), or None.
         model.pretrained_preprocess = found.preprocess
+        model.pretrained_classes = found.classes  # the names of the head's outputs, when the source has them
         return model.eval()
 
     @torch.no_grad()

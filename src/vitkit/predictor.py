@@ -49,7 +49,7 @@ class Predictor:
             model = VisionTransformer.from_pretrained(path).to(device)
             meta = read_header(path)[1] if path.suffix == ".safetensors" else {}
         cfg = model.config
-        classes = meta.get("classes") or [str(k) for k in range(cfg.num_classes)]
+        classes = meta.get("classes") or model.pretrained_classes or [str(k) for k in range(cfg.num_classes)]
         if cfg.num_classes and len(classes) != cfg.num_classes:
             raise CheckpointError(f"checkpoint {path} names {len(classes)} classes but its head has "
                                   f"{cfg.num_classes} outputs")

@@ -62,6 +62,7 @@ class Pretrained:
     name: str
     fresh_head: bool
     preprocess: dict | None = None  # mean, std, interpolation, crop_pct, crop_mode (None: the source says none)
+    classes: list[str] | None = None  # the names of the head's outputs (None: unnamed, or a new head)
 
 
 def load_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None, rules=None,
@@ -127,4 +128,5 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
         prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], target.grid_size, cfg.grid_size, prefix)
     preprocess = read.preprocess or (dict(profile.preprocess) if profile.preprocess else None)
-    return Pretrained(target, state, f"{read.name} ({spec.name} format)", fresh_head, preprocess)
+    classes = read.classes if not fresh_head and read.classes and len(read.classes) == target.num_classes else None
+    return Pretrained(target, state, f"{read.name} ({spec.name} format)", fresh_head, preprocess, classes)

@@ -4,6 +4,7 @@ transformers, torchvision, open_clip, vit-pytorch or ``nn.TransformerEncoder`` m
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -11,6 +12,33 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from . import preprocess as pp
+
+# --------------------------------------------------------------------------------------------------------------
+# Class names
+
+
+def class_names(config: dict) -> list[str] | None:
+    """The names of a classifier's outputs, in order, from a model folder's ``config.json``: Hugging Face's
+    ``id2label`` (unless it is the placeholder ``LABEL_0``, ``LABEL_1`` ...), or timm's ``label_names`` (a list,
+    or {index: name}), each through ``label_descriptions`` when given (ImageNet's synsets -> their words).
+    None when the file names no classes, or not every output."""
+    labels = config.get("label_names") or config.get("id2label")
+    if isinstance(labels, (list, tuple)):
+        labels = dict(enumerate(labels))
+    if not isinstance(labels, dict) or not labels:
+        return None
+    try:
+        by_index = {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(by_index) != list(range(len(by_index))):
+        return None
+    names = [by_index[i] for i in range(len(by_index))]
+    if all(re.fullmatch(r"LABEL_\d+", n) for n in names):  # transformers' default, not names
+        return None
+    words = config.get("label_descriptions")
+    return [str(words.get(n, n)) for n in names] if isinstance(words, dict) else names
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Hugging Face config.json

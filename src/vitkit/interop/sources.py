@@ -17,7 +17,7 @@ from ..checkpoint import resolve_weights_path
 from ..config import ViTConfig
 from ..errors import CheckpointError
 from . import preprocess as pp
-from .describe import hf_hints, module_hints, open_clip_hints, timm_folder_hints
+from .describe import class_names, hf_hints, module_hints, open_clip_hints, timm_folder_hints
 
 Tensor = torch.Tensor
 
@@ -32,6 +32,7 @@ class Source:
     name: str
     format: str | None = None
     preprocess: dict | None = None
+    classes: list[str] | None = None  # the names of the head's outputs, when the source says
 
 
 def read_source(src: Any) -> Source:
@@ -69,7 +70,7 @@ def _read_path(path: Path) -> Source:
                 hints, preprocess = hf_hints(config), None
             if (path / "preprocessor_config.json").is_file():
                 preprocess = pp.from_hf_processor(_read_json(path / "preprocessor_config.json")) or preprocess
-            return Source(src.state, hints, str(path), None, preprocess)
+            return Source(src.state, hints, str(path), None, preprocess, class_names(config))
     if not path.is_file():  # a vitkit run folder, or RUN/checkpoints/best
         path = resolve_weights_path(path)
     suffix = path.suffix.lower()
@@ -157,4 +158,8 @@ def _read_module(m: torch.nn.Module) -> Source:
     if isinstance(getattr(m, "config", None), ViTConfig):  # a vitkit model
         return Source(state, m.config.to_dict(), name, "vitkit")
     hints, fmt, preprocess = module_hints(m)
-    return Source(state, hints, name, fmt, preprocess)
+    described = getattr(m, "config", None) or getattr(m, "pretrained_cfg", None)  # transformers' or timm's
+    if described is not None and hasattr(described, "to_dict"):
+        described = described.to_dict()
+    classes = class_names(described) if isinstance(described, dict) else None
+    return Source(state, hints, name, fmt, preprocess, classes)
