@@ -133,3 +133,10 @@ def test_report_renders_in_chromium(report):
     assert checks["errors"] == []
     console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []
+
+
+def test_top5_card_only_when_there_are_more_than_five_classes():
+    from vitkit.report import _cards
+    results = {"test_accuracy": 0.5, "test_top5": 1.0, "epochs": 3}
+    assert "test top5" in _cards(results, num_classes=10) and "100.00%" in _cards(results, num_classes=10)
+    assert "top5" not in _cards(results, num_classes=3) and "50.00%" in _cards(results, num_classes=3)

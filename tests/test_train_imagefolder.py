@@ -179,6 +179,7 @@ def test_eval_without_flags_scores_the_runs_val_split(trained, capsys, tmp_path)
     assert f", val split: {n} images (the files listed in {trained.run / 'split.csv'})" in out
     top1 = float(re.search(r"top-1 (\d\.\d{4})", out).group(1))
     assert top1 == round(trained.results["val_accuracy"], 4)
+    assert "top-5" not in out  # 3 classes: every image is in its top 5
     rows = read_csv(tmp_path / "val.csv")
     assert [row["source"] for row in rows] == trained.files("val")
     assert abs(np.mean([row["label"] == row["pred"] for row in rows]) - trained.results["val_accuracy"]) < 1e-6

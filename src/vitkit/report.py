@@ -112,10 +112,11 @@ def _card_value(key: str, v) -> str:
     return f"{v:,}"
 
 
-def _cards(results: dict) -> str:
+def _cards(results: dict, num_classes: int) -> str:
     """The headline numbers of results.json as cards: the trainer's known keys first, else any top-level
-    number (at most 8)."""
-    numbers = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    number (at most 8). Top-5 accuracy is left out for 5 classes or fewer, where it is always 1."""
+    numbers = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and not ("top5" in k and num_classes <= 5)}
     keys = [k for k in HEADLINE if k in numbers] or list(numbers)
     cards = [f'<div class="card"><div class="v">{html.escape(_card_value(k, numbers[k]))}</div>'
              f'<div class="k">{html.escape(k.replace("_", " "))}</div></div>' for k in keys[:8]]
@@ -192,7 +193,8 @@ def write_report(run_dir, model, eval_set=None, predictions: dict | None = None,
 
     note = "From results.json: the best checkpoint, chosen on the validation split" + (
         ", and its test score." if results.get("test_accuracy") is not None else " (the data has no test split).")
-    sections.append(_section("Results", note if results else "No results.json in this run.", _cards(results)))
+    sections.append(_section("Results", note if results else "No results.json in this run.",
+                             _cards(results, model.num_classes)))
     if run.metrics_path.is_file():
         try:
             fig = viz.plot_training_curves(run.metrics_path, title="")

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {predictor.path}" + (f" (epoch {epoch})" if epoch else ""))
     print(f"data:       {splits.dataset}, {eval_set.split} split: {result['n']} images ({splits.rule})")
     print(f"preprocess: {predictor.preprocess.describe()}")
-    print(f"loss {result['loss']:.4f}   top-1 {result['accuracy']:.4f}   top-5 {result['top5']:.4f}")
+    top5 = f"   top-5 {result['top5']:.4f}" if len(predictor.classes) > 5 else ""  # else always 1
+    print(f"loss {result['loss']:.4f}   top-1 {result['accuracy']:.4f}{top5}")
     if args.predictions:
         from ..runs import write_predictions
         write_predictions(args.predictions, eval_set.sources, result["predictions"], predictor.classes)
