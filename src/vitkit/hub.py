@@ -140,6 +140,15 @@ def is_hub_source(src: Any) -> bool:
     return arch in PRESETS and tag not in _FILE_SUFFIXES and not Path(src).exists()
 
 
+def named_architecture(src: Any) -> dict:
+    """The ViTConfig fields a timm name fixes, as timm's ``create_model`` builds it: its preset without
+    ``num_classes`` (the weights say that). ``{}`` for anything that is not a timm name (``hf-hub:`` sources,
+    files, folders, state dicts), whose architecture the weights alone describe."""
+    if not is_hub_source(src) or src.startswith(HUB_PREFIX):
+        return {}
+    return {k: v for k, v in PRESETS[parse_name(src)[0]].items() if k != "num_classes"}
+
+
 def resolve(src: Any) -> Any:
     """What to read weights from: the downloaded folder for a Hub name (see :func:`is_hub_source`), ``src``
     unchanged for anything else (a file, a folder, a state dict, a live model)."""

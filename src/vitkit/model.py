@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import hub, interop
 from .checkpoint import check_state_dict
-from .config import PRESETS, ViTConfig, get_preset
+from .config import ViTConfig, get_preset
 from .configtools import pair
 from .errors import ConfigError
 from .layers import (AttentionPoolLatent, PatchEmbedding, PostNormBlock, TransformerBlock, resample_pos_embed,
@@ -108,11 +108,9 @@ class VisionTransformer(nn.Module):
         ViTConfig fields (see :func:`vitkit.interop.load_pretrained`). A file that does not fit is one
         CheckpointError listing every missing, unexpected or mis-shaped tensor.
         """
-        if hub.is_hub_source(src) and not src.startswith(hub.HUB_PREFIX):  # a timm name: its architecture too
-            preset = {k: v for k, v in PRESETS[hub.parse_name(src)[0]].items() if k != "num_classes"}
-            img_size = preset.pop("img_size") if img_size is None else img_size
-            preset.pop("img_size", None)
-            overrides = {**preset, **overrides}
+        named = hub.named_architecture(src)  # a timm name fixes the architecture too
+        named_size = named.pop("img_size", None)
+        img_size, overrides = named_size if img_size is None else img_size, {**named, **overrides}
         src = hub.resolve(src)
         found = interop.load_pretrained(src, source, num_classes, img_size, **overrides)
         model = cls(found.config)
@@ -343,9 +341,9 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTran
         return VisionTransformer.from_pretrained(name, **overrides)
     if not pretrained:
         return VisionTransformer(get_preset(arch, **overrides))
-    source = hub.pretrained_source(name)
-    preset = {k: v for k, v in PRESETS[arch].items() if k != "num_classes"}
-    return VisionTransformer.from_pretrained(source, **{**preset, **overrides})
+    # the weights of the name's repository, built as the name says (an untagged name: timm's default tag)
+    return VisionTransformer.from_pretrained(hub.pretrained_source(name),
+                                             **{**hub.named_architecture(arch), **overrides})
 
 
 def from_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None,

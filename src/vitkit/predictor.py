@@ -37,8 +37,8 @@ class Predictor:
         ``device``; a file whose classes or preprocessing do not fit its model is one CheckpointError."""
         device = torch.device(device)
         if hub.is_hub_source(str(checkpoint)):  # hf-hub:org/name or a timm name: weights from the Hub
-            model = VisionTransformer.from_pretrained(str(checkpoint)).to(device)
             path, meta = hub.resolve(str(checkpoint)), {}  # the folder the download left in the cache
+            model = VisionTransformer.from_pretrained(path, **hub.named_architecture(str(checkpoint))).to(device)
         else:
             path = Path(checkpoint)
             try:
