@@ -22,6 +22,14 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+TOP_K = 5  # the "top5" of every result: the true class among the five most probable
+
+
+def top_k_informative(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer every image is in its top 5."""
+    return num_classes > TOP_K
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp: bool = False,
              num_classes: int | None = None) -> dict:
@@ -47,7 +55,7 @@ def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp:
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         probs = logits.softmax(dim=1)
         confidence, pred = probs.max(dim=1)
-        k = min(5, logits.shape[1])
+        k = min(TOP_K, logits.shape[1])
         rows["label"].append(labels)
         rows["pred"].append(pred)
         rows["confidence"].append(confidence)

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import visualize as viz
 from .errors import DataError
+from .evaluation import top_k_informative
 from .fileio import atomic_write_text
 from .runs import Run
 
@@ -116,7 +117,7 @@ def _cards(results: dict, num_classes: int) -> str:
     """The headline numbers of results.json as cards: the trainer's known keys first, else any top-level
     number (at most 8). Top-5 accuracy is left out for 5 classes or fewer, where it is always 1."""
     numbers = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and not ("top5" in k and num_classes <= 5)}
+               and not ("top5" in k and not top_k_informative(num_classes))}
     keys = [k for k in HEADLINE if k in numbers] or list(numbers)
     cards = [f'<div class="card"><div class="v">{html.escape(_card_value(k, numbers[k]))}</div>'
              f'<div class="k">{html.escape(k.replace("_", " "))}</div></div>' for k in keys[:8]]
