@@ -428,3 +428,32 @@ def test_a_decompression_bomb_is_one_data_error(tmp_path, capsys):
     assert lines[0].startswith(f"vitkit predict: skipped {root / 'a' / 'huge.png'}: image file ")
     assert "decompression bomb" in lines[0] and one_sentence(lines[0].split(": ", 2)[2])
     assert lines[1] == "vitkit predict: 1 of 3 inputs could not be predicted"
+
+
+def test_a_stop_signal_reaching_a_worker_before_it_is_set_up_does_not_kill_it(tmp_path, monkeypatch):
+    """A signal to the process group can hit a loader worker between its fork and its init function. The
+    loader starts its workers with SIGINT/SIGTERM held back, so such a worker lives (its init function then
+    ignores the held signal) and the pass completes; the main process's own mask is restored."""
+    import os
+    import signal
+
+    from vitkit.data import imagefolder
+    from vitkit.data.imagefolder import FolderLoader
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["a", "b"]):
+        for i in range(4):
+            save(tmp_path / name / f"{i}.png", "RGB", (16, 16), 40 + 150 * k, rng)
+    quiet = imagefolder._quiet_worker
+
+    def hit_first(worker_id):  # the worst moment: the signal arrives before the worker can ignore it
+        os.kill(os.getpid(), signal.SIGTERM)
+        quiet(worker_id)
+
+    monkeypatch.setattr(imagefolder, "_quiet_worker", hit_first)
+    dataset = ImageFolderDataset(tmp_path, eval_transform(Preprocess(16)))
+    loader = FolderLoader(dataset, 4, shuffle=False, workers=2)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    labels = torch.cat([y for _, y in loader])
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask

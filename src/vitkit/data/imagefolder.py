@@ -14,9 +14,11 @@ depend on which worker it is, on worker restarts, or on where a resumed run star
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -165,10 +167,31 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, i) for i in order[start:].tolist()])
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _quiet_worker(_: int) -> None:
-    """Loader workers leave Ctrl-C and SIGTERM to the main process, which stops the run once and cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which stops the run once and cleanly.
+    They are born with both held back (:func:`_stop_signals_held`); ignored now, a held one is dropped."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Hold Ctrl-C and SIGTERM back while loader workers start. A terminal or a job scheduler signals the whole
+    process group: a worker hit before :func:`_quiet_worker` runs would die of it and fail the loader. Held,
+    the signal reaches the main process as soon as the workers are up; the workers inherit the held mask."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class FolderLoader:
@@ -211,7 +234,9 @@ class FolderLoader:
 
     def __iter__(self):
         first, self._first = getattr(self, "_first", 0), 0
-        for b, (images, labels) in enumerate(self.loader, start=first):
+        with _stop_signals_held() if self.loader.num_workers else contextlib.nullcontext():
+            batches = iter(self.loader)  # starts the workers
+        for b, (images, labels) in enumerate(batches, start=first):
             if self.mix is not None:
                 g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2, self.rank, b))
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
