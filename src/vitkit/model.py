@@ -93,8 +93,8 @@ class VisionTransformer(nn.Module):
         return cls(config)
 
     @classmethod
-    def from_pretrained(cls, src, source: str = "auto", num_classes: int | None = None, img_size=None,
-                        **overrides) -> "VisionTransformer":
+    def from_pretrained(cls, src, source: str = "auto", num_classes: int | None = None, img_size=None, *,
+                        arch: str | None = None, **overrides) -> "VisionTransformer":
         """A model (eval mode) with the weights of ``src``, computing what the source computes.
 
         ``src``: a ``.safetensors`` / ``.pth`` / ``.bin`` / ``.npz`` file, a Hugging Face model folder, a vitkit
@@ -105,10 +105,14 @@ class VisionTransformer(nn.Module):
         :func:`create_model` does (``..._clip_quickgelu_224.openai``: QuickGELU). ``source`` forces the format ('timm', 'hf', 'torchvision', 'jax', 'vitkit'); 'auto'
         detects it. ``num_classes`` other than the checkpoint's re-initialises the head (with a warning);
         ``img_size`` other than the checkpoint's resamples the position embedding. ``overrides`` are
-        ViTConfig fields (see :func:`vitkit.interop.load_pretrained`). A file that does not fit is one
+        ViTConfig fields (see :func:`vitkit.interop.load_pretrained`); ``arch`` names the preset the weights are
+        of (``arch="vit_small_patch16_dinov3"`` for a bare timm state dict), for what the keys cannot tell (a
+        rotary embedding is in no timm state dict). A file that does not fit is one
         CheckpointError listing every missing, unexpected or mis-shaped tensor.
         """
-        named = hub.named_architecture(src)  # a timm name fixes the architecture too
+        if arch is not None:
+            get_preset(hub.parse_name(arch)[0])  # an unknown name is one sentence, with "did you mean"
+        named = hub.named_architecture(arch if arch is not None else src)  # a timm name fixes the architecture
         named_size = named.pop("img_size", None)
         img_size, overrides = named_size if img_size is None else img_size, {**named, **overrides}
         src = hub.resolve(src)
@@ -346,10 +350,10 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTran
                                              **{**hub.named_architecture(arch), **overrides})
 
 
-def from_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None,
-                    **overrides) -> VisionTransformer:
+def from_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None, *,
+                    arch: str | None = None, **overrides) -> VisionTransformer:
     """``vitkit.from_pretrained``: :meth:`VisionTransformer.from_pretrained`."""
-    return VisionTransformer.from_pretrained(src, source, num_classes, img_size, **overrides)
+    return VisionTransformer.from_pretrained(src, source, num_classes, img_size, arch=arch, **overrides)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -84,6 +84,10 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
     foreign = {k: v for k, v in state.items() if spec.foreign_head and k.startswith(spec.foreign_head)}
     state = {k: v for k, v in state.items() if k not in foreign}
     lost = unplaced_keys(state)
+    rope = [k for k in lost if "rope" in k.lower() or k.endswith(("periods", "inv_freq"))]
+    if rope:
+        raise CheckpointError(f"{read.name} holds the tensors of a rotary position embedding ({', '.join(rope[:3])}) "
+                              "that vitkit does not compute; it was not loaded")
     if lost:
         few = ", ".join(lost[:4]) + (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
         raise CheckpointError(f"{read.name} read as the {spec.label or spec.name} layout leaves {len(lost)} "
@@ -93,7 +97,10 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
     profile = spec.profile(state)
     hints = {**spec.defaults, **profile.defaults, **facts, **read.hints}
     said = set(hints) | set(apply_aliases(dict(overrides))) | ({"img_size"} if img_size is not None else set())
-    raw = source_keys(read.state, spec) if any(a.test for a in spec.assume + profile.assume) else {}
+    raw = source_keys(read.state, spec) if spec.require or any(a.test for a in spec.assume + profile.assume) else {}
+    for need in spec.require:
+        if need.test(raw) and not any(f in said for f in need.fields):
+            raise CheckpointError(f"{read.name} cannot be loaded as it is: {need.why}")
     assumed = [a for a in spec.assume + profile.assume
                if a.field not in said and (a.test is None or a.test(raw))]
     hints.update({a.field: a.value for a in assumed})

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import PRESETS
 from ..errors import CheckpointError, ConfigError
 from . import preprocess as pp
+from .timm_modules import act_name as timm_act_name, timm_architecture
 
 # --------------------------------------------------------------------------------------------------------------
 # Class names
@@ -65,7 +67,11 @@ def hf_hints(config: Any) -> dict:
     """Heads, eps, activation, image size and qkv bias from a Hugging Face config (object or config.json dict);
     for a CLIP or SigLIP model, from its vision config."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    kind = _HF_TYPES.get(d.get("model_type", "vit"), "vit")
+    model_type = d.get("model_type", "vit")
+    if model_type not in _HF_TYPES:
+        raise CheckpointError(f"Hugging Face model_type {model_type!r} is not one vitkit computes (it reads "
+                              f"{', '.join(sorted(_HF_TYPES))}); it was not loaded")
+    kind = _HF_TYPES[model_type]
     if isinstance(d.get("vision_config"), dict):
         d = d["vision_config"]
     d = {**_HF_DEFAULTS[kind], **{k: v for k, v in d.items() if v is not None}}
@@ -92,8 +98,12 @@ def open_clip_hints(config: dict) -> tuple[dict, dict | None]:
     vision = model.get("vision_cfg", {})
     preprocess = pp.from_open_clip(config.get("preprocess_cfg", {}))
     if vision.get("timm_model_name"):  # a timm trunk: its definition holds the facts
-        trunk = _timm_on_meta(vision["timm_model_name"], num_classes=0, global_pool=vision.get("timm_pool", ""))
-        return (_timm_hints(trunk) if trunk is not None else {}), preprocess
+        name = vision["timm_model_name"]
+        trunk = _timm_on_meta(name, num_classes=0, global_pool=vision.get("timm_pool", ""))
+        if trunk is None:
+            raise CheckpointError(f"open_clip_config.json names the timm trunk {name!r}, which the installed timm "
+                                  "(if any) does not describe, so what it computes cannot be checked")
+        return timm_architecture(trunk), preprocess
     width = vision.get("width", 768)
     hints = {"num_heads": width // vision.get("head_width", 64),
              "act": "quick_gelu" if model.get("quick_gelu") else "gelu", "img_size": vision.get("image_size", 224)}
@@ -101,11 +111,22 @@ def open_clip_hints(config: dict) -> tuple[dict, dict | None]:
 
 
 def timm_folder_hints(config: dict) -> tuple[dict, dict | None]:
-    """A timm Hub folder's ``config.json`` names the architecture; its definition (built on the meta device,
-    no memory) gives the facts, its ``pretrained_cfg`` the preprocessing."""
+    """A timm Hub folder's ``config.json`` names the architecture: its definition in the installed timm (built on
+    the meta device, no memory) gives the facts, else vitkit's preset of that name; its ``pretrained_cfg`` gives
+    the preprocessing. An architecture neither describes is refused: the keys alone cannot prove what it computes."""
+    arch = config["architecture"]
     kwargs = {"num_classes": config.get("num_classes", 0), **config.get("model_args", {})}
-    model = _timm_on_meta(config["architecture"], **kwargs)
-    return (_timm_hints(model) if model is not None else {}), pp.from_timm_cfg(config.get("pretrained_cfg"))
+    model = _timm_on_meta(arch, **kwargs)
+    if model is not None:
+        hints = timm_architecture(model)
+    elif arch in PRESETS:
+        hints = {k: v for k, v in PRESETS[arch].items() if k != "num_classes"}
+    else:
+        raise CheckpointError(f"the folder's config.json names the timm architecture {arch!r}, which neither "
+                              "vitkit's presets nor the installed timm describe, so what it computes cannot be "
+                              "checked; install a timm that has it, or load the weights file with from_pretrained("
+                              "..., arch=NAME) of a matching preset")
+    return hints, pp.from_timm_cfg(config.get("pretrained_cfg"))
 
 
 def _timm_on_meta(name: str, **kwargs):
@@ -113,11 +134,13 @@ def _timm_on_meta(name: str, **kwargs):
         import timm
     except ImportError:
         return None
+    if not timm.is_model(name):
+        return None
     try:
         with torch.device("meta"):
             return timm.create_model(name, pretrained=False, **kwargs)
-    except Exception:  # an architecture this timm does not know: the keys and defaults decide
-        return None
+    except Exception as e:  # the folder's model_args do not fit the installed timm's definition
+        raise CheckpointError(f"the installed timm cannot build {name!r} with the folder's arguments ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -128,7 +151,7 @@ def module_hints(m: nn.Module) -> tuple[dict, str | None, dict | None]:
     """(hints, format if the module's kind tells it, preprocessing) of a live model."""
     module = type(m).__module__
     if module.startswith("timm."):
-        return _timm_hints(m), "timm", pp.from_timm_cfg(getattr(m, "pretrained_cfg", None))
+        return timm_architecture(m), "timm", pp.from_timm_cfg(getattr(m, "pretrained_cfg", None))
     if module.startswith("transformers."):
         return hf_hints(m.config), None, None
     if module.startswith("torchvision."):
@@ -145,27 +168,10 @@ def module_hints(m: nn.Module) -> tuple[dict, str | None, dict | None]:
     return {}, None, None
 
 
-def _timm_hints(m) -> dict:
-    pools = {"token": "cls", "avg": "mean", "map": "map"}
-    if m.global_pool not in pools:
-        raise CheckpointError(f"timm global_pool={m.global_pool!r} is not supported; vitkit pools 'token' "
-                              "([CLS]), 'avg' (mean of patch tokens) or 'map' (attention pooling)")
-    block = m.blocks[0]
-    img_size = getattr(m.patch_embed, "img_size", None)
-    hints = {"num_heads": block.attn.num_heads, "pool": pools[m.global_pool],
-             "no_embed_class": bool(getattr(m, "no_embed_class", False)), "norm_eps": block.norm1.eps,
-             "act": act_name(block.mlp.act), "dynamic_img_size": bool(getattr(m, "dynamic_img_size", False))}
-    if img_size is not None:
-        hints["img_size"] = tuple(img_size)
-    if getattr(m, "pos_embed", None) is None:
-        hints["pos_embed"] = "none"
-    return hints
-
-
 def _open_clip_module_hints(m) -> dict:
     tower = getattr(m, "visual", m)
     if hasattr(tower, "trunk"):
-        return _timm_hints(tower.trunk)
+        return timm_architecture(tower.trunk)
     block = tower.transformer.resblocks[0]
     return {"num_heads": block.attn.num_heads, "act": act_name(block.mlp.gelu), "norm_eps": block.ln_1.eps,
             "img_size": tuple(tower.image_size)}
@@ -197,10 +203,9 @@ def _encoder_act(layer: nn.TransformerEncoderLayer) -> str:
 
 
 def act_name(act: nn.Module) -> str:
-    name, approx = type(act).__name__, getattr(act, "approximate", "none")
-    names = {"GELU": "gelu_tanh" if approx == "tanh" else "gelu", "GELUTanh": "gelu_tanh", "GELU_tanh": "gelu_tanh",
-             "ReLU": "relu", "QuickGELU": "quick_gelu", "SiLU": "silu", "Swish": "silu"}
-    if name not in names:
-        raise CheckpointError(f"activation {name} is not supported; vitkit has GELU (exact or tanh), QuickGELU, "
-                              "SiLU and ReLU")
-    return names[name]
+    """vitkit's name of an activation module; one sentence for an activation vitkit does not have."""
+    name = timm_act_name(act)
+    if name is None:
+        raise CheckpointError(f"activation {type(act).__name__} is not supported; vitkit has GELU (exact or tanh), "
+                              "QuickGELU, SiLU and ReLU")
+    return name

@@ -5,9 +5,10 @@ big_vision (incl. SigLIP's MAP head). One row per key; see :mod:`vitkit.interop.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from . import preprocess as pp
-from .rules import (Assume, Format, Profile, Rule, add, cat, cls_plus_class_pos, heads_of, jax_conv, jax_heads_bias,
+from .rules import (Assume, Format, Profile, Require, Rule, add, cat, cls_plus_class_pos, heads_of, jax_conv, jax_heads_bias,
                     jax_heads_in, jax_heads_out, patch_pos, transpose, wb)
 
 
@@ -34,6 +35,44 @@ TIMM_PROFILES = (
 )
 
 _REL = "attn.relative_position_bias.relative_position_bias_table"  # vitkit's per-block table
+
+
+def _relative_bias(raw: dict) -> bool:
+    return any(k.endswith("relative_position_bias_table") for k in raw)
+
+
+def _no_position(raw: dict) -> bool:
+    return "pos_embed" not in raw and not _relative_bias(raw)
+
+
+def _eva_layer_scale(raw: dict) -> bool:
+    return any(re.fullmatch(r"blocks\.\d+\.gamma_1", k) for k in raw) and not _relative_bias(raw)
+
+
+def _qv_bias_alone(raw: dict) -> bool:
+    return any(re.fullmatch(r"blocks\.\d+\.attn\.q_bias", k) for k in raw) and not _relative_bias(raw)
+
+
+def _pe_like(raw: dict) -> bool:  # CLIP's pre-norm with an attention pool, or without a final norm
+    return "norm_pre.weight" in raw and ("attn_pool.latent" in raw or "norm.weight" not in raw)
+
+
+_ROPE_MODELS = ("a rotary position embedding (RoPE), which their weights do not hold; name the architecture "
+                "(from_pretrained(..., arch='vit_small_patch16_dinov3')) or say rope=")
+# timm's RoPE models (Eva: DINOv3, EVA-02, PE, RoPE-ViT, the SBB ViTs) store nothing of their rotary embedding,
+# so their state dicts look like plain ViTs; these key patterns are where the two meet.
+TIMM_REQUIRE = (
+    Require(("pos_embed", "rope"), "its weights hold no position embedding, as timm's RoPE models (DINOv3, "
+            "RoPE-ViT, the SBB ViTs) store them: they rotate q and k with " + _ROPE_MODELS + "..., or "
+            "pos_embed='none' for a model without position information", _no_position),
+    Require(("rope",), "its layer scale is named gamma_1/gamma_2, as in DeiT III's original files and in timm's "
+            "Eva models (RoPE-ViT, DINOv3, PE), which add " + _ROPE_MODELS + "'none' for a DeiT III file",
+            _eva_layer_scale),
+    Require(("rope",), "its q/v-only attention biases without a relative position bias are those of timm's "
+            "EVA-02, DINOv3 (qkvb) and SBB ViTs, which add " + _ROPE_MODELS + "'none' for EVA-1", _qv_bias_alone),
+    Require(("rope",), "its pre-norm with an attention pool (or no final norm) is Meta's Perception Encoder in "
+            "timm's keys, which adds " + _ROPE_MODELS + "'none' for a model without one", _pe_like),
+)
 TIMM = Format(
     name="timm", markers=("patch_embed.proj.weight",), label="timm",
     rules=(
@@ -56,7 +95,7 @@ TIMM = Format(
     prefixes=("module.", "teacher.backbone.", "backbone."), scoped_prefix=True, pre_logits="pre_logits.",
     # masked-image-modelling parts (DINOv2, BEiT, MAE decoders) and buffers derived from the grid
     ignore=(r"^mask_token$", r"^decoder_", r"^lm_head\.", r"\.relative_position_index$"),
-    profiles=TIMM_PROFILES)
+    require=TIMM_REQUIRE, profiles=TIMM_PROFILES)
 
 _HF_V4 = "encoder.layer.{i}."  # files on the Hub (transformers 4 names)
 _HF_V5 = "layers.{i}."  # live models of transformers >= 5
@@ -205,4 +244,4 @@ JAX = Format(
     profiles=(Profile("SigLIP", when=("attn_pool.latent",), preprocess=pp.SIGLIP),
               Profile("ViT (google)", preprocess=pp.VIT_GOOGLE)))
 
-VITKIT = dataclasses.replace(TIMM, name="vitkit", label="vitkit", profiles=())
+VITKIT = dataclasses.replace(TIMM, name="vitkit", label="vitkit", profiles=(), require=())

@@ -4,8 +4,8 @@ timm trunks), Hugging Face's CLIP and SigLIP vision models. One row per key."""
 from __future__ import annotations
 
 from . import preprocess as pp
-from .formats import TIMM_PROFILES
-from .rules import Assume, Format, Profile, Rule, cat, heads_of, kv_of_qkv, pos, q_of_qkv, token, transpose, wb
+from .formats import TIMM_PROFILES, TIMM_REQUIRE
+from .rules import Assume, Format, Profile, Require, Rule, cat, heads_of, kv_of_qkv, pos, q_of_qkv, token, transpose, wb
 
 _RB = "transformer.resblocks.{i}."
 OPEN_CLIP = Format(
@@ -36,7 +36,16 @@ OPEN_CLIP = Format(
             Assume("num_heads", heads_of(64), "the number of heads cannot be told from open_clip weights; assumed "
                    "width // 64 (open_clip's default head_width; ViT-H, g and bigG use 80, 88 and 104): pass "
                    "num_heads= or read the model's folder with its open_clip_config.json")),
+    # Meta's Perception Encoder ships open_clip's keys; it rotates q and k (RoPE, not in the file) and its
+    # spatial / language towers have no ln_post
+    require=(Require(("rope",), "it is an open_clip-layout tower without ln_post, as Meta's Perception Encoder "
+                     "(spatial, lang) ships them: those rotate q and k with a rotary position embedding (RoPE) "
+                     "their files do not hold; say rope=", lambda raw: "ln_post.weight" not in raw),),
     profiles=(Profile("CLIP", preprocess=pp.CLIP),))
+
+def _trunk(raw: dict) -> dict:
+    return {k[len("trunk."):]: v for k, v in raw.items() if k.startswith("trunk.")}
+
 
 OPEN_CLIP_TIMM = Format(
     name="open_clip_timm", markers=("trunk.patch_embed.proj.weight",), label="open_clip (timm trunk)",
@@ -44,6 +53,7 @@ OPEN_CLIP_TIMM = Format(
            Rule("head.bias", ("head.proj.bias",))),
     renames=((r"^trunk\.", ""),),  # the trunk is a timm model
     prefixes=("module.visual.", "visual."), scoped_prefix=True,
+    require=tuple(Require(r.fields, r.why, lambda raw, test=r.test: test(_trunk(raw))) for r in TIMM_REQUIRE),
     profiles=TIMM_PROFILES)
 
 _HL = "encoder.layers.{i}."

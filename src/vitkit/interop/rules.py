@@ -171,6 +171,18 @@ class Assume:
 
 
 @dataclass(frozen=True)
+class Require:
+    """A fact the weights cannot tell and no default may stand in for, because the keys are also those of a
+    model that computes something else (e.g. timm's RoPE models, whose rotary embedding is not in their weights):
+    when ``test`` (of the source's own keys) holds, the source or the caller must say one of ``fields``, else
+    loading stops with ``why`` (one clause: what the keys could be, and what to pass)."""
+
+    fields: tuple[str, ...]
+    why: str
+    test: Callable[[dict], bool]
+
+
+@dataclass(frozen=True)
 class Profile:
     """What a model family implies beyond its keys: config ``defaults`` (documented facts, silent),
     assumptions (warned), and the preprocessing it was trained with (mean, std, interpolation, crop_pct,
@@ -202,7 +214,8 @@ class Format:
     dropped. ``renames`` (regex, replacement) apply first; ``ignore`` (regexes) drops tensors that do not
     change the outputs; ``pre_logits`` is the prefix of an optional representation layer vitkit does not
     have, ``foreign_head`` that of a classifier on other features than vitkit's pooling (both are dropped and
-    the head starts afresh, with a warning). ``defaults`` are what the library implies; ``profiles`` what each model family in it implies.
+    the head starts afresh, with a warning). ``defaults`` are what the library implies; ``profiles`` what each model family in it implies;
+    ``require`` the facts a caller must give when the keys are ambiguous.
     """
 
     name: str
@@ -218,6 +231,7 @@ class Format:
     scan: bool = False  # JAX: Transformer/encoderblock/... tensors carry a leading depth axis
     defaults: dict = field(default_factory=dict)
     assume: tuple[Assume, ...] = ()
+    require: tuple[Require, ...] = ()
     profiles: tuple[Profile, ...] = ()
     label: str = ""  # how messages name the format
 
