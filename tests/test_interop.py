@@ -1,6 +1,8 @@
-"""vitkit.interop: other libraries' ViT weights load into vitkit and compute the same logits (float32,
-<= 1e-5 max abs difference). Every model is built offline with random weights; every parameter is then
-redrawn (norm scales around 1, everything else around 0) so that a swapped or transposed tensor shows."""
+"""vitkit.interop: other libraries' ViT weights load into vitkit and compute the same tokens before the head
+and the same logits (float32, <= 1e-5 max abs difference). Every model is built offline with random weights;
+every parameter is then redrawn (randomize: norm scales and layer scales near 1, sharp attention) so that a
+swapped or transposed tensor shows, and each test checks (tests/mutation.py) that with each piece its family
+needs switched off the comparison fails by far."""
 
 import re
 
@@ -14,18 +16,37 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT, checkpo
 from vitkit import CheckpointError, ConfigError, VisionTransformer
 from vitkit.checkpoint import save_weights
 from vitkit import from_pretrained
+from mutation import assert_pieces_matter, output_of
 
 TOL = 1e-5
+PLAIN = ["head_layout", "pos_embed", "final_norm"]  # what a plain ViT's comparison must show matters
+
+
+LAYER_SCALE = re.compile(r"(^|\.)(gamma(_[12])?|lambda1)$")  # timm ls*.gamma, BEiT gamma_1/2, HF lambda1
+GAIN = 1.5  # matrices ~ N(0, (GAIN / sqrt(fan_in))^2): attention logits of std ~ GAIN^2, sharp at any width
 
 
 @torch.no_grad()
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Redraw every parameter: LayerNorm scales ~ 1 + N(0, .1), all other tensors ~ N(0, .05)."""
+    """Redraw every parameter so that each piece of the architecture matters (tests/mutation.py checks it):
+    LayerNorm scales ~ 1 + N(0, .1); layer scales ~ 0.5 + U(0, 1) (not their tiny initial values); the
+    matrices of linear, convolution and attention layers ~ N(0, (1.5 / sqrt(fan_in))^2), so that attention is
+    sharp and a wrong head split, scale or bias shows; every other tensor (biases, tokens, position embeddings
+    and tables, the MAP probe) ~ N(0, .5)."""
     g = torch.Generator().manual_seed(seed)
-    norm_scales = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        p.copy_(1 + 0.1 * noise if name in norm_scales else 0.05 * noise)
+    matrices = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.MultiheadAttention)
+    for module_name, module in model.named_modules():
+        for short, p in module.named_parameters(recurse=False):
+            name = f"{module_name}.{short}" if module_name else short
+            noise = torch.randn(p.shape, generator=g)
+            if isinstance(module, torch.nn.LayerNorm) and short == "weight":
+                p.copy_(1 + 0.1 * noise)
+            elif LAYER_SCALE.search(name):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif p.ndim >= 2 and isinstance(module, matrices):
+                p.copy_(GAIN / p[0].numel() ** 0.5 * noise)
+            else:
+                p.copy_(0.5 * noise)
     return model.eval()
 
 
@@ -43,6 +64,12 @@ def _logits(model, x):
     return getattr(out, "logits", out)
 
 
+def _tokens(model, x):
+    """A timm model's (or vitkit's) tokens before the head."""
+    with torch.no_grad():
+        return model.forward_features(x)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # timm
 
@@ -54,11 +81,13 @@ def timm_tiny():
 
 def test_timm_vit_tiny_live_model_and_state_dict(timm_tiny):
     x = images(2, 224)
-    want = _logits(timm_tiny, x)
+    want, tokens = _logits(timm_tiny, x), _tokens(timm_tiny, x)
     for src in (timm_tiny, timm_tiny.state_dict()):
         ours = VisionTransformer.from_pretrained(src)
         assert ours.config.num_heads == 3 and ours.config.depth == 12 and ours.config.num_classes == 1000
+        assert max_diff(_tokens(ours, x), tokens) <= TOL
         assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, PLAIN)
 
 
 def test_timm_vit_small_at_96_live_and_resampled_from_224():
@@ -68,13 +97,18 @@ def test_timm_vit_small_at_96_live_and_resampled_from_224():
     ref96 = randomize(timm.create_model("vit_small_patch16_224", img_size=96))
     ours = VisionTransformer.from_pretrained(ref96)
     assert ours.config.img_size == (96, 96) and ours.config.num_heads == 6
+    assert max_diff(_tokens(ours, x), _tokens(ref96, x)) <= TOL
     assert max_diff(_logits(ours, x), _logits(ref96, x)) <= TOL
 
-    state224 = dict(ref96.state_dict(), pos_embed=torch.randn(1, 1 + 14 * 14, 384) * 0.05)  # a 224 checkpoint
+    # a 224 checkpoint, its position embedding as large as randomize draws it (0.05 hardly moved the tokens)
+    state224 = dict(ref96.state_dict(), pos_embed=torch.randn(1, 1 + 14 * 14, 384) * 0.5)
     ref96.load_state_dict(checkpoint_filter_fn(state224, ref96))
     ours = VisionTransformer.from_pretrained(state224, img_size=96)
     assert ours.pos_embed.shape == (1, 1 + 36, 384)
-    assert max_diff(_logits(ours, x), _logits(ref96, x)) <= TOL
+    tokens, want = _tokens(ref96, x), _logits(ref96, x)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, PLAIN)  # the resampled position embedding among them
 
 
 def test_resampling_224_to_384_equals_timm(timm_tiny):
@@ -86,7 +120,10 @@ def test_resampling_224_to_384_equals_timm(timm_tiny):
     ref384 = timm.create_model("vit_tiny_patch16_224", img_size=384).eval()
     ref384.load_state_dict(checkpoint_filter_fn(state, ref384))
     x = images(1, 384)
-    assert max_diff(_logits(ours, x), _logits(ref384, x)) <= TOL
+    tokens, want = _tokens(ref384, x), _logits(ref384, x)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, ["pos_embed"])
 
 
 @pytest.mark.parametrize("fc_norm", [None, False])
@@ -95,23 +132,29 @@ def test_timm_gap_without_class_token(fc_norm):
     ref = randomize(TimmViT(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3, num_classes=7,
                             class_token=False, global_pool="avg", fc_norm=fc_norm))
     x = images(2, 64)
+    tokens, want = _tokens(ref, x), _logits(ref, x)
     for src in (ref, ref.state_dict()):  # a state dict: width 192 -> 3 heads from the paper's table
         ours = VisionTransformer.from_pretrained(src)
         assert ours.config.pool == "mean" and not ours.config.class_token
         assert ours.config.use_fc_norm == (fc_norm is None)
-        assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+        assert max_diff(_tokens(ours, x), tokens) <= TOL
+        assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, ["head_layout", "pos_embed", "mean_pool",
+                                                 "fc_norm" if fc_norm is None else "final_norm"])
 
 
 def test_timm_register_tokens_layer_scale_and_deit3_keys():
     ref = randomize(TimmViT(img_size=64, patch_size=16, embed_dim=128, depth=2, num_heads=4, num_classes=5,
                             reg_tokens=4, no_embed_class=True, init_values=1e-5))
     x = images(2, 64)
-    want = _logits(ref, x)
+    want, tokens = _logits(ref, x), _tokens(ref, x)
     ours = VisionTransformer.from_pretrained(ref)
     cfg = ours.config
     assert (cfg.reg_tokens, cfg.no_embed_class, cfg.num_heads) == (4, True, 4)
     assert cfg.layer_scale_init is not None
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
     assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, ["registers", "layer_scale", "head_layout", "pos_embed"])
     # A state dict: heads are not in the shapes (width 128 is no paper variant) -> an override; the
     # position embedding covers only the 16 patches -> no_embed_class. DeiT III names layer scale gamma_1/2.
     state = {re.sub(r"ls([12])\.gamma", r"gamma_\1", k): v for k, v in ref.state_dict().items()}
@@ -124,6 +167,7 @@ def test_timm_register_tokens_layer_scale_and_deit3_keys():
         from_pretrained(state)
     ours = from_pretrained(state, num_heads=4)
     assert ours.config.no_embed_class and ours.config.reg_tokens == 4
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
     assert max_diff(_logits(ours, x), want) <= TOL
 
 
@@ -136,7 +180,10 @@ def test_timm_non_square_grid_needs_its_img_size(img_size):
     ours = from_pretrained(ref.state_dict(), img_size=img_size, n_heads=4)  # seed-style alias for num_heads
     assert ours.config.img_size == img_size and not ours.config.no_embed_class
     x = torch.randn(2, 3, *img_size)
-    assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+    tokens, want = _tokens(ref, x), _logits(ref, x)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, PLAIN)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -150,17 +197,33 @@ def _hf_model():
     return randomize(ViTForImageClassification(cfg))
 
 
+def _hf_tokens(ref, x):
+    with torch.no_grad():
+        return ref.vit(pixel_values=x).last_hidden_state  # after the final LayerNorm
+
+
 def test_hf_vit_for_image_classification_live_and_folder(tmp_path):
     ref = _hf_model()
     x = images(2, 32)
-    want = _logits(ref, x)
+    want, tokens = _logits(ref, x), _hf_tokens(ref, x)
     ours = VisionTransformer.from_pretrained(ref)  # transformers 5 names (layers.i.attention.q_proj ...)
     assert ours.config.norm_eps == ref.config.layer_norm_eps == 1e-12
     assert (ours.config.num_heads, ours.config.num_classes) == (4, 5)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
     assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, PLAIN)
     ref.save_pretrained(tmp_path / "hf")  # written with the Hub's names (encoder.layer.i.attention.attention.query)
     ours = VisionTransformer.from_pretrained(tmp_path / "hf")
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
     assert max_diff(_logits(ours, x), want) <= TOL
+    # eps 1e-12 instead of 1e-6 shows only where a LayerNorm sees a variance near 1e-6: embeddings 1000x smaller
+    with torch.no_grad():
+        for p in ref.vit.embeddings.parameters():
+            p.mul_(1e-3)
+    quiet = VisionTransformer.from_pretrained(ref)
+    want, tokens = _logits(ref, x), _hf_tokens(ref, x)
+    assert max_diff(_tokens(quiet, x), tokens) <= TOL and max_diff(_logits(quiet, x), want) <= TOL
+    assert_pieces_matter(quiet, x, tokens, want, ["norm_eps"])
 
 
 def test_hf_vit_model_without_head_gives_the_cls_features():
@@ -170,14 +233,22 @@ def test_hf_vit_model_without_head_gives_the_cls_features():
     backbone.load_state_dict(ref.vit.state_dict(), strict=False)  # all but the pooler
     x = images(2, 32)
     with torch.no_grad():
-        want = backbone(x).last_hidden_state[:, 0]  # (B, D): normed [CLS]
+        tokens = backbone(x).last_hidden_state
+    want = tokens[:, 0]  # (B, D): normed [CLS]
     ours = from_pretrained(backbone)  # the tanh pooler is not used by any logits and is dropped
     assert ours.config.num_classes == 0
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
     assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, PLAIN)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # torchvision
+
+
+def _torchvision_tokens(ref, x):
+    """torchvision's tokens before the head: its encoder's output (after encoder.ln)."""
+    return output_of(ref.encoder, lambda: ref(x))
 
 
 def test_torchvision_vit_b_16():
@@ -186,7 +257,10 @@ def test_torchvision_vit_b_16():
     x = images(1, 224)
     ours = VisionTransformer.from_pretrained(ref)
     assert (ours.config.embed_dim, ours.config.depth, ours.config.num_heads) == (768, 12, 12)
-    assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+    tokens, want = _torchvision_tokens(ref, x), _logits(ref, x)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, ["head_layout"])  # the small model below checks the others
 
 
 def test_torchvision_old_mlp_keys_and_pre_logits():
@@ -199,7 +273,10 @@ def test_torchvision_old_mlp_keys_and_pre_logits():
            for k, v in ref.state_dict().items()}
     assert "encoder.layers.encoder_layer_1.mlp.linear_2.weight" in old
     ours = from_pretrained(old, num_heads=4)
-    assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
+    tokens, want = _torchvision_tokens(ref, x), _logits(ref, x)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, PLAIN)
     # representation_size adds heads.pre_logits + tanh, which vitkit has not: dropped, head starts afresh.
     with_rep = TvViT(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
                      num_classes=3, representation_size=32)
@@ -281,13 +358,19 @@ def test_jax_npz_matches_timm_loader(tmp_path, layout):
     x = images(2, 32)
     ours = from_pretrained(path, act="gelu")  # timm's port computes the exact GELU
     assert ours.config.num_heads == 4  # read from the (D, H, hd) attention kernels
+    assert max_diff(_tokens(ours, x), _tokens(ref, x)) <= TOL
     assert max_diff(_logits(ours, x), _logits(ref, x)) <= TOL
     # By default the tanh GELU that flax computes, i.e. what the JAX model outputs.
     ours = from_pretrained(path)
     ref_tanh = TimmViT(**kw, act_layer="gelu_tanh").eval()
     ref_tanh.load_pretrained(str(path))
     assert ours.config.act == "gelu_tanh"
-    assert max_diff(_logits(ours, x), _logits(ref_tanh, x)) <= TOL
+    tokens, want = _tokens(ref_tanh, x), _logits(ref_tanh, x)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    # the (D, H, hd) kernels' head layout, the position table, the pooling and flax's tanh GELU must each show
+    pooling = ["mean_pool"] if "gap" in layout else ["final_norm"]
+    assert_pieces_matter(ours, x, tokens, want, ["head_layout", "pos_embed", "act:gelu", *pooling])
 
 
 def test_jax_pre_logits_is_dropped_with_a_warning(tmp_path):
@@ -314,7 +397,9 @@ def test_files_by_path_and_new_head(tmp_path):
     save_file(ref.state_dict(), str(tmp_path / "timm.safetensors"))
     torch.save({"model": ref.state_dict(), "epoch": 3}, tmp_path / "timm.pth")
     for name in ("timm.safetensors", "timm.pth"):
-        assert max_diff(_logits(from_pretrained(tmp_path / name), x), want) <= TOL
+        ours = from_pretrained(tmp_path / name)
+        assert max_diff(_tokens(ours, x), _tokens(ref, x)) <= TOL
+        assert max_diff(_logits(ours, x), want) <= TOL
 
     with pytest.warns(UserWarning, match="4-class head; a new 10-class head"):
         ours = from_pretrained(tmp_path / "timm.pth", num_classes=10)

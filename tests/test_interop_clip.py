@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from mutation import assert_pieces_matter, output_of
 from test_interop import TOL, images, max_diff, randomize
 from vitkit import from_pretrained
 from vitkit.interop import load_pretrained
@@ -37,6 +38,21 @@ def logits(model, x):
         return model(x)
 
 
+def tokens(model, x):
+    """vitkit's tokens before the head."""
+    with torch.no_grad():
+        return model.forward_features(x)
+
+
+def open_clip_tokens(clip, x):
+    """open_clip's image tokens before pooling: the transformer's output, through ln_post unless the tower
+    applies it after pooling (CLIPA's final_ln_after_pool), as vitkit's forward_features has them."""
+    visual = clip.visual
+    out = output_of(visual.transformer, lambda: clip.encode_image(x))
+    with torch.no_grad():
+        return out if visual.final_ln_after_pool else visual.ln_post(out)
+
+
 def silent(fn, *args, **kwargs):
     """fn(...) with every warning an error: the source said everything."""
     with warnings.catch_warnings():
@@ -57,8 +73,12 @@ def test_open_clip_tower_with_its_config_folder(tmp_path, quick_gelu):
     assert found.config.act == ("quick_gelu" if quick_gelu else "gelu") and found.config.num_heads == 4
     assert found.config.norm_pre and not found.config.patch_bias and not found.config.head_bias
     assert found.preprocess["mean"] == tuple(mean) and found.preprocess["std"] == tuple(std)
-    assert max_diff(logits(silent(from_pretrained, tmp_path), x), embed(clip, x)) <= TOL
-    assert max_diff(logits(silent(from_pretrained, clip), x), embed(clip, x)) <= TOL  # live: facts from modules
+    want, their_tokens = embed(clip, x), open_clip_tokens(clip, x)
+    for ours in (silent(from_pretrained, tmp_path), silent(from_pretrained, clip)):  # live: facts from modules
+        assert max_diff(tokens(ours, x), their_tokens) <= TOL
+        assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, ["norm_pre", "head_layout", "final_norm",
+                                                       "act:gelu" if quick_gelu else "act:quick_gelu"])
 
 
 def test_openai_torchscript_file(tmp_path):
@@ -79,7 +99,11 @@ def test_openai_torchscript_file(tmp_path):
     assert (found.config.act, found.config.num_heads, found.config.norm_eps) == ("quick_gelu", 2, 1e-5)
     assert found.preprocess == CLIP
     x = images(2, 32)
-    assert max_diff(logits(silent(from_pretrained, tmp_path / "ViT-T-8.pt"), x), embed(clip, x)) <= TOL
+    ours = silent(from_pretrained, tmp_path / "ViT-T-8.pt")
+    want, their_tokens = embed(clip, x), open_clip_tokens(clip, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, ["norm_pre", "act:gelu", "head_layout"])
 
 
 def test_open_clip_state_dict_warns_what_it_assumed(tmp_path):
@@ -95,6 +119,7 @@ def test_open_clip_state_dict_warns_what_it_assumed(tmp_path):
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}},
                tmp_path / "epoch_3.pt")
     ours = silent(from_pretrained, tmp_path / "epoch_3.pt", act="gelu", num_heads=2)
+    assert max_diff(tokens(ours, x), open_clip_tokens(clip, x)) <= TOL
     assert max_diff(logits(ours, x), embed(clip, x)) <= TOL
 
 
@@ -108,11 +133,17 @@ def test_open_clip_clipa_and_layer_scale(variant):
     cfg = ours.config
     if variant == "clipa":  # ln_post after the mean of the patch tokens: timm's fc_norm
         assert cfg.pool == "mean" and cfg.use_fc_norm and not cfg.norm_pre
+        pieces = ["mean_pool", "fc_norm"]
     else:
         assert cfg.layer_scale_init is not None
-    assert max_diff(logits(ours, x), embed(clip, x)) <= TOL
+        pieces = ["layer_scale", "norm_pre", "final_norm"]
+    want, their_tokens = embed(clip, x), open_clip_tokens(clip, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, [*pieces, "head_layout", "act:quick_gelu"])
     ours = silent(from_pretrained, clip.state_dict(), act="gelu", num_heads=4)
-    assert max_diff(logits(ours, x), embed(clip, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
 
 
 def test_open_clip_timm_trunk_siglip(monkeypatch):
@@ -129,10 +160,16 @@ def test_open_clip_timm_trunk_siglip(monkeypatch):
     x = images(2, 32)
     ours = silent(from_pretrained, clip)  # the live trunk tells its activation (exact GELU in this timm def)
     assert ours.config.pool == "map" and not ours.config.class_token
-    assert max_diff(logits(ours, x), embed(clip, x)) <= TOL
+    with torch.no_grad():
+        their_tokens = clip.visual.trunk.forward_features(x)
+    want = embed(clip, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, ["map", "head_layout", "act:gelu_tanh"])
     with pytest.warns(UserWarning, match="GELU or tanh-GELU cannot be told from timm SigLIP weights"):
         ours = from_pretrained(clip.state_dict(), num_heads=4)
-    assert max_diff(logits(ours, x), embed(clip, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -151,11 +188,18 @@ def test_hf_clip_vision_with_projection(tmp_path):
     x = images(2, 32)
     with torch.no_grad():
         out = ref(pixel_values=x)
+        # vitkit's tokens are post_layernorm'd, which CLIP applies to the pooled [CLS] only
+        their_tokens = ref.vision_model.post_layernorm(out.last_hidden_state)
     ours = silent(from_pretrained, ref)  # live transformers 5 model
     assert (ours.config.act, ours.config.num_heads, ours.config.norm_eps) == ("quick_gelu", 2, 1e-5)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
     assert max_diff(logits(ours, x), out.image_embeds) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, out.image_embeds, ["norm_pre", "act:gelu", "head_layout",
+                                                                   "final_norm"])
     ref.save_pretrained(tmp_path / "clip")
-    assert max_diff(logits(silent(from_pretrained, tmp_path / "clip"), x), out.image_embeds) <= TOL
+    ours = silent(from_pretrained, tmp_path / "clip")
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), out.image_embeds) <= TOL
     with pytest.warns(UserWarning, match="24-class head; it is removed"):  # without the projection: the pooler
         pooled = from_pretrained(tmp_path / "clip", num_classes=0)
     assert max_diff(logits(pooled, x), ref.vision_model(pixel_values=x).pooler_output) <= TOL
@@ -166,8 +210,13 @@ def test_hf_clip_vision_with_projection(tmp_path):
                                                            num_attention_heads=2, vocab_size=100,
                                                            max_position_embeddings=8))))
     with torch.no_grad():
-        want = full.visual_projection(full.vision_model(pixel_values=x).pooler_output)
-    assert max_diff(logits(silent(from_pretrained, full), x), want) <= TOL
+        vision = full.vision_model(pixel_values=x)
+        want = full.visual_projection(vision.pooler_output)
+        their_tokens = full.vision_model.post_layernorm(vision.last_hidden_state)
+    ours = silent(from_pretrained, full)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, ["act:quick_gelu"])
     with pytest.warns(UserWarning, match="assumed quick_gelu"):  # a bare state dict cannot tell
         from_pretrained(full.state_dict(), num_heads=2)
     assert max_diff(logits(silent(from_pretrained, full.state_dict(), act="gelu", num_heads=2), x), want) <= TOL
@@ -181,7 +230,12 @@ def test_timm_clip():
     found = silent(load_pretrained, ref)
     assert found.config.act == "quick_gelu" and found.config.norm_eps == 1e-5 and found.config.norm_pre
     assert found.preprocess["mean"] == CLIP["mean"]
-    assert max_diff(logits(silent(from_pretrained, ref), x), logits(ref, x)) <= TOL
+    ours = silent(from_pretrained, ref)
+    with torch.no_grad():
+        their_tokens = ref.forward_features(x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, logits(ref, x), ["norm_pre", "act:gelu", "head_layout", "final_norm"])
     with pytest.warns(UserWarning, match="QuickGELU or GELU cannot be told from timm CLIP weights"):
         ours = from_pretrained(ref.state_dict(), num_heads=4)
     assert ours.config.act == "gelu" and ours.config.norm_eps == 1e-5

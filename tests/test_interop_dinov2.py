@@ -8,8 +8,9 @@ import torch
 import timm
 from timm.models.vision_transformer import checkpoint_filter_fn
 
+from mutation import assert_pieces_matter
 from test_interop import TOL, images, max_diff, randomize
-from test_interop_clip import logits, silent
+from test_interop_clip import logits, silent, tokens
 from vitkit import from_pretrained
 from vitkit.interop import load_pretrained
 from vitkit.interop.preprocess import DINOV2
@@ -17,6 +18,12 @@ from vitkit.interop.preprocess import DINOV2
 D, HEADS, IMG = 128, 2, 28  # 64-wide heads, as in every released DINOv2; a 2 x 2 grid of 14-pixel patches
 TIMM_NAMES = {"plain": "vit_small_patch14_dinov2", "reg4": "vit_small_patch14_reg4_dinov2",
               "swiglu": "vit_giant_patch14_dinov2"}
+
+
+def pieces(kind: str, registers: bool = False) -> list[str]:
+    """What a DINOv2 comparison must show matters: layer scale, registers, the SwiGLU's gate order and SiLU."""
+    return ["layer_scale", "head_layout", "pos_embed", *(["registers"] if registers or kind == "reg4" else []),
+            *(["swiglu", "act:gelu"] if kind == "swiglu" else [])]
 
 
 def timm_dinov2(kind: str):
@@ -54,7 +61,10 @@ def test_dinov2_original_hub_file(tmp_path, kind):
     assert (cfg.num_heads, cfg.norm_eps, cfg.img_size, cfg.reg_tokens) == (HEADS, 1e-6, IMG, 4 * (kind == "reg4"))
     assert cfg.mlp == ("swiglu" if kind == "swiglu" else "mlp") and found.preprocess == DINOV2
     ours = silent(from_pretrained, tmp_path / f"dinov2_{kind}_pretrain.pth")
-    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL  # timm's pre-logits: x_norm_clstoken
+    want, their_tokens = logits(ref, x), tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL  # timm's pre-logits: x_norm_clstoken
+    assert_pieces_matter(ours, x, their_tokens, want, pieces(kind))
 
 
 def test_dinov2_training_checkpoint_chunked(tmp_path):
@@ -70,7 +80,9 @@ def test_dinov2_training_checkpoint_chunked(tmp_path):
     assert "backbone.blocks.1.1.attn.qkv.weight" in chunked
     torch.save({"teacher": chunked, "iteration": 10}, tmp_path / "teacher_checkpoint.pth")
     x = images(2, IMG)
-    assert max_diff(logits(silent(from_pretrained, tmp_path / "teacher_checkpoint.pth"), x), logits(ref, x)) <= TOL
+    ours = silent(from_pretrained, tmp_path / "teacher_checkpoint.pth")
+    assert max_diff(tokens(ours, x), tokens(ref, x)) <= TOL
+    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
 
 
 def hf_dinov2(registers: bool = False, swiglu: bool = False):
@@ -87,19 +99,29 @@ def pooler(model, x):
         return model(pixel_values=x).pooler_output
 
 
+def hf_tokens(model, x):
+    with torch.no_grad():
+        return model(pixel_values=x).last_hidden_state  # after the final LayerNorm, registers included
+
+
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_hf_dinov2(tmp_path, swiglu):
     ref = hf_dinov2(swiglu=swiglu)
     x = images(2, IMG)
     ours = silent(from_pretrained, ref)  # live: q_proj / gate_proj names of transformers 5
     assert ours.config.mlp == ("swiglu" if swiglu else "mlp") and ours.config.act == ("silu" if swiglu else "gelu")
-    assert max_diff(logits(ours, x), pooler(ref, x)) <= TOL
+    want, their_tokens = pooler(ref, x), hf_tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, pieces("swiglu" if swiglu else "plain"))
     ref.save_pretrained(tmp_path / "dinov2")  # the Hub's names: attention.attention.query, mlp.weights_in
     found = silent(load_pretrained, tmp_path / "dinov2")
     assert found.preprocess == DINOV2 and found.config.norm_eps == 1e-6
-    assert max_diff(logits(silent(from_pretrained, tmp_path / "dinov2"), x), pooler(ref, x)) <= TOL
+    ours = silent(from_pretrained, tmp_path / "dinov2")
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
     ours = silent(from_pretrained, {f"dinov2.{k}": v for k, v in ref.state_dict().items()})  # a task model's
-    assert max_diff(logits(ours, x), pooler(ref, x)) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
 
 
 def test_hf_dinov2_with_registers(tmp_path):
@@ -107,12 +129,18 @@ def test_hf_dinov2_with_registers(tmp_path):
     x = images(2, IMG)
     ours = silent(from_pretrained, ref)
     assert ours.config.reg_tokens == 4 and ours.config.no_embed_class
-    assert max_diff(logits(ours, x), pooler(ref, x)) <= TOL
+    want, their_tokens = pooler(ref, x), hf_tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, pieces("plain", registers=True))
     ref.save_pretrained(tmp_path / "dinov2_reg")
-    assert max_diff(logits(silent(from_pretrained, tmp_path / "dinov2_reg"), x), pooler(ref, x)) <= TOL
+    ours = silent(from_pretrained, tmp_path / "dinov2_reg")
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
     # a size other than the checkpoint's: both resample the patch grid the same way (bicubic, antialiased)
     big = images(1, 2 * IMG)
     ours = silent(from_pretrained, tmp_path / "dinov2_reg", img_size=2 * IMG)
+    assert max_diff(tokens(ours, big), hf_tokens(ref, big)) <= TOL
     assert max_diff(logits(ours, big), pooler(ref, big)) <= TOL
 
 
@@ -122,6 +150,11 @@ def test_timm_dinov2(kind):
     x = images(2, IMG)
     found = silent(load_pretrained, ref)
     assert found.preprocess == DINOV2
-    assert max_diff(logits(silent(from_pretrained, ref), x), logits(ref, x)) <= TOL
+    ours = silent(from_pretrained, ref)
+    want, their_tokens = logits(ref, x), tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, pieces(kind))
     ours = silent(from_pretrained, ref.state_dict())  # heads: D // 64, DINOv2's documented head width
-    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL

@@ -7,8 +7,9 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+from mutation import assert_pieces_matter
 from test_interop import TOL, images, max_diff, randomize, timm_to_npz
-from test_interop_clip import logits, silent
+from test_interop_clip import logits, silent, tokens
 from vitkit import from_pretrained
 from vitkit.interop import load_pretrained
 from vitkit.interop.preprocess import SIGLIP
@@ -27,6 +28,15 @@ def pooler(model, x):
         return model(pixel_values=x).pooler_output
 
 
+def hf_tokens(model, x):
+    with torch.no_grad():
+        return model(pixel_values=x).last_hidden_state  # after post_layernorm, before the MAP head
+
+
+# SigLIP's MAP head and flax's tanh GELU (5e-4 at most from the exact one: mutation.GELU_TANH_MARGIN)
+TANH_SIGLIP = ["map", "act:gelu", "head_layout", "pos_embed"]
+
+
 def test_hf_siglip_vision_model(tmp_path):
     from transformers import SiglipImageProcessor, SiglipVisionModel
     ref = randomize(SiglipVisionModel(hf_siglip_vision()))
@@ -34,14 +44,19 @@ def test_hf_siglip_vision_model(tmp_path):
     ours = silent(from_pretrained, ref)  # live transformers 5 model: no vision_model. prefix
     cfg = ours.config
     assert (cfg.pool, cfg.class_token, cfg.act, cfg.norm_eps, cfg.mlp_dim) == ("map", False, "gelu_tanh", 1e-6, M)
-    assert max_diff(logits(ours, x), pooler(ref, x)) <= TOL
+    want, their_tokens = pooler(ref, x), hf_tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, TANH_SIGLIP)
     ref.save_pretrained(tmp_path / "siglip")
     assert silent(load_pretrained, tmp_path / "siglip").preprocess == SIGLIP  # timm's values for the family
     SiglipImageProcessor().save_pretrained(tmp_path / "siglip")  # the folder's own: squash to the size
     found = silent(load_pretrained, tmp_path / "siglip")
     assert found.preprocess == {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic",
                                 "crop_pct": 1.0, "crop_mode": "squash"}
-    assert max_diff(logits(silent(from_pretrained, tmp_path / "siglip"), x), pooler(ref, x)) <= TOL
+    ours = silent(from_pretrained, tmp_path / "siglip")
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
     # exact GELU instead of the tanh approximation is a visible difference: the activation matters
     assert max_diff(logits(from_pretrained(ref, act="gelu"), x), pooler(ref, x)) > 1e-5
 
@@ -54,10 +69,14 @@ def test_hf_siglip_model_file(tmp_path):
         max_position_embeddings=8))))
     full.save_pretrained(tmp_path / "siglip")
     x = images(2, 32)
+    want, their_tokens = pooler(full.vision_model, x), hf_tokens(full.vision_model, x)
     ours = silent(from_pretrained, tmp_path / "siglip")
-    assert max_diff(logits(ours, x), pooler(full.vision_model, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
     ours = silent(from_pretrained, full.state_dict(), num_heads=HEADS)  # act and eps: SigLIP's documented ones
-    assert max_diff(logits(ours, x), pooler(full.vision_model, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, TANH_SIGLIP)
     # SiglipForImageClassification classifies the mean of all tokens: the backbone loads, its head is new
     from transformers import SiglipForImageClassification
     task = randomize(SiglipForImageClassification(SiglipConfig(vision_config=hf_siglip_vision().to_dict(),
@@ -77,13 +96,20 @@ def test_timm_siglip_map(name):
     x = images(2, 32)
     found = silent(load_pretrained, ref)
     assert found.config.pool == ("map" if "gap" not in name else "mean") and found.config.mlp_dim == M
-    assert max_diff(logits(silent(from_pretrained, ref), x), logits(ref, x)) <= TOL
+    ours = silent(from_pretrained, ref)
+    want, their_tokens = logits(ref, x), tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    # these timm defs compute the exact GELU: tanh-GELU in its place must show (mutation.GELU_TANH_MARGIN)
+    assert_pieces_matter(ours, x, their_tokens, want, ["mean_pool" if "gap" in name else "map", "head_layout",
+                                                       "pos_embed", "act:gelu_tanh"])
     if "gap" not in name:
         assert found.preprocess["mean"] == SIGLIP["mean"]
         with pytest.warns(UserWarning, match="GELU or tanh-GELU cannot be told from timm SigLIP weights"):
             from_pretrained(ref.state_dict(), num_heads=HEADS)
     ours = silent(from_pretrained, ref.state_dict(), num_heads=HEADS, act="gelu")
-    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -102,4 +128,8 @@ def test_big_vision_siglip_npz(tmp_path, scan):
     found = silent(load_pretrained, path)
     assert (found.config.num_heads, found.config.act, found.config.pool) == (HEADS, "gelu_tanh", "map")
     assert found.preprocess == SIGLIP
-    assert max_diff(logits(silent(from_pretrained, path), x), logits(ref, x)) <= TOL
+    ours = silent(from_pretrained, path)
+    want, their_tokens = logits(ref, x), tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, TANH_SIGLIP)

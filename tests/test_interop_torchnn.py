@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from mutation import assert_pieces_matter
 from test_interop import TOL, images, max_diff, randomize
-from test_interop_clip import logits, silent
+from test_interop_clip import logits, silent, tokens
 from vitkit import ConfigError, from_pretrained
 
 
@@ -27,9 +28,13 @@ class EncoderViT(nn.Module):
         self.classifier = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x)[:, 0])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output tokens, before the head."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embedding
-        return self.classifier(self.encoder(x)[:, 0])
+        return self.encoder(x)
 
 
 @pytest.mark.parametrize("norm_first,activation", [(True, "gelu"), (True, "relu"), (False, "relu"),
@@ -42,7 +47,12 @@ def test_torch_transformer_encoder_vit(norm_first, activation):
     assert (cfg.norm_style, cfg.act, cfg.num_heads, cfg.norm_eps) == ("pre" if norm_first else "post", activation,
                                                                        4, 1e-5)
     assert cfg.final_norm == norm_first
-    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    want, their_tokens = logits(ref, x), tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    other = "act:gelu" if activation == "relu" else "act:relu"
+    assert_pieces_matter(ours, x, their_tokens, want, ["norm_order", other, "head_layout", "pos_embed",
+                                                       *(["final_norm"] if norm_first else [])])
 
 
 def test_torch_encoder_state_dict_warns_and_takes_arguments():
@@ -57,4 +67,5 @@ def test_torch_encoder_state_dict_warns_and_takes_arguments():
     assert len(caught) == 1 and "assumed norm_style='post'" in msg and "assumed act='relu'" in msg
     assert max_diff(logits(ours, x), logits(ref, x)) > 1e-3  # PyTorch's defaults are not this model
     ours = silent(from_pretrained, state, num_heads=4, norm_style="pre", act="gelu")
+    assert max_diff(tokens(ours, x), tokens(ref, x)) <= TOL
     assert max_diff(logits(ours, x), logits(ref, x)) <= TOL

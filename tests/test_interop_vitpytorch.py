@@ -9,8 +9,9 @@ import types
 import pytest
 import torch
 
+from mutation import assert_pieces_matter, output_of
 from test_interop import TOL, images, max_diff, randomize
-from test_interop_clip import logits, silent
+from test_interop_clip import logits, silent, tokens
 from vitkit import from_pretrained
 from vitkit.interop import load_pretrained
 
@@ -288,6 +289,18 @@ def release(version: str) -> types.ModuleType:
     return module
 
 
+def lucid_tokens(ref, x, final_norm=None):
+    """vit-pytorch's tokens before pooling: its transformer's output (normed in releases >= 1.0), through
+    ``final_norm`` where the release normalises only in the head (0.x: mlp_head[0])."""
+    out = output_of(ref.transformer, lambda: ref(x))
+    with torch.no_grad():
+        return out if final_norm is None else final_norm(out)
+
+
+# vit-pytorch's pieces: its patch LayerNorms (>= 1.0) and the dim_head ** -0.5 attention scale
+PATCH_NORMS = ["patch_pre_norm", "patch_norm"]
+
+
 def warned_heads(caught) -> bool:
     return any("assumed dim_head=64" in str(w.message) for w in caught)
 
@@ -301,10 +314,16 @@ def test_vit_pytorch_vit_current(pool):
     cfg = found.config
     assert (cfg.num_heads, cfg.qkv_bias, cfg.patch_norm, cfg.norm_eps, cfg.pool) == (2, False, True, 1e-5, pool)
     assert cfg.class_token == (pool == "cls") and found.preprocess is None
-    assert max_diff(logits(silent(from_pretrained, ref), x), logits(ref, x)) <= TOL
+    ours = silent(from_pretrained, ref)
+    want, their_tokens = logits(ref, x), lucid_tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, want, [*PATCH_NORMS, "attn_scale", "head_layout", "pos_embed",
+                                                       "final_norm", *(["mean_pool"] if pool == "mean" else [])])
     with pytest.warns(UserWarning) as caught:  # a state dict cannot tell the heads: dim_head 64 is assumed
         ours = from_pretrained(ref.state_dict())
-    assert warned_heads(caught) and max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    assert warned_heads(caught) and max_diff(logits(ours, x), want) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
 
 
 def test_vit_pytorch_simple_vit():
@@ -313,11 +332,16 @@ def test_vit_pytorch_simple_vit():
     ours = silent(from_pretrained, ref)  # live: heads and image size from the modules
     cfg = ours.config
     assert (cfg.pos_embed, cfg.class_token, cfg.pool, cfg.img_size) == ("sincos2d", False, "mean", 32)
-    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL  # vitkit's sin-cos table is SimpleViT's formula
+    want, their_tokens = logits(ref, x), lucid_tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL  # vitkit's sin-cos table is SimpleViT's formula
+    assert_pieces_matter(ours, x, their_tokens, want, ["sincos_axes", "attn_scale", "head_layout", "mean_pool",
+                                                       "final_norm"])
     with pytest.warns(UserWarning, match="do not tell the image size"):
         from_pretrained(ref.state_dict(), num_heads=2)
     ours = silent(from_pretrained, ref.state_dict(), num_heads=2, img_size=32)
-    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert max_diff(logits(ours, x), want) <= TOL
 
 
 def test_vit_pytorch_vit_0_40():
@@ -329,6 +353,10 @@ def test_vit_pytorch_vit_0_40():
         ours = from_pretrained(state)
     assert warned_heads(caught) and "pool='cls'" in str(caught[0].message)
     assert not ours.config.patch_norm and max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    their_tokens = lucid_tokens(ref, x, final_norm=ref.mlp_head[0])  # 0.x normalises in mlp_head
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, logits(ref, x), ["attn_scale", "head_layout", "pos_embed",
+                                                                 "final_norm"])
     assert max_diff(logits(silent(from_pretrained, state, num_heads=2, pool="cls"), x), logits(ref, x)) <= TOL
 
 
@@ -338,6 +366,9 @@ def test_vit_pytorch_vit_1_12():
     x = images(2, 32)
     ours = silent(from_pretrained, state, num_heads=2, pool="cls")
     assert ours.config.patch_norm and max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    their_tokens = lucid_tokens(ref, x)
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
+    assert_pieces_matter(ours, x, their_tokens, logits(ref, x), [*PATCH_NORMS, "attn_scale", "head_layout"])
     # 1.0 - 1.2 wrote the same model with PreNorm branches and the final LayerNorm inside mlp_head; for [CLS]
     # pooling the two compute the same, so 1.12's weights under 1.2's names must give the same logits
     renames = {".0.to_qkv.": ".0.fn.to_qkv.", ".0.to_out.0.": ".0.fn.to_out.0.", ".1.net.0.": ".1.norm.",
@@ -351,6 +382,7 @@ def test_vit_pytorch_vit_1_12():
     assert "transformer.layers.1.1.fn.net.3.weight" in old and "transformer.norm.weight" not in old
     ours = silent(from_pretrained, old, num_heads=2, pool="cls")
     assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    assert max_diff(tokens(ours, x), their_tokens) <= TOL
 
 
 def test_vit_pytorch_attention_wider_than_the_model_is_one_sentence():

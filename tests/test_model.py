@@ -6,6 +6,8 @@ import timm
 import torch
 
 import vitkit
+from mutation import assert_pieces_matter, pieces_of
+from test_interop import randomize
 from vitkit import ConfigError, ViT, ViTConfig, VisionTransformer, count_parameters, create_model
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
@@ -33,10 +35,15 @@ def test_same_logits_and_keys_as_timm(variant):
         img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10, **timm_kw).eval()
     model = tiny(**ours_kw).eval()
     assert list(model.state_dict()) == list(ref.state_dict())  # same names, same order
+    randomize(ref)  # not timm's init (zero biases, layer scale 0.1, a tiny head): each piece must matter
     model.load_state_dict(ref.state_dict())
     x = torch.randn(3, 3, 32, 32)
-    assert (model(x) - ref(x)).abs().max() <= 1e-6
-    torch.testing.assert_close(model.forward_features(x), ref.forward_features(x), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        want, tokens = ref(x), ref.forward_features(x)
+    assert (model(x) - want).abs().max() <= 1e-6
+    torch.testing.assert_close(model.forward_features(x), tokens, rtol=0, atol=1e-6)
+    final = "fc_norm" if model.config.use_fc_norm else "final_norm"
+    assert_pieces_matter(model, x, tokens, want, list(dict.fromkeys(pieces_of(model.config) + ["pos_embed", final])))
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -1,6 +1,7 @@
 """The model families timm names (CLIP, SigLIP, DINOv2, DeiT distilled, BEiT) and vit-pytorch's current ViT:
-each option against the reference implementation with random weights, every preset against timm's model of
-the same name, and each preset's preprocessing against timm's pretrained config."""
+each option against the reference implementation with random weights (test_interop.randomize), tokens and
+logits, every preset against timm's model of the same name, and each preset's preprocessing against timm's
+pretrained config. Each comparison must fail with any of its pieces switched off (tests/mutation.py)."""
 
 import re
 from functools import partial
@@ -12,6 +13,8 @@ from timm.models.beit import Beit
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+from mutation import assert_pieces_matter, output_of, pieces_of
+from test_interop import randomize
 from vitkit import VisionTransformer, create_model
 from vitkit.config import PRESET_FAMILIES, PRESETS, get_preset, preprocessing_of
 
@@ -41,6 +44,11 @@ OPTIONS = {
                                  init_values=1e-5, reg_tokens=4, no_embed_class=True)),
     "deit_distilled": (dict(distilled=True), VisionTransformerDistilled, {}),
 }
+# Besides pieces_of(config): the final norm, position table, and the exact GELU where the confusion is QuickGELU
+# (CLIP) or tanh-GELU (timm's SigLIP GAP)
+EXTRA_PIECES = {"clip": ["act:quick_gelu", "final_norm"], "siglip_gap": ["final_norm", "act:gelu_tanh"],
+                "map_after_cls_and_registers": ["final_norm"], "dinov2_giant_swiglu": ["final_norm"],
+                "deit_distilled": ["final_norm", "pos_embed"]}
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -49,8 +57,7 @@ def test_option_equals_timm(option):
     ref = cls(**SIZE, **timm_kw).eval()
     model = VisionTransformer(**SIZE, **ours_kw).eval()
     assert list(model.state_dict()) == list(ref.state_dict())  # same names, same order
-    for p in ref.parameters():  # no parameter left at a special value (zero biases, unit norms)
-        torch.nn.init.normal_(p, std=0.2)
+    randomize(ref)  # no parameter left at a special value (zero biases, unit norms), each piece mattering
     model.load_state_dict(ref.state_dict())
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -58,17 +65,24 @@ def test_option_equals_timm(option):
         assert max_diff(model.forward_features(x), features) <= 1e-6
         assert max_diff(model.forward_head(features, pre_logits=True), ref.forward_head(features, pre_logits=True)) \
             <= 1e-6
-        assert max_diff(model(x), ref(x)) <= 1e-6
+        want = ref(x)
+        assert max_diff(model(x), want) <= 1e-6
+    assert_pieces_matter(model, x, features, want, pieces_of(model.config) + EXTRA_PIECES.get(option, []))
 
 
 def test_distilled_logits_average_both_heads_in_training_too():
     """timm returns the average unless asked for distillation training (then a tuple, which vitkit leaves to the
     caller: the two heads are ``head`` and ``head_dist``)."""
-    ref = VisionTransformerDistilled(**SIZE).train()
+    ref = randomize(VisionTransformerDistilled(**SIZE)).train()  # not timm's init: heads and token that matter
+    with torch.no_grad():  # logits ~1, so that the float rounding of training mode's patch matmul (vitkit's, on
+        for head in (ref.head, ref.head_dist):  # a CPU) against timm's convolution stays well under 1e-6
+            head.weight.mul_(0.25)
     model = VisionTransformer(**SIZE, distilled=True).train()
     model.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 32, 32)
     assert max_diff(model(x), ref(x)) <= 1e-6
+    with torch.no_grad():
+        assert_pieces_matter(model, x, ref.forward_features(x), ref(x), ["dist_head", "dist_token"])
     tokens = model.forward_features(x)
     torch.testing.assert_close(model.forward_head(tokens), (ref.head(tokens[:, 0]) + ref.head_dist(tokens[:, 1])) / 2)
     assert model.num_prefix_tokens == 2 and model.pos_embed.shape == (1, 2 + 16, 48)
@@ -100,18 +114,18 @@ BEIT = dict(use_relative_position=True, pos_embed="none", pool="mean", fc_norm=T
 def test_beit_config_equals_timm_beit():
     """A 2-d relative position bias with BEiT's three prefix entries, no absolute position embedding, mean pool
     with fc_norm, layer scale and query/value biases compute timm's Beit."""
-    ref = Beit(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10, use_abs_pos_emb=False,
-               use_rel_pos_bias=True, init_values=0.1).eval()
-    for p in ref.parameters():
-        torch.nn.init.normal_(p, std=0.2)
+    ref = randomize(Beit(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10,
+                         use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1))
     model = VisionTransformer(**SIZE, **BEIT).eval()
     state = {beit_key(k): v for k, v in ref.state_dict().items()}
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in state.items()}
     model.load_state_dict(state)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        assert max_diff(model.forward_features(x), ref.forward_features(x)) <= 1e-6
-        assert max_diff(model(x), ref(x)) <= 1e-6
+        features, want = ref.forward_features(x), ref(x)
+        assert max_diff(model.forward_features(x), features) <= 1e-6
+        assert max_diff(model(x), want) <= 1e-6
+    assert_pieces_matter(model, x, features, want, pieces_of(model.config) + ["q_bias"])
 
 
 def vit_pytorch_to_vitkit(sd: dict, depth: int, patch: int, channels: int) -> dict:
@@ -143,10 +157,8 @@ def vit_pytorch_to_vitkit(sd: dict, depth: int, patch: int, channels: int) -> di
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_patch_norm_model_equals_vit_pytorch(pool):
     from vit_pytorch import ViT as LucidViT
-    ref = LucidViT(image_size=(16, 24), patch_size=4, num_classes=5, dim=32, depth=2, heads=4, dim_head=8,
-                   mlp_dim=64, pool=pool).eval()
-    for p in ref.parameters():
-        torch.nn.init.normal_(p, std=0.2)
+    ref = randomize(LucidViT(image_size=(16, 24), patch_size=4, num_classes=5, dim=32, depth=2, heads=4, dim_head=8,
+                             mlp_dim=64, pool=pool))
     model = VisionTransformer(img_size=(16, 24), patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=4,
                               mlp_ratio=2.0, patch_norm=True, qkv_bias=False, norm_eps=1e-5, class_token=pool == "cls",
                               pool=pool, fc_norm=False).eval()
@@ -155,7 +167,10 @@ def test_patch_norm_model_equals_vit_pytorch(pool):
     model.load_state_dict(state)
     x = torch.randn(3, 3, 16, 24)
     with torch.no_grad():
-        assert max_diff(model(x), ref(x)) <= 1e-6
+        want, tokens = ref(x), output_of(ref.transformer, lambda: ref(x))  # vit-pytorch's normed tokens
+        assert max_diff(model(x), want) <= 1e-6
+        assert max_diff(model.forward_features(x), tokens) <= 1e-5  # tokens up to ~4: a few float32 ulp apart
+    assert_pieces_matter(model, x, tokens, want, pieces_of(model.config) + ["attn_scale", "final_norm"])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -166,6 +181,12 @@ SIZES = ("embed_dim", "depth", "num_heads", "mlp_ratio", "mlp", "patch_size")
 # The tiny copies check each preset's options; its sizes are checked at full size once per family and shape.
 FULL_SIZE = list({(PRESET_FAMILIES[n], *(PRESETS[n].get(k) for k in SIZES)): n for n in reversed(FAMILY_PRESETS)}
                  .values())
+
+
+# What each family's presets have beyond a plain ViT (pieces_of(config) must list them, and each must matter).
+FAMILY_PIECES = {"clip": ["norm_pre"], "siglip": [], "dinov2": ["layer_scale"], "deit": [],
+                 "beit": ["rel_pos_bias", "qv_bias", "layer_scale", "mean_pool", "fc_norm"],
+                 "beitv2": ["rel_pos_bias", "qv_bias", "layer_scale", "mean_pool", "fc_norm"]}
 
 
 def _timm_state(model) -> dict:
@@ -181,16 +202,19 @@ def test_preset_equals_timm(name):
     model_cfg = get_preset(name)
     assert (model_cfg.img_size, model_cfg.img_size, model_cfg.num_classes) == (*cfg.input_size[1:], cfg.num_classes)
     tiny = dict(depth=1, embed_dim=96, num_heads=4, img_size=2 * model_cfg.patch_size)
-    ref = timm.create_model(name, **tiny).eval()
-    for p in ref.parameters():
-        torch.nn.init.normal_(p, std=0.2)
+    ref = randomize(timm.create_model(name, **tiny))
     model = create_model(name, **tiny).eval()
     state = _timm_state(ref)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in state.items()}
     model.load_state_dict(state)
     x = torch.randn(2, 3, tiny["img_size"], tiny["img_size"])
     with torch.no_grad():
-        assert max_diff(model(x), ref(x)) <= 1e-6
+        want, features = ref(x), ref.forward_features(x)
+        assert max_diff(model(x), want) <= 1e-6
+        assert max_diff(model.forward_features(x), features) <= 1e-6
+    pieces = pieces_of(model.config)
+    assert set(FAMILY_PIECES[PRESET_FAMILIES[name]]) <= set(pieces), pieces
+    assert_pieces_matter(model, x, features, want, pieces)
 
 
 @pytest.mark.parametrize("name", FULL_SIZE)

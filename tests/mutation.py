@@ -1,0 +1,322 @@
+"""Mutation checks for the parity tests: switch off one piece of a loaded vitkit model and check that the
+comparison with the reference library then fails by a clear margin. A parity test that still passes with the
+piece it covers switched off proves nothing about that piece (weights too weak, attention too flat, norm gains
+near 0, only tiny logits compared).
+
+    switch_off(model, piece)         the piece off, in place (an error if the model has no such piece)
+    switched_off(model, piece)       the same on a deep copy
+    pieces_of(config)                the pieces a ViTConfig has beyond a plain ViT
+    output_of(module, run)           what a reference's submodule returns while run() runs (its tokens before
+                                     the head, where the reference has no forward_features)
+    assert_pieces_matter(model, x, tokens, logits, pieces)
+                                     each piece off must move the tokens before the head (forward_features) and
+                                     the logits by more than MARGIN away from the reference's ``tokens`` /
+                                     ``logits``; a piece that acts after the tokens (pooling, fc_norm, heads)
+                                     must leave the tokens as they are and move the logits. A swap of exact
+                                     and tanh GELU, which differ by 5e-4 at most, gets GELU_TANH_MARGIN
+
+Pieces (``PIECES``; "act:<name>" replaces every MLP activation by vitkit's ``<name>``):
+
+    norm_pre         model.norm_pre -> Identity (CLIP's ln_pre)
+    final_norm       model.norm -> Identity
+    fc_norm          model.fc_norm -> Identity (after pooling: BEiT, MAE, CLIPA, timm's avg pool)
+    layer_scale      blocks[i].ls1 / ls2 -> Identity (DINOv2, DeiT III, BEiT, open_clip ls_init_value)
+    qv_bias          blocks[i].attn.q_bias and v_bias zeroed (BEiT)
+    q_bias           blocks[i].attn.q_bias zeroed: changes only the attention weights (a sharpness probe)
+    rel_pos_bias     blocks[i].attn.relative_position_bias -> None (BEiT)
+    head_layout      the (heads, head_dim) split of q, k, v and proj regrouped as (head_dim, heads): a wrong
+                     head layout or count; changes the output only where attention is not flat
+    attn_scale       blocks[i].attn.scale = False: no 1/sqrt(head_dim) (vit-pytorch's dim_head scale)
+    swiglu           the two halves of a gated MLP's fc1 swapped (DINOv2's w12 read up/gate instead of gate/up)
+    registers        model.reg_token zeroed
+    dist_token       model.dist_token zeroed (DeiT distilled)
+    dist_head        model.head_dist -> model.head: the [CLS] head read for both tokens
+    map              model.attn_pool -> mean of the patch tokens (SigLIP's MAP head)
+    mean_pool        the head reads token 0 instead of the mean of the patch tokens
+    patch_norm       model.patch_embed.norm -> Identity (vit-pytorch's LayerNorm after the projection)
+    patch_pre_norm   model.patch_embed.pre_norm -> None (vit-pytorch's LayerNorm on each flattened patch)
+    norm_order       every block pre-norm <-> post-norm (nn.TransformerEncoderLayer's norm_first)
+    sincos_axes      the x and y halves of the fixed 2-d sin-cos table swapped (SimpleViT)
+    pos_embed        model.pos_embed zeroed
+    norm_eps         every LayerNorm's eps set to 1e-6 (Hugging Face ViT's 1e-12)
+    act:<name>       every MLP activation (blocks and MAP head) replaced by <name>
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from vitkit.config import ViTConfig
+from vitkit.layers import ACTIVATIONS, GluMlp, LayerScale, PostNormBlock, TransformerBlock
+
+MARGIN = 1e-3  # 100x the parity tolerance (1e-5)
+# tanh-GELU vs GELU differ by 5e-4 at most per activation: a swap moves normed tokens by 3-5e-4 and a mean
+# over the patch tokens (GAP) by 1-2e-4, out of MARGIN's reach; 5x the tolerance still fails the comparison
+GELU_TANH_MARGIN = 5e-5
+
+
+class _MeanOfTokens(nn.Module):
+    """Stands in for the MAP head: (B, N, D) -> (B, D), the mean."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+def _need(ok: bool, model, piece: str, what: str) -> None:
+    if not ok:
+        raise ValueError(f"cannot switch off {piece!r}: the model has no {what} ({type(model).__name__}, "
+                         f"config {model.config})")
+
+
+def _norm_pre(model):
+    _need(isinstance(model.norm_pre, nn.LayerNorm), model, "norm_pre", "norm_pre LayerNorm")
+    model.norm_pre = nn.Identity()
+
+
+def _final_norm(model):
+    _need(isinstance(model.norm, nn.LayerNorm), model, "final_norm", "final LayerNorm (model.norm)")
+    model.norm = nn.Identity()
+
+
+def _fc_norm(model):
+    _need(isinstance(model.fc_norm, nn.LayerNorm), model, "fc_norm", "fc_norm LayerNorm")
+    model.fc_norm = nn.Identity()
+
+
+def _layer_scale(model):
+    for blk in model.blocks:
+        _need(isinstance(blk.ls1, LayerScale) and isinstance(blk.ls2, LayerScale), model, "layer_scale",
+              "layer scale (blocks[i].ls1/ls2)")
+        blk.ls1, blk.ls2 = nn.Identity(), nn.Identity()
+
+
+@torch.no_grad()
+def _qv_bias(model, names=("q_bias", "v_bias"), piece="qv_bias"):
+    for blk in model.blocks:
+        _need(blk.attn.q_bias is not None, model, piece, "query/value biases (attn.q_bias/v_bias)")
+        for name in names:
+            getattr(blk.attn, name).zero_()
+
+
+def _rel_pos_bias(model):
+    for blk in model.blocks:
+        _need(blk.attn.relative_position_bias is not None, model, "rel_pos_bias", "relative position bias")
+        blk.attn.relative_position_bias = None
+
+
+@torch.no_grad()
+def _head_layout(model):
+    for blk in model.blocks:
+        attn = blk.attn
+        h, hd = attn.num_heads, attn.head_dim
+        _need(h > 1 and hd > 1, model, "head_layout", "several heads of several channels")
+        perm = torch.arange(h * hd).reshape(h, hd).T.flatten()  # channel c of head i -> head c's channel i
+        w = attn.qkv.weight  # (3C, D)
+        attn.qkv.weight.copy_(w.reshape(3, h * hd, -1)[:, perm].reshape_as(w))
+        if attn.qkv.bias is not None:
+            attn.qkv.bias.copy_(attn.qkv.bias.reshape(3, h * hd)[:, perm].flatten())
+        for bias in (attn.q_bias, attn.v_bias):
+            if bias is not None:
+                bias.copy_(bias[perm])
+        attn.proj.weight.copy_(attn.proj.weight[:, perm])
+
+
+def _attn_scale(model):
+    for blk in model.blocks:
+        _need(blk.attn.scale, model, "attn_scale", "attention scale")
+        blk.attn.scale = False
+        blk.attn.attention.scale = False
+
+
+@torch.no_grad()
+def _swiglu(model):
+    for blk in model.blocks:
+        _need(isinstance(blk.mlp, GluMlp), model, "swiglu", "gated MLP")
+        fc1 = blk.mlp.fc1
+        half = fc1.out_features // 2
+        for p in (fc1.weight, fc1.bias):
+            if p is not None:
+                p.copy_(torch.cat([p[half:], p[:half]]))
+
+
+def _zero_param(attr: str, what: str):
+    @torch.no_grad()
+    def fn(model):
+        p = getattr(model, attr, None)
+        _need(p is not None, model, attr, what)
+        p.zero_()
+    return fn
+
+
+def _dist_head(model):
+    _need(model.dist_token is not None, model, "dist_head", "distillation head")
+    model.head_dist = model.head
+
+
+def _map(model):
+    _need(model.attn_pool is not None, model, "map", "attention pool (attn_pool)")
+    model.attn_pool = _MeanOfTokens()
+
+
+def _mean_pool(model):
+    _need(model.attn_pool is None and model.config.pool == "mean", model, "mean_pool", "mean pooling")
+    model.pool = lambda x: x[:, 0]  # an instance attribute shadows VisionTransformer.pool
+
+
+def _patch_norm(model):
+    _need(isinstance(model.patch_embed.norm, nn.LayerNorm), model, "patch_norm", "patch_embed.norm")
+    model.patch_embed.norm = nn.Identity()
+
+
+def _patch_pre_norm(model):
+    _need(model.patch_embed.pre_norm is not None, model, "patch_pre_norm", "patch_embed.pre_norm")
+    model.patch_embed.pre_norm = None
+
+
+def _norm_order(model):
+    for blk in model.blocks:
+        blk.__class__ = TransformerBlock if isinstance(blk, PostNormBlock) else PostNormBlock
+
+
+@torch.no_grad()
+def _sincos_axes(model):
+    pos = getattr(model, "fixed_pos_embed", None)
+    _need(pos is not None, model, "sincos_axes", "fixed sin-cos position table")
+    half = pos.shape[-1] // 2
+    model.fixed_pos_embed = torch.cat([pos[..., half:], pos[..., :half]], dim=-1)
+
+
+def _norm_eps(model, eps: float = 1e-6):
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    _need(any(m.eps != eps for m in norms), model, "norm_eps", f"LayerNorm whose eps is not {eps}")
+    for m in norms:
+        m.eps = eps
+
+
+def _act(name: str):
+    def fn(model):
+        mlps = [blk.mlp for blk in model.blocks] + ([model.attn_pool.mlp] if model.attn_pool is not None else [])
+        new = ACTIVATIONS[name]()
+        for mlp in mlps:
+            old = mlp.act
+            same = type(old) is type(new) and getattr(old, "approximate", None) == getattr(new, "approximate", None)
+            _need(not same, model, f"act:{name}", f"activation other than {name}")
+            mlp.act = ACTIVATIONS[name]()
+    return fn
+
+
+# name: (switch it off in place, where it acts: "tokens" (before forward_features' output) or "head" (after))
+PIECES = {
+    "norm_pre": (_norm_pre, "tokens"),
+    "final_norm": (_final_norm, "tokens"),
+    "fc_norm": (_fc_norm, "head"),
+    "layer_scale": (_layer_scale, "tokens"),
+    "qv_bias": (_qv_bias, "tokens"),
+    "q_bias": (lambda m: _qv_bias(m, ("q_bias",), "q_bias"), "tokens"),
+    "rel_pos_bias": (_rel_pos_bias, "tokens"),
+    "head_layout": (_head_layout, "tokens"),
+    "attn_scale": (_attn_scale, "tokens"),
+    "swiglu": (_swiglu, "tokens"),
+    "registers": (_zero_param("reg_token", "register tokens"), "tokens"),
+    "dist_token": (_zero_param("dist_token", "distillation token"), "tokens"),
+    "dist_head": (_dist_head, "head"),
+    "map": (_map, "head"),
+    "mean_pool": (_mean_pool, "head"),
+    "patch_norm": (_patch_norm, "tokens"),
+    "patch_pre_norm": (_patch_pre_norm, "tokens"),
+    "norm_order": (_norm_order, "tokens"),
+    "sincos_axes": (_sincos_axes, "tokens"),
+    "pos_embed": (_zero_param("pos_embed", "learned position embedding"), "tokens"),
+    "norm_eps": (_norm_eps, "tokens"),
+    **{f"act:{name}": (_act(name), "tokens") for name in ACTIVATIONS},
+}
+
+
+def switch_off(model: nn.Module, piece: str) -> nn.Module:
+    """Switch ``piece`` off in ``model`` (in place) and return the model."""
+    if piece not in PIECES:
+        raise KeyError(f"unknown piece {piece!r}; known: {sorted(PIECES)}")
+    PIECES[piece][0](model)
+    return model
+
+
+def switched_off(model: nn.Module, piece: str) -> nn.Module:
+    """A deep copy of ``model`` with ``piece`` switched off."""
+    return switch_off(copy.deepcopy(model), piece)
+
+
+def pieces_of(config: ViTConfig) -> list[str]:
+    """The pieces a config has beyond a plain ViT (the ones a preset or option test must show matter)."""
+    act = {"quick_gelu": "act:gelu", "gelu_tanh": "act:gelu", "silu": "act:gelu", "relu": "act:gelu"}
+    out = ["head_layout"]
+    out += ["norm_pre"] * config.norm_pre
+    out += ["layer_scale"] * (config.layer_scale_init is not None)
+    out += ["qv_bias"] * (config.qkv_bias == "qv")
+    out += ["rel_pos_bias"] * config.use_relative_position
+    out += ["registers"] * (config.reg_tokens > 0)
+    out += ["dist_token", "dist_head"] * config.distilled
+    out += ["map"] * (config.pool == "map")
+    out += ["mean_pool"] * (config.pool == "mean")
+    out += ["fc_norm"] * (config.final_norm and config.use_fc_norm)
+    out += ["swiglu"] * (config.mlp == "swiglu")
+    out += ["patch_pre_norm", "patch_norm"] * config.patch_norm
+    out += ["norm_order"] * (config.norm_style == "post")
+    out += ["sincos_axes"] * (config.pos_embed == "sincos2d")
+    out += [act[config.act]] if config.act in act else []
+    return out
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@torch.no_grad()
+def output_of(module: nn.Module, run):
+    """What ``module`` returned (its last call) while ``run()`` ran, e.g. a reference's token sequence."""
+    seen = []
+    handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        run()
+    finally:
+        handle.remove()
+    assert seen, f"{type(module).__name__} was not called"
+    return seen[-1]
+
+
+def _margin(model: nn.Module, piece: str) -> float:
+    """MARGIN, or GELU_TANH_MARGIN for a swap between the exact and the tanh GELU, which differ by 5e-4 at most."""
+    gelus = {"act:gelu": "tanh", "act:gelu_tanh": "none"}  # the swap, and the approximation it replaces
+    acts = [blk.mlp.act for blk in model.blocks]
+    if piece in gelus and all(getattr(a, "approximate", None) == gelus[piece] for a in acts):
+        return GELU_TANH_MARGIN
+    return MARGIN
+
+
+@torch.no_grad()
+def assert_pieces_matter(model: nn.Module, x: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor,
+                         pieces) -> dict[str, tuple[float, float]]:
+    """With each piece switched off (on a copy), the model's tokens before the head (``forward_features``) and its
+    output (``forward``) must differ from the reference's ``tokens`` and ``logits`` by more than MARGIN
+    (GELU_TANH_MARGIN for a swap of exact and tanh GELU); a piece that acts after the tokens must leave them
+    unchanged. One error names every piece that did not matter. Returns {piece: (tokens moved, logits moved)}."""
+    assert pieces, "no pieces to check"
+    own = model.forward_features(x)
+    found, weak = {}, []
+    for piece in pieces:
+        margin = _margin(model, piece)
+        mutant = switched_off(model, piece)  # in the model's own mode (train or eval)
+        t = mutant.forward_features(x)
+        d_tokens, d_logits = _diff(t, tokens), _diff(mutant.forward_head(t), logits)
+        found[piece] = (d_tokens, d_logits)
+        if PIECES[piece][1] == "head":
+            if not torch.equal(t, own):
+                weak.append(f"{piece} (acts after the tokens, yet changed them)")
+            if d_logits <= margin:
+                weak.append(f"{piece} (logits moved {d_logits:.2e} <= {margin:g})")
+        elif d_tokens <= margin or d_logits <= margin:
+            weak.append(f"{piece} (tokens moved {d_tokens:.2e}, logits {d_logits:.2e}; margin {margin:g})")
+    assert not weak, f"the comparison still passes with these pieces switched off: {', '.join(weak)}"
+    return found
