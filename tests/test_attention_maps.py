@@ -70,7 +70,7 @@ def test_look_is_one_pass_with_logits_rollout_and_every_layers_map():
     calls = []
     for i, block in enumerate(model.blocks):
         explicit = block.forward_with_attention
-        block.forward_with_attention = lambda y, i=i, f=explicit: calls.append(i) or f(y)
+        block.forward_with_attention = lambda y, *rope, i=i, f=explicit: calls.append(i) or f(y, *rope)
     hooks = [b.register_forward_hook(lambda m, i, o: calls.append("fused")) for b in model.blocks]
     seen = attention_maps.look(model, x)
     for h in hooks:

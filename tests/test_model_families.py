@@ -168,8 +168,8 @@ def test_patch_norm_model_equals_vit_pytorch(pool):
     x = torch.randn(3, 3, 16, 24)
     with torch.no_grad():
         want, tokens = ref(x), output_of(ref.transformer, lambda: ref(x))  # vit-pytorch's normed tokens
-        assert max_diff(model(x), want) <= 1e-6
-        assert max_diff(model.forward_features(x), tokens) <= 1e-5  # tokens up to ~4: a few float32 ulp apart
+        assert max_diff(model(x), want) <= 1e-5  # logits and tokens up to ~4: a few float32 ulp apart
+        assert max_diff(model.forward_features(x), tokens) <= 1e-5
     assert_pieces_matter(model, x, tokens, want, pieces_of(model.config) + ["attn_scale", "final_norm"])
 
 

@@ -32,6 +32,7 @@ class RelativeBias:
         check_ranges(self, "rpb_kwargs", {"seq_len": "[1, inf)", "num_heads": "[1, inf)", "init_std": "(0, inf)"})
 
 PoolType = Literal["cls", "mean", "map"]
+RopeType = Literal["none", "dinov3", "axial", "mixed"]
 PosEmbedType = Literal["learn", "sincos2d", "none"]
 AttnImpl = Literal["fused", "explicit"]
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
@@ -89,10 +90,29 @@ class ViTConfig:
     head_bias: bool = True  # a bias in the head (CLIP's projection has none)
     dynamic_img_size: bool = False  # accept any image size, resampling the position embedding on the fly
     attn_impl: AttnImpl = "fused"  # 'fused' (PyTorch's kernel, timm's numbers) or 'explicit' (faster on a CPU)
+    # Rotary position embedding of q and k over the patch grid (vitkit.layers.rope): DINOv3's, the axial one of
+    # EVA-02 / Perception Encoder / RoPE-ViT, or RoPE-Mixed's learned one; with or without pos_embed
+    rope: RopeType = "none"
+    rope_temperature: float | None = None  # frequency base T; None: 100 (dinov3), 10000 (axial), 10 (mixed)
+    rope_grid_offset: float = 0.0  # added to every patch coordinate (PE: 1, its [CLS] sat at 0)
+    rope_grid_indexing: Literal["ij", "xy"] = "ij"  # which axis the first half of the channel pairs follows
+    rope_ref_grid: int | tuple[int, int] | None = None  # axial: coordinates rescaled to this trained grid (EVA-02)
+    rope_normalize: Literal["separate", "min", "max"] = "separate"  # dinov3: coordinates over each side or min/max
+    rope_bf16_periods: bool = False  # dinov3: periods rounded to bfloat16, as DINOv3's original files store them
+    norm_layer: Literal["layernorm", "rmsnorm"] = "layernorm"  # every norm of the model (AIMv2: RMSNorm)
+    embed_norm: bool = False  # a norm after the patch projection (AIMv2)
+    attn_norm: bool = False  # a norm on the heads' merged output before the attention projection (EVA-CLIP)
+    mlp_norm: bool = False  # a norm on the MLP's hidden activations before fc2 (EVA-02's sub-LN)
+    proj_bias: bool = True  # a bias in the attention's output projection (AIMv2 has none)
+    mlp_bias: bool = True  # biases in the MLP's linears (AIMv2 has none)
+    attn_pool_heads: int | None = None  # heads of the attention pool (pool 'map'); None: num_heads (PE: 8)
+    attn_pool_mlp_ratio: float | None = None  # the attention pool's MLP width; None: mlp_ratio
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
             self.img_size = tuple(self.img_size)
+        if isinstance(self.rope_ref_grid, list):
+            self.rope_ref_grid = tuple(self.rope_ref_grid)
         if isinstance(self.rpb_kwargs, dict):
             self.rpb_kwargs = from_dict(RelativeBias, self.rpb_kwargs, "rpb_kwargs")
         check_positive(self, ("patch_size", "in_channels", "embed_dim", "depth", "num_heads"))
@@ -122,6 +142,41 @@ class ViTConfig:
             raise ConfigError("dynamic_img_size=True cannot be combined with a relative position bias, whose "
                               "table is built for one patch grid")
         self.relative_position_bias()  # validates rpb_kwargs
+        self._check_rope()
+        check_ranges(self, "", {"attn_pool_heads": "[1, inf)", "attn_pool_mlp_ratio": "(0, 64]"})
+        if self.pool == "map" and self.embed_dim % (self.attn_pool_heads or self.num_heads):
+            raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by attn_pool_heads "
+                              f"({self.attn_pool_heads})")
+        if self.pool != "map" and (self.attn_pool_heads, self.attn_pool_mlp_ratio) != (None, None):
+            raise ConfigError("attn_pool_heads and attn_pool_mlp_ratio describe the attention pool, which only "
+                              f"pool='map' has (pool is {self.pool!r})")
+        if self.patch_norm and self.embed_norm:
+            raise ConfigError("patch_norm already has a norm after the patch projection; embed_norm adds the "
+                              "norm after it alone, so give one of them")
+
+    def _check_rope(self) -> None:
+        rope_fields = {"rope_temperature": None, "rope_grid_offset": 0.0, "rope_grid_indexing": "ij",
+                       "rope_ref_grid": None, "rope_normalize": "separate", "rope_bf16_periods": False}
+        if self.rope == "none":
+            said = [k for k, v in rope_fields.items() if getattr(self, k) != v]
+            if said:
+                raise ConfigError(f"{', '.join(said)} set{'s' if len(said) == 1 else ''} a rotary position "
+                                  "embedding, but rope is 'none'; give rope='dinov3', 'axial' or 'mixed'")
+            return
+        head = self.embed_dim // self.num_heads
+        if head % 4:
+            raise ConfigError(f"rope={self.rope!r} rotates 2-d pairs of the head's channels along two axes, so the "
+                              f"head width (embed_dim / num_heads = {head}) must be divisible by 4")
+        check_ranges(self, "", {"rope_temperature": "(0, inf)"})
+        wrong = {"rope_ref_grid": self.rope != "axial" and self.rope_ref_grid is not None,
+                 "rope_normalize": self.rope != "dinov3" and self.rope_normalize != "separate",
+                 "rope_bf16_periods": self.rope != "dinov3" and self.rope_bf16_periods,
+                 "rope_grid_offset": self.rope == "mixed" and self.rope_grid_offset != 0}
+        for key, bad in wrong.items():
+            if bad:
+                raise ConfigError(f"{key} does not apply to rope={self.rope!r}")
+        if self.rope_ref_grid is not None:
+            pair(self.rope_ref_grid, "rope_ref_grid")
 
     def relative_position_bias(self) -> dict | None:
         """The keyword arguments of each block's :class:`~vitkit.layers.RelativePositionBias` (None without one):
@@ -171,6 +226,11 @@ class ViTConfig:
     @property
     def mlp_dim(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def attn_pool_dim(self) -> int:
+        """The attention pool's MLP width: ``int(embed_dim * attn_pool_mlp_ratio)``, else the blocks' width."""
+        return self.mlp_dim if self.attn_pool_mlp_ratio is None else int(self.embed_dim * self.attn_pool_mlp_ratio)
 
     @property
     def use_fc_norm(self) -> bool:

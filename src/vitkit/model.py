@@ -6,6 +6,7 @@ so timm checkpoints load with no renaming.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Iterable
 
 import torch
@@ -17,8 +18,8 @@ from .checkpoint import check_state_dict
 from .config import ViTConfig, get_preset
 from .configtools import pair
 from .errors import ConfigError
-from .layers import (AttentionPoolLatent, PatchEmbedding, PostNormBlock, TransformerBlock, resample_pos_embed,
-                     sincos_2d_pos_embed)
+from .layers import (AttentionPoolLatent, PatchEmbedding, PostNormBlock, RotaryEmbedding, TransformerBlock,
+                     make_norm, resample_pos_embed, sincos_2d_pos_embed)
 
 
 class VisionTransformer(nn.Module):
@@ -50,7 +51,8 @@ class VisionTransformer(nn.Module):
         self.pretrained_classes: list[str] | None = None  # likewise
         self.patch_embed = PatchEmbedding(cfg.img_size, cfg.patch_size, cfg.in_channels, dim,
                                           strict_img_size=not cfg.dynamic_img_size, bias=cfg.patch_bias,
-                                          norm=cfg.patch_norm, norm_eps=cfg.norm_eps)
+                                          norm=cfg.patch_norm, norm_eps=cfg.norm_eps, embed_norm=cfg.embed_norm,
+                                          norm_layer=cfg.norm_layer)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, dim)) if cfg.reg_tokens else None
         # timm: the position embedding covers the prefix tokens unless no_embed_class.
@@ -64,7 +66,14 @@ class VisionTransformer(nn.Module):
                                      persistent=False)  # (1, N, D): derived, not saved
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.distilled else None  # timm: after pos_embed
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        self.norm_pre = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()
+        # q and k of the patch tokens turn by their grid position in every block (None: no rotary embedding)
+        self.rope = None if cfg.rope == "none" else RotaryEmbedding(
+            cfg.rope, dim // cfg.num_heads, num_heads=cfg.num_heads, depth=cfg.depth,
+            temperature=cfg.rope_temperature, grid_offset=cfg.rope_grid_offset, indexing=cfg.rope_grid_indexing,
+            ref_grid=pair(cfg.rope_ref_grid) if cfg.rope_ref_grid is not None else None,
+            normalize=cfg.rope_normalize, bf16_periods=cfg.rope_bf16_periods)
+        norm = partial(make_norm, cfg.norm_layer, dim, cfg.norm_eps)
+        self.norm_pre = norm() if cfg.norm_pre else nn.Identity()
 
         rpb_kwargs = cfg.relative_position_bias()
         # Stochastic depth, linear rule: 0 for the first block up to drop_path_rate for the last.
@@ -74,13 +83,14 @@ class VisionTransformer(nn.Module):
             block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position, rpb_kwargs,
                   qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
                   layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act, mlp=cfg.mlp,
-                  fused_attn=cfg.attn_impl == "fused")
+                  fused_attn=cfg.attn_impl == "fused", norm_layer=cfg.norm_layer, attn_norm=cfg.attn_norm,
+                  mlp_norm=cfg.mlp_norm, proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias, rope_half=cfg.rope == "dinov3")
             for i in range(cfg.depth))
         use_fc_norm = cfg.use_fc_norm
-        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and not use_fc_norm else nn.Identity()
-        self.attn_pool = AttentionPoolLatent(dim, cfg.num_heads, cfg.mlp_dim, cfg.act, cfg.norm_eps) \
-            if cfg.pool == "map" else None
-        self.fc_norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm and use_fc_norm else nn.Identity()
+        self.norm = norm() if cfg.final_norm and not use_fc_norm else nn.Identity()
+        self.attn_pool = AttentionPoolLatent(dim, cfg.attn_pool_heads or cfg.num_heads, cfg.attn_pool_dim, cfg.act,
+                                             cfg.norm_eps, cfg.norm_layer) if cfg.pool == "map" else None
+        self.fc_norm = norm() if cfg.final_norm and use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dim, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 else nn.Identity()
         if cfg.distilled:
@@ -149,7 +159,7 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that weight decay should skip (besides all 1-d parameters)."""
-        return {"pos_embed", "cls_token", "reg_token", "dist_token"}
+        return {"pos_embed", "cls_token", "reg_token", "dist_token", "rope.freqs"}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (training only):
@@ -234,7 +244,7 @@ class VisionTransformer(nn.Module):
     def encode(self, x: torch.Tensor, attention_layers: Iterable[int] = ()) -> tuple[torch.Tensor, dict]:
         """Images (B, C, H, W) -> (normed tokens (B, prefix + N, D), {layer: attention (B, heads, T, T)}) for
         the blocks in ``attention_layers``, which compute their attention explicitly; the others run fused."""
-        x, _, maps = self._run_blocks(self._embed(x), attention_layers=set(attention_layers))
+        x, _, maps = self._run_blocks(*self._embed(x), attention_layers=set(attention_layers))
         return self.norm(x), maps
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Iterable[int] | None = None, norm: bool = False,
@@ -261,7 +271,7 @@ class VisionTransformer(nn.Module):
         wanted = self._layer_indices(attention_layers) if attention_layers is not None else []
         b, p = x.shape[0], self.num_prefix_tokens
         gh, gw = self.patch_embed.grid_for(*x.shape[-2:])
-        x, kept, maps = self._run_blocks(self._embed(x), set(take), set(wanted),
+        x, kept, maps = self._run_blocks(*self._embed(x), set(take), set(wanted),
                                          max(take + wanted) + 1 if stop_early else depth)
         out = []
         for i in take:
@@ -275,27 +285,33 @@ class VisionTransformer(nn.Module):
             result.append(maps)
         return result[0] if len(result) == 1 else tuple(result)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> the tokens entering the first block (B, T, D), T = prefix + N."""
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images (B, C, H, W) -> (the tokens entering the first block (B, T, D), T = prefix + N; the patch grid)."""
         grid = self.patch_embed.grid_for(*x.shape[-2:])
         x = self.patch_embed(x)  # (B, N, D)
-        return self.norm_pre(self.pos_drop(self._pos_embed(x, grid)))
+        return self.norm_pre(self.pos_drop(self._pos_embed(x, grid))), grid
 
-    def _run_blocks(self, x: torch.Tensor, keep: set[int] = frozenset(), attention_layers: set[int] = frozenset(),
-                    depth: int | None = None) -> tuple[torch.Tensor, dict, dict]:
+    def _run_blocks(self, x: torch.Tensor, grid: tuple[int, int], keep: set[int] = frozenset(),
+                    attention_layers: set[int] = frozenset(), depth: int | None = None
+                    ) -> tuple[torch.Tensor, dict, dict]:
         """Tokens through the first ``depth`` blocks (all by default): (tokens, {i: block i's output for i in
         keep}, {i: block i's attention weights}). The blocks in ``attention_layers`` compute their attention
-        explicitly; under grad checkpointing the others keep no activations, recomputing them in backward."""
+        explicitly; under grad checkpointing the others keep no activations, recomputing them in backward. A
+        rotary embedding is computed once for the grid (RoPE-Mixed: one per block) and given to every block."""
         kept, maps = {}, {}
         checkpointed = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        rope = None
+        if self.rope is not None:
+            rope = self.rope(grid, x.device)  # (N, 2d), or (depth, H, N, 2d) for RoPE-Mixed
         for i in range(len(self.blocks) if depth is None else depth):
             block = self.blocks[i]
+            r = rope[i] if rope is not None and rope.ndim == 4 else rope
             if i in attention_layers:
-                x, maps[i] = block.forward_with_attention(x)
+                x, maps[i] = block.forward_with_attention(x, r)
             elif checkpointed:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, r, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, r)
             if i in keep:
                 kept[i] = x
         return x, kept, maps

@@ -98,8 +98,8 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
     hints = {**spec.defaults, **profile.defaults, **facts, **read.hints}
     said = set(hints) | set(apply_aliases(dict(overrides))) | ({"img_size"} if img_size is not None else set())
     raw = source_keys(read.state, spec) if spec.require or any(a.test for a in spec.assume + profile.assume) else {}
-    for need in spec.require:
-        if need.test(raw) and not any(f in said for f in need.fields):
+    for need in spec.require:  # the source's own keys and vitkit's, as converted
+        if need.test({**raw, **state}) and not any(f in said for f in need.fields):
             raise CheckpointError(f"{read.name} cannot be loaded as it is: {need.why}")
     assumed = [a for a in spec.assume + profile.assume
                if a.field not in said and (a.test is None or a.test(raw))]

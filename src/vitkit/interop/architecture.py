@@ -44,6 +44,12 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
         final_norm=fc_norm or "norm.weight" in state,
         layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None)  # any value: gamma is loaded
     fields.update(_mlp(state, dim))
+    freqs = state.get("rope.freqs")
+    if isinstance(freqs, Tensor) and freqs.ndim == 4:
+        fields["num_heads"] = freqs.shape[2]
+    pool_fc1 = state.get("attn_pool.mlp.fc1.weight")  # (M', D): the pool's own MLP width when it differs
+    if isinstance(pool_fc1, Tensor) and pool_fc1.shape[0] != int(dim * fields.get("mlp_ratio", 4.0)):
+        fields["attn_pool_mlp_ratio"] = _ratio(pool_fc1.shape[0], dim)
     fields.update({name: value for name, value, present in _options(state) if present})
     if "pos_embed" not in state:
         fields["pos_embed"] = "none"
@@ -86,6 +92,12 @@ def _options(state: dict) -> list[tuple[str, object, bool]]:
         ("pool", "map", "attn_pool.latent" in state),
         ("distilled", True, "dist_token" in state),
         ("patch_norm", True, "patch_embed.pre_norm.weight" in state),
+        ("embed_norm", True, "patch_embed.norm.weight" in state and "patch_embed.pre_norm.weight" not in state),
+        ("attn_norm", True, "blocks.0.attn.norm.weight" in state),  # EVA-CLIP's inner attention norm
+        ("mlp_norm", True, "blocks.0.mlp.norm.weight" in state),  # EVA-02's sub-LN
+        ("proj_bias", False, "blocks.0.attn.proj.weight" in state and "blocks.0.attn.proj.bias" not in state),
+        ("mlp_bias", False, "blocks.0.mlp.fc1.weight" in state and "blocks.0.mlp.fc1.bias" not in state),
+        ("rope", "mixed", "rope.freqs" in state),  # RoPE-Mixed's learned frequencies (2, depth, heads, d/2)
     ]
 
 
@@ -96,13 +108,16 @@ def _mlp(state: dict, dim: int) -> dict:
     if not isinstance(fc1, Tensor):
         return {}
     hidden = fc1.shape[0]
-    ratio = hidden / dim
-    if int(dim * ratio) != hidden:  # float rounding: int(176 * (240 / 176)) == 239
-        ratio = (hidden + 0.5) / dim
-    out = {"mlp_ratio": ratio}
+    out = {"mlp_ratio": _ratio(hidden, dim)}
     if isinstance(fc2, Tensor) and fc2.shape[1] * 2 == hidden:
         out.update(mlp="swiglu", act="silu")
     return out
+
+
+def _ratio(hidden: int, dim: int) -> float:
+    """The mlp_ratio whose ``int(dim * ratio)`` is ``hidden`` (float rounding: int(176 * (240 / 176)) == 239)."""
+    ratio = hidden / dim
+    return ratio if int(dim * ratio) == hidden else (hidden + 0.5) / dim
 
 
 def _infer_grid(fields: dict, length: int, patch: int, prefix: int, caller_img_size=None) -> None:

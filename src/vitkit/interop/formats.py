@@ -72,6 +72,9 @@ TIMM_REQUIRE = (
             "EVA-02, DINOv3 (qkvb) and SBB ViTs, which add " + _ROPE_MODELS + "'none' for EVA-1", _qv_bias_alone),
     Require(("rope",), "its pre-norm with an attention pool (or no final norm) is Meta's Perception Encoder in "
             "timm's keys, which adds " + _ROPE_MODELS + "'none' for a model without one", _pe_like),
+    Require(("norm_layer",), "its norms have a scale and no bias, as both RMSNorm (AIMv2) and bias-free "
+            "LayerNorms have; name the architecture (arch=) or say norm_layer='rmsnorm' (vitkit has no bias-free "
+            "LayerNorm)", lambda keys: "blocks.0.norm1.weight" in keys and "blocks.0.norm1.bias" not in keys),
 )
 TIMM = Format(
     name="timm", markers=("patch_embed.proj.weight",), label="timm",
@@ -81,6 +84,11 @@ TIMM = Format(
         Rule("cls_token", ("cls_token", "pos_embed", "register_tokens"), cls_plus_class_pos),
         Rule("pos_embed", ("pos_embed", "register_tokens"), patch_pos),
         *wb("blocks.{i}.mlp.fc1", "blocks.{i}.mlp.w12"),  # DINOv2 giant's packed SwiGLU: [gate; up]
+        # timm's Eva: separate q, k, v (EVA-02: no k bias -> q/v biases) and a split SwiGLU, stacked as vitkit's
+        *wb("blocks.{i}.attn.qkv", *(f"blocks.{{i}}.attn.{n}_proj" for n in "qkv"), fn=cat),
+        Rule("blocks.{i}.attn.q_bias", ("blocks.{i}.attn.q_proj.bias",), unless=("blocks.{i}.attn.k_proj.bias",)),
+        Rule("blocks.{i}.attn.v_bias", ("blocks.{i}.attn.v_proj.bias",), unless=("blocks.{i}.attn.k_proj.bias",)),
+        *wb("blocks.{i}.mlp.fc1", "blocks.{i}.mlp.fc1_g", "blocks.{i}.mlp.fc1_x", fn=cat),
         *wb("blocks.{i}.mlp.fc2", "blocks.{i}.mlp.w3"),
         # BEiT (unilm, timm): per-block tables, or one shared table added in every block
         Rule(f"blocks.{{i}}.{_REL}", ("blocks.{i}.attn.relative_position_bias_table",

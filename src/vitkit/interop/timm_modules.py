@@ -48,36 +48,38 @@ def timm_architecture(m: nn.Module) -> dict:
         unknown.append(f"global_pool={pool!r} (vitkit pools 'token', 'avg' or 'map')")
     if getattr(m, "pool_include_prefix", False):
         unknown.append("pooling that includes the prefix tokens (pool_include_prefix)")
-    if getattr(m, "rope", None) is not None:
-        unknown.append(f"a rotary position embedding ({type(m.rope).__name__})")
-    if getattr(m, "patch_drop", None) is not None and not isinstance(m.patch_drop, nn.Identity):
-        pass  # patch dropout acts in training only: the computation at inference is unchanged
+    # patch dropout acts in training only: the computation at inference is unchanged
     unknown += _patch_embed(m.patch_embed)
     norms = [x for x in m.modules() if _is_norm(x)]
-    eps = {x.eps for x in norms}
+    eps, kinds = {x.eps for x in norms}, {_NORMS.get(type(x).__name__) for x in norms}
     for x in norms:
         unknown += _norm(x)
     block = m.blocks[0]
     for b in m.blocks:
-        unknown += _block(b)
+        unknown += _block(b, m.num_prefix_tokens)
     heads = block.attn.num_heads
-    pool_mlp = None
+    rope = _rope(m, block.attn, unknown) if getattr(m, "rope", None) is not None else {}
+    pool_heads = None
     if getattr(m, "attn_pool", None) is not None:
-        unknown += _attn_pool(m.attn_pool, heads)
-        pool_mlp = m.attn_pool.mlp.fc1.out_features
-        if pool_mlp != _mlp_hidden(block.mlp):
-            unknown.append(f"an attention pool whose MLP ({pool_mlp} wide) differs from the blocks'")
+        unknown += _attn_pool(m.attn_pool)
+        if act_name(m.attn_pool.mlp.act) != act_name(block.mlp.act):
+            unknown.append("an attention pool whose activation differs from the blocks'")
+        pool_heads = m.attn_pool.num_heads
     if not isinstance(getattr(m, "head", nn.Identity()), (nn.Linear, nn.Identity)):
         unknown.append(f"a {type(m.head).__name__} head")
     if len(eps) > 1:
         unknown.append(f"norms with different eps ({', '.join(map(str, sorted(eps)))})")
+    if len(kinds) > 1:
+        unknown.append("norms of different kinds")
     unknown = list(dict.fromkeys(unknown))  # once each, in order
     if unknown:
         raise CheckpointError(f"{model_name(m)} has {'; '.join(unknown)}, which vitkit does not compute; it was "
                               "not loaded")
     hints = {"num_heads": heads, "pool": _POOLS[pool], "no_embed_class": bool(getattr(m, "no_embed_class", False)),
-             "norm_eps": block.norm1.eps, "act": act_name(block.mlp.act),
-             "dynamic_img_size": bool(getattr(m, "dynamic_img_size", False))}
+             "norm_eps": block.norm1.eps, "act": act_name(block.mlp.act), "norm_layer": kinds.pop(),
+             "dynamic_img_size": bool(getattr(m, "dynamic_img_size", False)), "rope": "none", **rope}
+    if pool_heads is not None and pool_heads != heads:
+        hints["attn_pool_heads"] = pool_heads
     img_size = getattr(m.patch_embed, "img_size", None)
     if img_size is not None:
         hints["img_size"] = tuple(img_size)
@@ -86,16 +88,52 @@ def timm_architecture(m: nn.Module) -> dict:
     return hints
 
 
+_NORMS = {"LayerNorm": "layernorm", "RmsNorm": "rmsnorm", "RMSNorm": "rmsnorm"}
+# timm's rotary embeddings: class -> vitkit's flavour, and whether attention rotates in the half layout
+_ROPES = {"RotaryEmbeddingDinoV3": ("dinov3", True), "RotaryEmbeddingCat": ("axial", False),
+          "RotaryEmbeddingMixed": ("mixed", False)}
+
+
 def _is_norm(x: nn.Module) -> bool:
     return isinstance(x, nn.LayerNorm) or ("Norm" in type(x).__name__ and hasattr(x, "eps"))
 
 
 def _norm(x: nn.Module) -> list[str]:
-    if not isinstance(x, nn.LayerNorm):
-        return [f"{type(x).__name__} norms"]
-    if not x.elementwise_affine or getattr(x, "bias", None) is None:
-        return ["LayerNorms without a learned scale or bias"]
+    name = type(x).__name__
+    if isinstance(x, nn.LayerNorm) and name not in _NORMS:
+        name = "LayerNorm"  # timm's LayerNorm subclasses PyTorch's
+    if name not in _NORMS:
+        return [f"{name} norms"]
+    if not getattr(x, "elementwise_affine", True) or getattr(x, "weight", None) is None:
+        return ["norms without a learned scale"]
+    if name == "LayerNorm" and getattr(x, "bias", None) is None:
+        return ["LayerNorms without a bias"]
     return []
+
+
+def _rope(m: nn.Module, attn: nn.Module, unknown: list[str]) -> dict:
+    """The rope_* fields of a timm rotary embedding (RoPE-Mixed's frequencies are weights: its key holds them)."""
+    r = m.rope
+    kind, half = _ROPES.get(type(r).__name__, (None, None))
+    if kind is None:
+        unknown.append(f"a rotary position embedding of kind {type(r).__name__}")
+        return {}
+    if bool(getattr(r, "rotate_half", half)) != half or bool(getattr(attn, "rotate_half", half)) != half:
+        unknown.append(f"a {type(r).__name__} applied in the {'half' if not half else 'interleaved'} layout")
+    if getattr(m, "rope_mixed", False) != (kind == "mixed"):
+        unknown.append("a rotary embedding used other than its kind")
+    out = {"rope": kind, "rope_temperature": float(r.temperature), "rope_grid_indexing": r.grid_indexing}
+    if kind == "dinov3":
+        if r.min_period is not None or r.max_period is not None:
+            unknown.append("a DINOv3 rotary embedding parametrised by min/max periods")
+        out.update(rope_normalize=r.normalize_coords, rope_grid_offset=float(r.grid_offset))
+    elif kind == "axial":
+        if r.in_pixels or r.grid_type != "index":
+            unknown.append("a rotary embedding over pixel coordinates (in_pixels)")
+        out["rope_grid_offset"] = float(r.grid_offset)
+        if r.ref_feat_shape is not None:
+            out["rope_ref_grid"] = tuple(int(v) for v in r.ref_feat_shape)
+    return out
 
 
 def _patch_embed(pe: nn.Module) -> list[str]:
@@ -104,66 +142,54 @@ def _patch_embed(pe: nn.Module) -> list[str]:
         out.append(f"a {type(pe).__name__} patch embedding")
     if getattr(pe, "dynamic_img_pad", False):
         out.append("a patch embedding that pads images (dynamic_img_pad)")
-    if not isinstance(getattr(pe, "norm", nn.Identity()), nn.Identity):
-        out.append("a norm after the patch embedding")
     return out
 
 
-def _block(b: nn.Module) -> list[str]:
+def _block(b: nn.Module, prefix: int) -> list[str]:
     cls = type(b).__name__
     if cls not in ("Block", "EvaBlock"):
         return [f"{cls} blocks"]
-    out = _attention(b.attn)
+    out = _attention(b.attn, prefix)
     if cls == "EvaBlock" and (b.gamma_1 is None) != (b.gamma_2 is None):
         out.append("a layer scale on one branch only")
     out += _mlp(b.mlp)
     return out
 
 
-def _attention(a: nn.Module) -> list[str]:
+def _attention(a: nn.Module, prefix: int) -> list[str]:
     out = []
     cls = type(a).__name__
-    if cls not in ("Attention", "EvaAttention"):
+    if cls not in ("Attention", "EvaAttention", "AttentionRope"):
         out.append(f"{cls} attention")
-    for name, what in (("q_norm", "q/k norms"), ("norm", "a norm inside the attention (scale_norm)")):
-        if not isinstance(getattr(a, name, nn.Identity()), nn.Identity):
-            out.append(what)
+    if not isinstance(getattr(a, "q_norm", nn.Identity()), nn.Identity):
+        out.append("q/k norms")
     if getattr(a, "gate", None) is not None:
         out.append("a gated attention")
     if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
         out.append("grouped-query attention")
-    if getattr(a, "qkv", None) is None:
-        out.append("separate q, k and v projections")
-    elif a.qkv.out_features != 3 * a.qkv.in_features:
+    if a.num_heads * a.head_dim != a.proj.out_features:
         out.append("an attention wider or narrower than the model")
-    if a.proj.bias is None:
-        out.append("an attention projection without bias")
-    if getattr(a, "qkv_bias_separate", False):
-        pass  # adding the bias after the matmul changes rounding only
+    if getattr(a, "num_prefix_tokens", prefix) != prefix:
+        out.append("a rotary embedding that skips another number of tokens than the prefix")
     return out
 
 
 def _mlp(mlp: nn.Module) -> list[str]:
     cls = type(mlp).__name__
     out = []
-    if cls not in ("Mlp", "GluMlp", "SwiGLUPacked"):
+    if cls not in ("Mlp", "GluMlp", "SwiGLUPacked", "SwiGLU"):
         return [f"a {cls} MLP"]
     if act_name(mlp.act) is None:
         out.append(f"the activation {type(mlp.act).__name__}")
-    if cls != "Mlp" and getattr(mlp, "gate_last", False):
+    if cls in ("GluMlp", "SwiGLUPacked") and (getattr(mlp, "gate_last", False) or getattr(mlp, "chunk_dim", -1) != -1):
         out.append("a gated MLP gating with its second half")
-    if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
-        out.append("a norm inside the MLP")
-    if mlp.fc1.bias is None or mlp.fc2.bias is None:
-        out.append("an MLP without biases")
+    first = mlp.fc1_g if cls == "SwiGLU" else mlp.fc1
+    if (first.bias is None) != (mlp.fc2.bias is None):
+        out.append("an MLP with a bias on one of its linears only")
     return out
 
 
-def _mlp_hidden(mlp: nn.Module) -> int:
-    return mlp.fc1.out_features
-
-
-def _attn_pool(p: nn.Module, heads: int) -> list[str]:
+def _attn_pool(p: nn.Module) -> list[str]:
     out = []
     if type(p).__name__ != "AttentionPoolLatent":
         return [f"a {type(p).__name__} pool"]
@@ -171,6 +197,6 @@ def _attn_pool(p: nn.Module, heads: int) -> list[str]:
         out.append("an attention pool with several latents or its own position embedding")
     if not isinstance(getattr(p, "q_norm", nn.Identity()), nn.Identity):
         out.append("q/k norms in the attention pool")
-    if p.num_heads != heads:
-        out.append(f"an attention pool with {p.num_heads} heads on a {heads}-head trunk")
+    if isinstance(getattr(p, "q", None), nn.Identity) or p.kv.bias is None:
+        out.append("an attention pool without a query projection or biases")
     return out

@@ -1,5 +1,7 @@
 """Multi-head self-attention: fused (``scaled_dot_product_attention``) by default, explicit when the attention
-weights are wanted or when asked for (``fused=False``: faster for short sequences on a CPU)."""
+weights are wanted or when asked for (``fused=False``: faster for short sequences on a CPU). Both paths see the
+same q and k, rotated first when the model has a rotary position embedding, so attention maps are those the
+fused path computes."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import make_norm
 from .position import RelativePositionBias
+from .rope import rotate
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -42,12 +46,17 @@ class MultiHeadAttention(nn.Module):
     computed explicitly. ``fused=False`` always computes explicitly (matmul, softmax, matmul), which is
     faster for short sequences on a CPU; the fused kernel is what timm runs, so it matches timm bit for
     bit. The two agree to float rounding. ``qkv_bias="qv"`` is BEiT's: learned query and value biases
-    (``q_bias``, ``v_bias``) beside a bias-free ``qkv``, the key's bias fixed at zero.
+    (``q_bias``, ``v_bias``) beside a bias-free ``qkv``, the key's bias fixed at zero (also EVA-02's and
+    DINOv3's masked k-bias). ``rope`` passed to :meth:`forward` (cat([sin, cos]) for the N' patch tokens, see
+    :mod:`vitkit.layers.rope`) rotates q and k of the last N' tokens; the prefix tokens before them stay as
+    they are. ``attn_norm`` normalises the heads' merged output before ``proj`` (EVA-CLIP's inner norm,
+    timm's ``attn.norm``); ``proj_bias=False`` leaves out the output projection's bias (AIMv2).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, use_relative_position: bool = False,
                  rpb_kwargs: dict | None = None, *, qkv_bias: bool | str = True, attn_drop: float | None = None,
-                 proj_drop: float | None = None, scale: bool = True, fused: bool = True):
+                 proj_drop: float | None = None, scale: bool = True, fused: bool = True, rope_half: bool = False,
+                 attn_norm: str | None = None, norm_eps: float = 1e-6, proj_bias: bool = True):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
@@ -63,7 +72,9 @@ class MultiHeadAttention(nn.Module):
         self.q_bias = nn.Parameter(torch.zeros(embed_dim)) if qkv_bias == "qv" else None
         self.v_bias = nn.Parameter(torch.zeros(embed_dim)) if qkv_bias == "qv" else None
         self.attention = ScaledDotProductAttention(scale=scale, dropout=self.attn_drop)
-        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.rope_half = rope_half
+        self.norm = make_norm(attn_norm, embed_dim, norm_eps) if attn_norm else nn.Identity()
+        self.proj = nn.Linear(embed_dim, embed_dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(dropout if proj_drop is None else proj_drop)
         self.relative_position_bias = None
         if use_relative_position:
@@ -72,22 +83,22 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"rpb_kwargs num_heads ({kwargs['num_heads']}) must equal num_heads ({num_heads})")
             self.relative_position_bias = RelativePositionBias(**kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
         if not self.fused:
-            return self.attend(x)[0]
-        q, k, v, bias = self._qkv(x)
+            return self.attend(x, rope)[0]
+        q, k, v, bias = self._qkv(x, rope)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
                                              scale=None if self.scale else 1.0)  # (B, H, N, d)
         return self._merge(out)
 
-    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, C) -> (output (B, N, C), attention weights (B, H, N, N)), computed explicitly."""
-        q, k, v, bias = self._qkv(x)
+        q, k, v, bias = self._qkv(x, rope)
         out, attn = self.attention(q, k, v, bias)  # (B, H, N, d), (B, H, N, N)
         return self._merge(out), attn
 
-    def _qkv(self, x: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, rope: torch.Tensor | None = None):
         b, n, _ = x.shape
         if self.q_bias is None:
             qkv = self.qkv(x)  # (B, N, 3C)
@@ -96,6 +107,10 @@ class MultiHeadAttention(nn.Module):
             qkv = F.linear(x, self.qkv.weight, bias)
         qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+        if rope is not None:  # rotate the patch tokens, the last rope.shape[-2] of the sequence
+            p = n - rope.shape[-2]
+            q = torch.cat([q[:, :, :p], rotate(q[:, :, p:], rope, self.rope_half)], dim=2).type_as(v)
+            k = torch.cat([k[:, :, :p], rotate(k[:, :, p:], rope, self.rope_half)], dim=2).type_as(v)
         bias = None
         if self.relative_position_bias is not None:
             bias = self.relative_position_bias()  # (H, N, N)
@@ -107,4 +122,4 @@ class MultiHeadAttention(nn.Module):
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n, self.embed_dim)  # (B, H, N, d) -> (B, N, H*d)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(self.norm(out)))

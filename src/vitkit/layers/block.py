@@ -16,6 +16,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .mlp import MLPS, Mlp
+from .norm import make_norm
 
 __all__ = ["LayerScale", "Mlp", "PostNormBlock", "TransformerBlock", "drop_path_layer"]
 
@@ -49,34 +50,43 @@ class TransformerBlock(nn.Module):
     computed explicitly and returned. timm's parameter names (``norm1``, ``attn``, ``ls1``, ``norm2``,
     ``mlp``, ``ls2``), so a timm state dict fits. ``mlp="swiglu"`` makes the MLP gated (:class:`GluMlp`, whose
     ``fc1`` is ``int(embed_dim * mlp_ratio)`` wide); ``qkv_bias="qv"`` gives the attention BEiT's biases.
+    ``norm_layer`` ("layernorm" or "rmsnorm") is every norm of the block; ``attn_norm`` / ``mlp_norm`` add the
+    inner norms of EVA-02 (see :class:`MultiHeadAttention` and :class:`Mlp`). ``rope`` given to :meth:`forward`
+    rotates q and k of the patch tokens (``rope_half``: the half layout of DINOv3).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  use_relative_position: bool = False, rpb_kwargs: dict | None = None, *, qkv_bias: bool | str = True,
                  attn_drop: float | None = None, drop_path: float = 0.0, layer_scale_init: float | None = None,
-                 norm_eps: float = 1e-6, act: str = "gelu", mlp: str = "mlp", fused_attn: bool = True):
+                 norm_eps: float = 1e-6, act: str = "gelu", mlp: str = "mlp", fused_attn: bool = True,
+                 norm_layer: str = "layernorm", attn_norm: bool = False, mlp_norm: bool = False, proj_bias: bool = True,
+                 mlp_bias: bool = True, rope_half: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm1 = make_norm(norm_layer, embed_dim, norm_eps)
         self.attn = MultiHeadAttention(embed_dim, num_heads, dropout, use_relative_position, rpb_kwargs,
-                                       qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=dropout, fused=fused_attn)
+                                       qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=dropout, fused=fused_attn,
+                                       rope_half=rope_half, attn_norm=norm_layer if attn_norm else None,
+                                       norm_eps=norm_eps, proj_bias=proj_bias)
         self.ls1 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path1 = drop_path_layer(drop_path)
-        self.norm2 = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm2 = make_norm(norm_layer, embed_dim, norm_eps)
         if mlp not in MLPS:
             raise ValueError(f"mlp must be one of {sorted(MLPS)}, got {mlp!r}")
-        self.mlp = MLPS[mlp](embed_dim, int(embed_dim * mlp_ratio), act, dropout)
+        self.mlp = MLPS[mlp](embed_dim, int(embed_dim * mlp_ratio), act, dropout,
+                             norm=norm_layer if mlp_norm else None, norm_eps=norm_eps, bias=mlp_bias)
         self.ls2 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path2 = drop_path_layer(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, C) -> (B, N, C)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), rope)))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_attention(self, x: torch.Tensor, rope: torch.Tensor | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, C) -> ((B, N, C), this block's attention weights (B, H, N, N))."""
-        y, attn = self.attn.attend(self.norm1(x))
+        y, attn = self.attn.attend(self.norm1(x), rope)
         x = x + self.drop_path1(self.ls1(y))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, attn
@@ -86,13 +96,14 @@ class PostNormBlock(TransformerBlock):
     """The original Transformer's order (vitkit.scratch's network): normalise after adding each branch,
     ``x = norm1(x + attn(x))``, ``x = norm2(x + mlp(x))``. Same parameters as the pre-norm block."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop_path1(self.ls1(self.attn(x))))
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.drop_path1(self.ls1(self.attn(x, rope))))
         x = self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
         return x
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, attn = self.attn.attend(x)
+    def forward_with_attention(self, x: torch.Tensor, rope: torch.Tensor | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        y, attn = self.attn.attend(x, rope)
         x = self.norm1(x + self.drop_path1(self.ls1(y)))
         x = self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
         return x, attn

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import pair
+from .norm import make_norm
 
 
 class PatchEmbedding(nn.Module):
@@ -23,11 +24,13 @@ class PatchEmbedding(nn.Module):
     ``bias=False`` leaves out the projection's bias (CLIP). ``norm=True`` is vit-pytorch's patch embedding: a
     LayerNorm over each flattened patch (``pre_norm``, in the weight's (C, P, P) order) before the projection
     and a LayerNorm over its output (``norm``, timm's name for a norm after the projection). The patches are
-    then always cut out and multiplied, since the convolution cannot normalise them first.
+    then always cut out and multiplied, since the convolution cannot normalise them first. ``embed_norm=True``
+    is the norm after the projection alone (AIMv2's RMSNorm; ``norm_layer`` names the kind).
     """
 
     def __init__(self, img_size=224, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768,
-                 strict_img_size: bool = True, bias: bool = True, norm: bool = False, norm_eps: float = 1e-6):
+                 strict_img_size: bool = True, bias: bool = True, norm: bool = False, norm_eps: float = 1e-6,
+                 embed_norm: bool = False, norm_layer: str = "layernorm"):
         super().__init__()
         self.img_size = pair(img_size, "img_size")
         self.patch_size = pair(patch_size, "patch_size")
@@ -40,9 +43,9 @@ class PatchEmbedding(nn.Module):
         self.in_channels = in_channels
         self.strict_img_size = strict_img_size
         patch_dim = in_channels * self.patch_size[0] * self.patch_size[1]
-        self.pre_norm = nn.LayerNorm(patch_dim, eps=norm_eps) if norm else None
+        self.pre_norm = make_norm(norm_layer, patch_dim, norm_eps) if norm else None
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if norm else nn.Identity()
+        self.norm = make_norm(norm_layer, embed_dim, norm_eps) if norm or embed_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

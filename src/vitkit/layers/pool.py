@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mlp import Mlp
+from .norm import make_norm
 
 
 class AttentionPoolLatent(nn.Module):
@@ -18,10 +19,12 @@ class AttentionPoolLatent(nn.Module):
 
     and ``y`` is the pooled (B, D). timm's keys (``latent``, ``q``, ``kv``, ``proj``, ``norm``, ``mlp.fc1/fc2``),
     so timm's and (after a rename) big_vision's and Hugging Face's SigLIP heads load as they are. The MLP has
-    the blocks' hidden width and activation, as in timm and big_vision.
+    the blocks' hidden width and activation, as in timm and big_vision, unless told otherwise (the Perception
+    Encoder pools with 8 heads on a 12- or 16-head trunk).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, act: str = "gelu", norm_eps: float = 1e-6):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, act: str = "gelu", norm_eps: float = 1e-6,
+                 norm_layer: str = "layernorm"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -31,7 +34,7 @@ class AttentionPoolLatent(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm = make_norm(norm_layer, dim, norm_eps)
         self.mlp = Mlp(dim, mlp_dim, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
