@@ -16,7 +16,8 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from mutation import assert_pieces_matter, output_of, pieces_of
 from test_interop import randomize
 from vitkit import VisionTransformer, create_model
-from vitkit.config import PRESET_FAMILIES, PRESETS, get_preset, preprocessing_of
+from vitkit.config import PRESET_FAMILIES, PRESETS, get_preset, licence_of, preprocessing_of
+from vitkit.interop import load_pretrained
 
 SIZE = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 LN5 = partial(torch.nn.LayerNorm, eps=1e-5)
@@ -186,22 +187,32 @@ FULL_SIZE = list({(PRESET_FAMILIES[n], *(PRESETS[n].get(k) for k in SIZES)): n f
 # What each family's presets have beyond a plain ViT (pieces_of(config) must list them, and each must matter).
 FAMILY_PIECES = {"clip": ["norm_pre"], "siglip": [], "dinov2": ["layer_scale"], "deit": [],
                  "beit": ["rel_pos_bias", "qv_bias", "layer_scale", "mean_pool", "fc_norm"],
-                 "beitv2": ["rel_pos_bias", "qv_bias", "layer_scale", "mean_pool", "fc_norm"]}
+                 "beitv2": ["rel_pos_bias", "qv_bias", "layer_scale", "mean_pool", "fc_norm"],
+                 "dinov3": ["rope", "layer_scale", "registers"], "lingbot": ["rope", "layer_scale", "registers"],
+                 "pe": ["rope", "norm_pre"], "eva02": ["rope", "swiglu"], "eva": ["mean_pool"],
+                 "rope_vit": ["rope", "layer_scale"], "sbb": ["rope", "layer_scale", "registers", "mean_pool"],
+                 "aimv2": ["rmsnorm", "embed_norm", "swiglu"], "tipsv2": ["layer_scale", "registers"]}
 
 
 def _timm_state(model) -> dict:
-    state = model.state_dict()
-    return {beit_key(k): v for k, v in state.items()} if isinstance(model, Beit) else state
+    """timm's state dict in vitkit's keys: BEiT's renamed here, the rest (Eva's q/k/v, gamma_1, the split SwiGLU's
+    fc1_g/fc1_x ...) by the loader's timm format."""
+    if isinstance(model, Beit):
+        return {beit_key(k): v for k, v in model.state_dict().items()}
+    return load_pretrained(model, source="timm").state
 
 
 @pytest.mark.parametrize("name", FAMILY_PRESETS)
 def test_preset_equals_timm(name):
-    """Same image size and head as timm's default weights; a tiny-fied copy (one block, width 96, a 2x2 patch
+    """Same image size and head as timm's default weights; a tiny-fied copy (one block, width 128, a 2x2 patch
     grid, the family's options kept) computes timm's logits with shared weights."""
     cfg = timm.models.get_pretrained_cfg(name)
     model_cfg = get_preset(name)
     assert (model_cfg.img_size, model_cfg.img_size, model_cfg.num_classes) == (*cfg.input_size[1:], cfg.num_classes)
-    tiny = dict(depth=1, embed_dim=96, num_heads=4, img_size=2 * model_cfg.patch_size)
+    # width 128: timm's Eva rounds a SwiGLU's hidden width per half, int(128 * ratio / 2) * 2 == int(128 * ratio)
+    # (LingBot's giant aligns it to 8: 192 comes out even)
+    tiny = dict(depth=1, embed_dim=192 if "giant_patch16_lingbot" in name else 128, num_heads=4,
+                img_size=2 * model_cfg.patch_size)
     ref = randomize(timm.create_model(name, **tiny))
     model = create_model(name, **tiny).eval()
     state = _timm_state(ref)
@@ -232,7 +243,14 @@ def test_preset_architecture_equals_timm_at_full_size(name):
 def test_preprocessing_equals_timm_pretrained_config(name):
     cfg = timm.models.get_pretrained_cfg(name)
     assert preprocessing_of(name) == dict(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation,
-                                          crop_pct=cfg.crop_pct)
+                                          crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode)
+    assert licence_of(name) == cfg.license
+
+
+def test_licence_of_families_and_unknown_names():
+    assert licence_of("dinov3") == "dinov3-license" and licence_of("vit_small_patch16_dinov3") == "dinov3-license"
+    assert licence_of("vit_tiny_patch16_dinov3_qkvb") == "fair-noncommercial-research-license"
+    assert licence_of("aimv2_large_patch14_224") == "apple-ascl" and licence_of("no_such_model") is None
 
 
 def test_preprocessing_of_families_and_unknown_names():

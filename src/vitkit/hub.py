@@ -74,6 +74,23 @@ DEFAULT_TAGS = {
     "deit_*": "fb_in1k",
     "beit_*": "in22k_ft_in22k_in1k",
     "beitv2_*": "in1k_ft_in22k_in1k",
+    # the rotary families
+    "vit_tiny_patch16_dinov3_qkvb": "eupe_lvd1689m",
+    "vit_*_dinov3*": "lvd1689m",
+    "vit_*_lingbot": "robbyant",
+    "vit_pe_*": "fb",
+    "eva02_*_clip_*": "merged2b",
+    "eva02_*_224": "mim_in22k",
+    "eva02_*_336": "mim_in22k_ft_in1k",
+    "eva02_*_448": "mim_in22k_ft_in22k_in1k",
+    "eva_giant_patch14_clip_224": "laion400m",
+    "eva_giant_patch14_560": "m30m_ft_in22k_in1k",
+    "eva_giant_*": "clip_ft_in1k",
+    "eva_large_*": "in22k_ft_in22k_in1k",
+    "vit_*_rope*_224": "naver_in1k",
+    "vit_*_rope_reg*_gap_256": "sbb_in1k",
+    "aimv2_*": "apple_pt",
+    "vit_*_tipsv2": "webli",
 }
 
 

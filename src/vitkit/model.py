@@ -234,9 +234,10 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of or attention over the patch tokens."""
+        """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of or attention over the patch tokens (over
+        all tokens with ``pool_include_prefix``)."""
         if self.attn_pool is not None:
-            return self.attn_pool(x[:, self.num_prefix_tokens:])
+            return self.attn_pool(x if self.config.pool_include_prefix else x[:, self.num_prefix_tokens:])
         if self.config.pool == "mean":
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         return x[:, 0]
