@@ -254,3 +254,20 @@ def test_pe_core_map_head_reads_the_class_token_too():
     with torch.no_grad():
         assert max_diff(ours.forward_features(x), ref.forward_features(x)) <= TOL  # the trunk is right
         assert max_diff(ours(x), ref(x)) <= TOL  # the pooled logits are not
+
+
+# one of each rotation timm precomputes for a fixed grid (DINOv3's; the axial one with PE's offset and 'xy'
+# order, and with EVA's reference grid; RoPE-Mixed's); test_interop_timm_families compares every family's tokens
+@pytest.mark.parametrize("fam", ["dinov3", "pe_core", "eva02", "rope_mixed"])
+def test_family_built_at_a_non_square_size_without_dynamic_size_matches_timm(fam):
+    """timm's default build (no dynamic image size: its rotary embedding precomputed for the one grid, EVA's
+    rescaled to the reference grid) at a non-square size: vitkit's per-grid rotation gives the same numbers."""
+    name, kw, _ = FAMILIES[fam]
+    size = sizes(name)["non-square"]
+    ref = strong_timm(name, **{**kw, "img_size": size, "dynamic_img_size": False})
+    ours = VisionTransformer.from_pretrained(ref)
+    assert not ours.config.dynamic_img_size and tuple(ours.patch_embed.img_size) == size
+    x = images(size)
+    with torch.no_grad():
+        tokens, got = ref.forward_features(x), ours.forward_features(x)
+        assert max_diff(got, tokens) <= TOL and max_diff(ours.forward_head(got), ref.forward_head(tokens)) <= TOL
