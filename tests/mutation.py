@@ -39,6 +39,18 @@ Pieces (``PIECES``; "act:<name>" replaces every MLP activation by vitkit's ``<na
     sincos_axes      the x and y halves of the fixed 2-d sin-cos table swapped (SimpleViT)
     pos_embed        model.pos_embed zeroed
     norm_eps         every LayerNorm's eps set to 1e-6 (Hugging Face ViT's 1e-12)
+    rope             model.rope -> None: the blocks get no rotary embedding (DINOv3, EVA-02, PE, RoPE-ViT)
+    rope_layout      the rotation's channel pairing flipped: DINOv3's half layout (m, m + d/2) <-> the
+                     interleaved one (2j, 2j + 1) of EVA-02 / PE / RoPE-ViT
+    rope_axes        the rotary embedding's rows and columns swapped ('ij' <-> 'xy' indexing)
+    k_bias           blocks[i].attn.qkv's key bias zeroed: changes the output only under a rotary embedding
+                     (a shift of every key by one vector leaves softmax alone, a rotated one does not)
+    attn_norm        blocks[i].attn.norm -> Identity (EVA-CLIP's inner attention norm)
+    mlp_norm         blocks[i].mlp.norm -> Identity (EVA-02's sub-LN on the hidden activations)
+    embed_norm       model.patch_embed.norm -> Identity (AIMv2's RMSNorm after the patch embedding)
+    rmsnorm          every RMSNorm -> a LayerNorm of the same gain, no bias (AIMv2)
+    attn_pool_heads  the MAP head's attention split into the trunk's head count (or twice its own) instead
+                     of its own (the Perception Encoder pools with 8 heads)
     act:<name>       every MLP activation (blocks and MAP head) replaced by <name>
 """
 
@@ -71,18 +83,22 @@ def _need(ok: bool, model, piece: str, what: str) -> None:
                          f"config {model.config})")
 
 
+def _is_norm(m) -> bool:
+    return isinstance(m, (nn.LayerNorm, nn.RMSNorm))
+
+
 def _norm_pre(model):
-    _need(isinstance(model.norm_pre, nn.LayerNorm), model, "norm_pre", "norm_pre LayerNorm")
+    _need(_is_norm(model.norm_pre), model, "norm_pre", "norm_pre norm")
     model.norm_pre = nn.Identity()
 
 
 def _final_norm(model):
-    _need(isinstance(model.norm, nn.LayerNorm), model, "final_norm", "final LayerNorm (model.norm)")
+    _need(_is_norm(model.norm), model, "final_norm", "final norm (model.norm)")
     model.norm = nn.Identity()
 
 
 def _fc_norm(model):
-    _need(isinstance(model.fc_norm, nn.LayerNorm), model, "fc_norm", "fc_norm LayerNorm")
+    _need(_is_norm(model.fc_norm), model, "fc_norm", "fc_norm norm")
     model.fc_norm = nn.Identity()
 
 
@@ -196,6 +212,70 @@ def _norm_eps(model, eps: float = 1e-6):
         m.eps = eps
 
 
+def _rope(model):
+    _need(getattr(model, "rope", None) is not None, model, "rope", "rotary embedding (model.rope)")
+    model.rope = None
+
+
+def _rope_layout(model):
+    _need(getattr(model, "rope", None) is not None, model, "rope_layout", "rotary embedding (model.rope)")
+    for blk in model.blocks:
+        blk.attn.rope_half = not blk.attn.rope_half
+
+
+def _rope_axes(model):
+    _need(getattr(model, "rope", None) is not None, model, "rope_axes", "rotary embedding (model.rope)")
+    model.rope.indexing = {"ij": "xy", "xy": "ij"}[model.rope.indexing]
+    model.rope._cache.clear()  # the fixed flavours' angles were computed for the other order
+
+
+@torch.no_grad()
+def _k_bias(model):
+    for blk in model.blocks:
+        bias = blk.attn.qkv.bias
+        _need(bias is not None, model, "k_bias", "key bias (attn.qkv.bias)")
+        bias[blk.attn.embed_dim:2 * blk.attn.embed_dim].zero_()
+
+
+def _attn_norm(model):
+    for blk in model.blocks:
+        _need(_is_norm(blk.attn.norm), model, "attn_norm", "inner attention norm (attn.norm)")
+        blk.attn.norm = nn.Identity()
+
+
+def _mlp_norm(model):
+    for blk in model.blocks:
+        _need(_is_norm(getattr(blk.mlp, "norm", None)), model, "mlp_norm", "MLP norm (mlp.norm)")
+        blk.mlp.norm = nn.Identity()
+
+
+def _embed_norm(model):
+    pe = model.patch_embed
+    _need(_is_norm(pe.norm) and pe.pre_norm is None, model, "embed_norm", "norm after the patch embedding")
+    pe.norm = nn.Identity()
+
+
+@torch.no_grad()
+def _rmsnorm(model):
+    found = [(parent, name, m) for parent in model.modules() for name, m in parent.named_children()
+             if isinstance(m, nn.RMSNorm)]
+    _need(bool(found), model, "rmsnorm", "RMSNorm")
+    for parent, name, m in found:
+        ln = nn.LayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=True)
+        ln.weight.copy_(m.weight)
+        ln.bias.zero_()
+        setattr(parent, name, ln)
+
+
+def _attn_pool_heads(model):
+    pool = model.attn_pool
+    _need(pool is not None and hasattr(pool, "num_heads"), model, "attn_pool_heads", "attention pool")
+    dim = pool.latent.shape[-1]
+    heads = model.config.num_heads if model.config.num_heads != pool.num_heads else 2 * pool.num_heads
+    _need(dim % heads == 0, model, "attn_pool_heads", f"pool width divisible by {heads} heads")
+    pool.num_heads, pool.head_dim = heads, dim // heads
+
+
 def _act(name: str):
     def fn(model):
         mlps = [blk.mlp for blk in model.blocks] + ([model.attn_pool.mlp] if model.attn_pool is not None else [])
@@ -231,6 +311,15 @@ PIECES = {
     "sincos_axes": (_sincos_axes, "tokens"),
     "pos_embed": (_zero_param("pos_embed", "learned position embedding"), "tokens"),
     "norm_eps": (_norm_eps, "tokens"),
+    "rope": (_rope, "tokens"),
+    "rope_layout": (_rope_layout, "tokens"),
+    "rope_axes": (_rope_axes, "tokens"),
+    "k_bias": (_k_bias, "tokens"),
+    "attn_norm": (_attn_norm, "tokens"),
+    "mlp_norm": (_mlp_norm, "tokens"),
+    "embed_norm": (_embed_norm, "tokens"),
+    "rmsnorm": (_rmsnorm, "tokens"),
+    "attn_pool_heads": (_attn_pool_heads, "head"),
     **{f"act:{name}": (_act(name), "tokens") for name in ACTIVATIONS},
 }
 
@@ -266,6 +355,14 @@ def pieces_of(config: ViTConfig) -> list[str]:
     out += ["norm_order"] * (config.norm_style == "post")
     out += ["sincos_axes"] * (config.pos_embed == "sincos2d")
     out += [act[config.act]] if config.act in act else []
+    rope = config.rope != "none"
+    out += ["rope", "rope_layout", "rope_axes"] * rope
+    out += ["k_bias"] * (rope and config.qkv_bias is True)  # a key bias matters only once rotated
+    out += ["attn_norm"] * config.attn_norm
+    out += ["mlp_norm"] * config.mlp_norm
+    out += ["embed_norm"] * config.embed_norm
+    out += ["rmsnorm"] * (config.norm_layer == "rmsnorm")
+    out += ["attn_pool_heads"] * (config.pool == "map" and config.attn_pool_heads not in (None, config.num_heads))
     return out
 
 
