@@ -51,6 +51,7 @@ Pieces (``PIECES``; "act:<name>" replaces every MLP activation by vitkit's ``<na
     rmsnorm          every RMSNorm -> a LayerNorm of the same gain, no bias (AIMv2)
     attn_pool_heads  the MAP head's attention split into the trunk's head count (or twice its own) instead
                      of its own (the Perception Encoder pools with 8 heads)
+    pool_prefix      the MAP head reads the patch tokens only, not [CLS] and the registers too (timm's Eva)
     act:<name>       every MLP activation (blocks and MAP head) replaced by <name>
 """
 
@@ -276,6 +277,12 @@ def _attn_pool_heads(model):
     pool.num_heads, pool.head_dim = heads, dim // heads
 
 
+def _pool_prefix(model):
+    _need(model.attn_pool is not None and model.config.pool_include_prefix, model, "pool_prefix",
+          "attention pool that reads the prefix tokens")
+    model.config.pool_include_prefix = False
+
+
 def _act(name: str):
     def fn(model):
         mlps = [blk.mlp for blk in model.blocks] + ([model.attn_pool.mlp] if model.attn_pool is not None else [])
@@ -320,6 +327,7 @@ PIECES = {
     "embed_norm": (_embed_norm, "tokens"),
     "rmsnorm": (_rmsnorm, "tokens"),
     "attn_pool_heads": (_attn_pool_heads, "head"),
+    "pool_prefix": (_pool_prefix, "head"),
     **{f"act:{name}": (_act(name), "tokens") for name in ACTIVATIONS},
 }
 
@@ -363,6 +371,7 @@ def pieces_of(config: ViTConfig) -> list[str]:
     out += ["embed_norm"] * config.embed_norm
     out += ["rmsnorm"] * (config.norm_layer == "rmsnorm")
     out += ["attn_pool_heads"] * (config.pool == "map" and config.attn_pool_heads not in (None, config.num_heads))
+    out += ["pool_prefix"] * (config.pool_include_prefix and config.num_prefix_tokens > 0)
     return out
 
 

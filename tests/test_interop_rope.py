@@ -35,9 +35,9 @@ FAMILIES = {
     "dinov3_splus_swiglu": ("vit_small_plus_patch16_dinov3", {}, ["rope", "registers", "swiglu"]),
     "dinov3_qkvb": ("vit_small_patch16_dinov3_qkvb", {}, ["rope", "qv_bias", "registers"]),
     "lingbot": ("vit_small_patch16_lingbot", {}, ["rope", "qv_bias", "registers"]),
-    # class_token=False: see test_pe_core_map_head_reads_the_class_token_too for the preset's own layout
-    "pe_core": ("vit_pe_core_tiny_patch16_384", dict(class_token=False), ["rope", "k_bias", "map", "attn_pool_heads",
-                                                                          "norm_pre"]),
+    "pe_core": ("vit_pe_core_tiny_patch16_384", {}, ["rope", "k_bias", "map", "attn_pool_heads", "pool_prefix",
+                                                      "norm_pre"]),
+    "pe_core_no_cls": ("vit_pe_core_tiny_patch16_384", dict(class_token=False), ["rope", "map", "attn_pool_heads"]),
     "pe_lang": ("vit_pe_lang_large_patch14_448", {}, ["rope", "k_bias", "norm_pre", "layer_scale"]),
     "pe_spatial": ("vit_pe_spatial_tiny_patch16_512", {}, ["rope", "k_bias", "norm_pre"]),
     "eva02": ("eva02_base_patch14_224", {}, ["rope", "qv_bias", "swiglu", "mlp_norm", "fc_norm"]),
@@ -247,9 +247,6 @@ def test_export_of_a_rope_model_computes_the_eager_logits(fam, fmt, tmp_path):
         assert max_diff(run(x), eager) <= TOL
 
 
-@pytest.mark.xfail(strict=True, reason="vitkit's MAP head reads the patch tokens only; timm's Eva (and the "
-                   "Perception Encoder) pools [CLS] and the patches: a config field for it is needed (config.py, "
-                   "interop/timm_modules.py: not this branch's files)")
 def test_pe_core_map_head_reads_the_class_token_too():
     """PE core as timm builds it: [CLS] + patches, pooled by the 8-head MAP head over all the tokens."""
     ref = strong_timm("vit_pe_core_tiny_patch16_384")
@@ -276,3 +273,36 @@ def test_family_built_at_a_non_square_size_without_dynamic_size_matches_timm(fam
     with torch.no_grad():
         tokens, got = ref.forward_features(x), ours.forward_features(x)
         assert max_diff(got, tokens) <= TOL and max_diff(ours.forward_head(got), ref.forward_head(tokens)) <= TOL
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The same families as timm's state dicts (which hold nothing of the rotation) and as timm's Hub folders
+
+
+@pytest.mark.parametrize("fam", [f for f in FAMILIES if f != "pe_core_no_cls"])
+def test_family_state_dict_loads_by_its_timm_name_and_is_refused_without_it(fam, tmp_path):
+    """A bare state dict needs the architecture's name (arch=): timm's RoPE models store no rotary tensor, so
+    the keys alone would make a plain ViT of it. Named, it computes timm's tokens and logits; unnamed, it is
+    refused with a sentence that says what to name (AIMv2 and TIPSv2 need no name: their keys tell all)."""
+    from vitkit import from_pretrained
+    from vitkit.errors import CheckpointError
+    name, kw, _ = FAMILIES[fam]
+    ref, live, _ = family(fam)
+    x = images(sizes(name)["non-square"])
+    # the tiny copy's own shape, beside its name (a SwiGLU's width as timm rounded it for width 64)
+    shape = {**WIDTH, **kw, "img_size": sizes(name)["own"], "dynamic_img_size": True,
+             "mlp_ratio": live.config.mlp_ratio}
+    with torch.no_grad():
+        tokens = ref.forward_features(x)
+        logits = ref.forward_head(tokens)
+        ours = from_pretrained(ref.state_dict(), arch=name, **shape)
+        assert max_diff(ours.forward_features(x), tokens) <= TOL and max_diff(ours(x), logits) <= TOL
+        if ours.config.rope != "none":
+            with pytest.raises(CheckpointError, match=r"arch=|rope="):
+                from_pretrained(ref.state_dict(), **{k: v for k, v in shape.items() if k != "img_size"})
+        # timm's Hub folder: config.json names the architecture (and the tiny copy's arguments)
+        from timm.models._hub import save_for_hf
+        save_for_hf(ref, str(tmp_path), model_args={k: v for k, v in {**WIDTH, **kw}.items() if k != "num_classes"}
+                    | {"img_size": sizes(name)["own"][0], "dynamic_img_size": True})
+        folder = VisionTransformer.from_pretrained(tmp_path)
+        assert max_diff(folder.forward_features(x), tokens) <= TOL and max_diff(folder(x), logits) <= TOL

@@ -189,7 +189,7 @@ FAMILY_PIECES = {"clip": ["norm_pre"], "siglip": [], "dinov2": ["layer_scale"], 
                  "beit": ["rel_pos_bias", "qv_bias", "layer_scale", "mean_pool", "fc_norm"],
                  "beitv2": ["rel_pos_bias", "qv_bias", "layer_scale", "mean_pool", "fc_norm"],
                  "dinov3": ["rope", "layer_scale", "registers"], "lingbot": ["rope", "layer_scale", "registers"],
-                 "pe": ["rope", "norm_pre"], "eva02": ["rope", "swiglu"], "eva": ["mean_pool"],
+                 "pe": ["rope", "norm_pre"], "eva02": ["rope", "swiglu"], "eva": [],
                  "rope_vit": ["rope", "layer_scale"], "sbb": ["rope", "layer_scale", "registers", "mean_pool"],
                  "aimv2": ["rmsnorm", "embed_norm", "swiglu"], "tipsv2": ["layer_scale", "registers"]}
 

@@ -20,6 +20,7 @@ NEW_PIECES = {
     "embed_norm": dict(embed_norm=True, norm_layer="rmsnorm", class_token=False, pool="mean"),
     "rmsnorm": dict(norm_layer="rmsnorm"),
     "attn_pool_heads": dict(pool="map", attn_pool_heads=4, num_heads=2),
+    "pool_prefix": dict(pool="map", pool_include_prefix=True, reg_tokens=1),
 }
 
 

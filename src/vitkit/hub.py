@@ -94,6 +94,11 @@ DEFAULT_TAGS = {
 }
 
 
+# Architectures whose weights timm reads from another organisation than its own
+HUB_ORGS = dict.fromkeys(["vit_small_patch16_lingbot", "vit_base_patch16_lingbot", "vit_large_patch16_lingbot",
+                          "vit_giant_patch16_lingbot"], "belfner")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Names
 
@@ -128,7 +133,8 @@ def hub_repo(source: str) -> tuple[str, str | None]:
         raise ConfigError(f"timm has no pretrained weights for {base}; name a tag ({base}.TAG) or a Hub "
                           "repository (hf-hub:org/name)")
     # timm's QuickGELU CLIP architectures load the weights of their GELU-named twins
-    return f"timm/{base.replace('_clip_quickgelu_', '_clip_')}.{tag}", None
+    org = HUB_ORGS.get(base, "timm")
+    return f"{org}/{base.replace('_clip_quickgelu_', '_clip_')}.{tag}", None
 
 
 def default_tag(arch: str) -> str | None:

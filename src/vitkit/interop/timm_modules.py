@@ -172,8 +172,8 @@ def _attention(a: nn.Module, prefix: int) -> list[str]:
         out.append("a gated attention")
     if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
         out.append("grouped-query attention")
-    qkv = getattr(a, "qkv", None) or getattr(a, "q_proj", None)
-    if qkv is not None and qkv.out_features // (3 if hasattr(a, "qkv") else 1) != a.proj.out_features:
+    fused = getattr(a, "qkv", None)
+    if (fused.out_features // 3 if fused is not None else a.q_proj.out_features) != a.proj.out_features:
         out.append("an attention wider or narrower than the model")
     if getattr(a, "num_prefix_tokens", prefix) != prefix:
         out.append("a rotary embedding that skips another number of tokens than the prefix")
