@@ -493,3 +493,39 @@ def test_train_fine_tunes_from_a_hub_name(fake_hub, hf_repo, tmp_path, monkeypat
     for key, value in reference.state_dict().items():
         if not key.startswith("head."):  # lr 1e-9: the trunk is the downloaded one
             torch.testing.assert_close(tuned[key], value, rtol=0, atol=1e-6)
+
+
+def test_predict_reads_a_dinov3_hub_folder_with_its_rotary_embedding(fake_hub, tmp_path):
+    """`vitkit predict --checkpoint hf-hub:timm/vit_small_patch16_dinov3.lvd1689m --features`: timm's Hub folder
+    (config.json naming the architecture and its arguments, model.safetensors holding nothing of the rotation)
+    loads as the DINOv3 it is, and the embedding equals timm's own, preprocessed as timm's data config says."""
+    import timm
+    from PIL import Image
+    from safetensors.torch import load_file
+    from timm.models._hub import save_for_hf
+
+    from test_interop_timm_families import strong
+    from vitkit.cli import main
+    from vitkit.predictor import Predictor
+    torch.manual_seed(0)
+    args = dict(depth=2, embed_dim=64, num_heads=2, img_size=32, dynamic_img_size=True)
+    ref = strong(timm.create_model("vit_small_patch16_dinov3", **args)).eval()
+    folder = tmp_path / "repo"
+    save_for_hf(ref, str(folder), model_args=args)
+    fake_hub.add("timm/vit_small_patch16_dinov3.lvd1689m", _files(folder))
+    image, out = tmp_path / "photo.png", tmp_path / "features.safetensors"
+    Image.fromarray((torch.rand(45, 60, 3) * 255).byte().numpy()).save(image)
+    assert main(["predict", str(image), "--checkpoint", "hf-hub:timm/vit_small_patch16_dinov3.lvd1689m",
+                 "--features", str(out)]) == 0
+    got = load_file(out)["features"]
+    batch = Predictor.load("hf-hub:timm/vit_small_patch16_dinov3.lvd1689m").inputs([image])
+    with torch.no_grad():
+        want = ref.forward_head(ref.forward_features(batch), pre_logits=True)
+    assert got.shape == want.shape == (1, 64) and (got - want).abs().max().item() <= 1e-5
+    # the input is timm's data config's (ImageNet statistics, bicubic, the whole short side), to one grey level
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({"input_size": (3, 32, 32)}, model=ref))
+    theirs = transform(Image.open(image).convert("RGB"))[None]
+    assert (batch - theirs).abs().max().item() <= 1.01 / 255 / 0.224 and (batch - theirs).abs().mean() < 1e-3
+    model = VisionTransformer.from_pretrained("hf-hub:timm/vit_small_patch16_dinov3.lvd1689m")
+    assert model.config.rope == "dinov3" and model.config.reg_tokens == 4 and model.config.pool == "mean"
+    assert model.pretrained_preprocess["mean"] == (0.485, 0.456, 0.406)

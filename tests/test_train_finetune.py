@@ -3,6 +3,7 @@ warm up and decay), its refusals, and the finetune-clip / finetune-dinov2 / fine
 on a folder of images, each from a small timm model of its family saved as a state dict."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 
 from test_train_imagefolder import cli, make_layout, one_sentence, sets_args
 
+import vitkit
 from vitkit import VisionTransformer
 from vitkit.errors import ConfigError
 from vitkit.train.config import OptimConfig, RunConfig, check_run_length, load_run_config
@@ -95,6 +97,7 @@ FAMILIES = {  # recipe: (timm architecture, small overrides, the family's mean)
     "finetune-dinov2": ("vit_small_patch14_dinov2", {"init_values": 1e-5},
                         (0.485, 0.456, 0.406)),
     "finetune-siglip": ("vit_base_patch16_siglip_224", {}, (0.5, 0.5, 0.5)),
+    "finetune-dinov3": ("vit_small_patch16_dinov3", {}, (0.485, 0.456, 0.406)),
 }
 
 
@@ -106,6 +109,16 @@ def backbone_file(tmp_path, arch: str, overrides: dict):
     path = tmp_path / f"{arch}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model, path
+
+
+def recipe_model(recipe: str) -> dict:
+    """The architecture keys a recipe's model section says (those that are not regularisation)."""
+    section = yaml.safe_load((Path(vitkit.__file__).parent / "configs" / f"{recipe}.yaml").read_text())["model"]
+    return {k: v for k, v in section.items() if k not in ("drop_path_rate",)}
+
+
+def backbone_rope(model) -> str:
+    return {"RotaryEmbeddingDinoV3": "dinov3"}.get(type(getattr(model, "rope", None)).__name__, "none")
 
 
 @pytest.mark.parametrize("recipe", sorted(FAMILIES))
@@ -129,6 +142,12 @@ def test_finetune_recipe_from_a_backbone_file(recipe, tmp_path, capsys, monkeypa
     # preprocessing for eval and predict.
     tuned = VisionTransformer.from_pretrained(run / "checkpoints" / "best")
     assert tuned.config.depth == 2 and tuned.config.embed_dim == 32 and tuned.num_classes == 3
+    # the backbone computes what it did: the fine-tune starts from the source's exact features
+    start = VisionTransformer.from_pretrained(weights, img_size=32, num_heads=2, **recipe_model(recipe))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (start.forward_features(x) - backbone.forward_features(x)).abs().max() <= 1e-5
+    assert tuned.config.rope == backbone_rope(backbone)
     meta = json.loads((run / "results.json").read_text())
     assert meta["val_accuracy"] is not None
     from vitkit.predictor import Predictor

@@ -386,6 +386,8 @@ def flops_per_image(cfg: ViTConfig) -> float:
     m_out = m // 2 if cfg.mlp == "swiglu" else m  # a gated MLP's fc2 reads half of fc1's width
     patch = 2 * n * (cfg.in_channels * cfg.patch_size**2) * d
     per_block = 2 * t * (3 * d * d + d * d + d * m + m_out * d) + 2 * 2 * t * t * d
-    pool = 2 * (d * d + n * 2 * d * d + 2 * n * d + d * d + 2 * d * m) if cfg.pool == "map" else 0
+    read = t if cfg.pool_include_prefix else n  # the tokens the attention pool attends over
+    pool = 2 * (d * d + read * 2 * d * d + 2 * read * d + d * d + 2 * d * cfg.attn_pool_dim) \
+        if cfg.pool == "map" else 0
     heads = 2 * d * cfg.num_classes * (2 if cfg.distilled else 1)
     return float(patch + cfg.depth * per_block + pool + heads)

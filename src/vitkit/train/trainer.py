@@ -126,7 +126,7 @@ class Trainer:
             shown = ", ".join(f"{k}={v!r}" for k, v in shaping.items())
             raise CheckpointError(f"{e}; the run's model section sets {shown} on top of the weights (a recipe "
                                   "for training from scratch?): use a finetune-* recipe (finetune-clip, "
-                                  "finetune-dinov2, finetune-siglip) or drop those keys") from None
+                                  "finetune-dinov2, finetune-dinov3, finetune-siglip) or drop those keys") from None
         self.model_config = model.config
         return model
 
