@@ -167,7 +167,7 @@ def _attention(a: nn.Module, prefix: int) -> list[str]:
         out.append("a gated attention")
     if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
         out.append("grouped-query attention")
-    if a.num_heads * a.head_dim != a.proj.out_features:
+    if a.proj.in_features != a.proj.out_features:  # heads x head width (BEiT's Attention keeps no head_dim)
         out.append("an attention wider or narrower than the model")
     if getattr(a, "num_prefix_tokens", prefix) != prefix:
         out.append("a rotary embedding that skips another number of tokens than the prefix")
