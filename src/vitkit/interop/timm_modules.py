@@ -46,8 +46,6 @@ def timm_architecture(m: nn.Module) -> dict:
     pool = getattr(m, "global_pool", "token")
     if pool not in _POOLS:
         unknown.append(f"global_pool={pool!r} (vitkit pools 'token', 'avg' or 'map')")
-    if getattr(m, "pool_include_prefix", False):
-        unknown.append("pooling that includes the prefix tokens (pool_include_prefix)")
     # patch dropout acts in training only: the computation at inference is unchanged
     unknown += _patch_embed(m.patch_embed)
     norms = [x for x in m.modules() if _is_norm(x)]
@@ -78,6 +76,10 @@ def timm_architecture(m: nn.Module) -> dict:
     hints = {"num_heads": heads, "pool": _POOLS[pool], "no_embed_class": bool(getattr(m, "no_embed_class", False)),
              "norm_eps": block.norm1.eps, "act": act_name(block.mlp.act), "norm_layer": kinds.pop(),
              "dynamic_img_size": bool(getattr(m, "dynamic_img_size", False)), "rope": "none", **rope}
+    # timm's Eva MAP head attends over every token, its ViT's pool over the patches unless pool_include_prefix
+    if m.num_prefix_tokens and pool != "token" and (getattr(m, "pool_include_prefix", False) or
+                                                     (cls == "Eva" and pool_heads is not None)):
+        hints["pool_include_prefix"] = True
     if pool_heads is not None and pool_heads != heads:
         hints["attn_pool_heads"] = pool_heads
     img_size = getattr(m.patch_embed, "img_size", None)
