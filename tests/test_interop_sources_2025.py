@@ -214,6 +214,10 @@ def test_hf_dinov3(tmp_path, gated):
     assert (cfg.rope, cfg.rope_temperature, cfg.num_heads, cfg.reg_tokens, cfg.qkv_bias, cfg.norm_eps) == \
         ("dinov3", 50.0, 2, 4, "qv", 1e-5)
     assert cfg.mlp == ("swiglu" if gated else "mlp") and cfg.act == ("silu" if gated else "gelu")
+    from transformers import DINOv3ViTBackbone
+    backbone = DINOv3ViTBackbone(ref.config)
+    backbone.load_state_dict(ref.state_dict())  # the same keys
+    assert silent(from_pretrained, backbone).config == cfg
     ref.save_pretrained(tmp_path / "dinov3")
     found = silent(load_pretrained, tmp_path / "dinov3")
     assert found.config.rope_temperature == 50.0 and found.preprocess == DINOV3
@@ -414,3 +418,41 @@ def test_perception_encoder_lang_layer_scale_and_bad_files(tmp_path):
     assert_pieces_matter(ours, x, tokens(ref, x), logits(ref, x), ["layer_scale", "norm_pre", "head_layout"])
     bad = {**original, "visual.positional_embedding": original["visual.positional_embedding"][:-3]}
     refused(load_pretrained, bad, num_heads=2, match="no square grid")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pools over every token, and the distilled DINOv3s' zero biases
+
+
+@pytest.mark.parametrize("name, kw", [("vit_pe_core_tiny_patch16_384", dict(img_size=64)),
+                                      ("test_vit3", dict(img_size=64, global_pool="map")),
+                                      ("test_vit3", dict(img_size=64, global_pool="avg"))])
+def test_timm_pools_that_read_the_prefix_tokens(name, kw):
+    """timm's Eva MAP head (PE) attends over [CLS] and the patches; its ViT pools the registers too with
+    pool_include_prefix. The pooled output, not only the tokens, is timm's."""
+    ref = strong(timm.create_model(name, depth=2, **kw))
+    ours = silent(from_pretrained, ref)
+    assert ours.config.pool_include_prefix
+    x = images(2, 64)
+    assert max_diff(tokens(ours, x), tokens(ref, x)) <= TOL
+    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+    patches_only = copy.deepcopy(ours)
+    patches_only.config = patches_only.config.replace(pool_include_prefix=False)
+    assert max_diff(logits(patches_only, x), logits(ref, x)) > MARGIN
+
+
+def test_dinov3_original_distilled_zero_biases(tmp_path):
+    """The distilled ViT-S/B/L hub files hold a zero qkv bias (timm's vit_*_dinov3 have none): q/v biases of
+    zeros compute the same."""
+    ref = timm_dinov3("vit_small_patch16_dinov3")
+    original = dinov3_original(ref)
+    for i in range(2):
+        original[f"blocks.{i}.attn.qkv.bias"] = torch.zeros(3 * D3)
+        original[f"blocks.{i}.attn.qkv.bias_mask"] = torch.cat([torch.ones(D3), torch.zeros(D3), torch.ones(D3)])
+    pinned = checkpoint_filter_fn(dict(original), ref)
+    assert pinned.keys() == ref.state_dict().keys()
+    ours = silent(from_pretrained, original)
+    assert ours.config.qkv_bias == "qv"
+    x = images(2, 64, 96)
+    assert max_diff(tokens(ours, x), tokens(ref, x)) <= TOL
+    assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
