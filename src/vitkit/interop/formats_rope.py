@@ -76,7 +76,7 @@ def _temperatures(periods: Tensor) -> list[float]:
     if periods.numel() < 2 or (periods <= 0).any():
         return [100.0]
     guess = math.exp(float((exponents * periods.double().log()).sum() / (exponents ** 2).sum()))
-    near = range(max(1, math.floor(guess * 0.99)), math.ceil(guess * 1.01) + 1)
+    near = range(max(1, math.floor(guess * 0.99)), math.ceil(guess * 1.01) + 1) if guess < 1e5 else ()
 
     def zeros(t: int) -> int:
         return len(str(t)) - len(str(t).rstrip("0"))
