@@ -75,7 +75,7 @@ def timm_dinov3(name: str, **kw):
                                     global_pool="token", **kw))
 
 
-def dinov3_original(model, k_bias: bool = True) -> dict:
+def dinov3_original(model) -> dict:
     """The facebookresearch layout of a timm DINOv3 model, timm's checkpoint_filter_fn read backwards: storage
     tokens, ls1/ls2.gamma, a full qkv bias with its mask (a random key third, masked out), SwiGLU as w1/w2/w3, and
     the persistent periods, mask token, local-crop norm and EUPE projector that loading ignores."""
@@ -87,8 +87,7 @@ def dinov3_original(model, k_bias: bool = True) -> dict:
     for k, v in sd.items():
         if k.endswith("attn.q_bias"):
             b = k[: -len("q_bias")]
-            key = torch.randn(D3) if k_bias else torch.zeros(D3)
-            out[b + "qkv.bias"] = torch.cat([v, key, sd[b + "v_bias"]])
+            out[b + "qkv.bias"] = torch.cat([v, torch.randn(D3), sd[b + "v_bias"]])
             out[b + "qkv.bias_mask"] = torch.cat([torch.ones(D3), torch.zeros(D3), torch.ones(D3)])
             continue
         if k.endswith("attn.v_bias"):
@@ -154,10 +153,11 @@ def test_dinov3_original_bf16_periods_other_temperature_and_a_key_bias(tmp_path)
 
     mask = {k: v for k, v in original.items() if k.endswith("bias_mask")}
     keep = {**original, **{k: torch.ones_like(v) for k, v in mask.items()}}  # the key bias is added
-    ours = silent(from_pretrained, keep)
-    assert ours.config.qkv_bias is True
+    kept = silent(from_pretrained, keep)
+    assert kept.config.qkv_bias is True
     qkv = {k: v for k, v in keep.items() if k.endswith("qkv.bias")}
-    assert all(torch.equal(ours.state_dict()[k], v) for k, v in qkv.items())
+    assert all(torch.equal(kept.state_dict()[k], v) for k, v in qkv.items())
+    assert max_diff(tokens(kept, x), tokens(ours, x)) > MARGIN  # the rotated key bias is no softmax shift
 
 
 def test_dinov3_original_refusals(tmp_path):
@@ -285,6 +285,38 @@ def test_hf_aimv2_vision_model(tmp_path):
     assert (ours.config.qkv_bias, ours.config.proj_bias, ours.config.mlp_bias) == (True, True, True)
     with torch.no_grad():
         assert max_diff(tokens(ours, x), biased(pixel_values=x).last_hidden_state) <= TOL
+
+
+def test_hf_aimv2_at_a_non_square_size_equals_timms_aimv2():
+    """Hugging Face computes its own grid only; at another (non-square) one vitkit resamples the position table
+    as timm's AIMv2 does with the same weights (timm's keys written from Hugging Face's by hand)."""
+    ref = hf_aimv2()
+    hf, out = ref.state_dict(), {}
+    for k, v in hf.items():
+        m = re.match(r"encoder\.layers\.(\d+)\.(.*)", k)
+        if m is None:
+            continue
+        i, rest = m.groups()
+        names = {"rms_norm1.weight": "norm1.weight", "rms_norm2.weight": "norm2.weight",
+                 "attention.out_proj.weight": "attn.proj.weight", "ffn.gate_proj.weight": "mlp.fc1_g.weight",
+                 "ffn.up_proj.weight": "mlp.fc1_x.weight", "ffn.down_proj.weight": "mlp.fc2.weight"}
+        if rest in names:
+            out[f"blocks.{i}.{names[rest]}"] = v
+    for i in range(2):
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([hf[f"encoder.layers.{i}.attention.{n}_proj.weight"]
+                                                        for n in "qkv"])
+    out.update({"patch_embed.proj.weight": hf["embeddings.patch_embed.weight"],
+                "patch_embed.proj.bias": hf["embeddings.patch_embed.bias"],
+                "patch_embed.norm.weight": hf["embeddings.rms_norm.weight"],
+                "pos_embed": hf["embeddings.position_embedding.weight"][None], "norm.weight": hf["rms_norm.weight"]})
+    theirs = timm.create_model("aimv2_large_patch14_224", depth=2, embed_dim=DA, num_heads=4, img_size=56,
+                               num_classes=0, dynamic_img_size=True).eval()
+    theirs.load_state_dict(out)
+    ours = silent(from_pretrained, ref, dynamic_img_size=True)
+    for h, w in ((56, 56), (42, 70)):
+        x = images(2, h, w)
+        assert max_diff(tokens(ours, x), tokens(theirs, x)) <= TOL
+        assert max_diff(logits(ours, x), logits(theirs, x)) <= TOL
 
 
 def test_hf_aimv2_head_and_native_models_are_refused(tmp_path):

@@ -60,7 +60,9 @@ SUPPORT: dict[str, dict[str, list[tuple[str, str, str]]]] = {
     "AIMv2": {
         "timm": [("aimv2_*", "timm", "test_live_state_dict_and_folder_match_timm_or_are_refused")],
         "Hugging Face transformers": [("Aimv2VisionModel without its head (live, folder)", "hf_aimv2",
-                                       "test_hf_aimv2_vision_model")],
+                                       "test_hf_aimv2_vision_model"),
+                                      ("at another, non-square size (against timm's AIMv2)", "hf_aimv2",
+                                       "test_hf_aimv2_at_a_non_square_size_equals_timms_aimv2")],
     },
     "DeiT": {
         "timm": [("deit_*, deit_*_distilled_*", "timm", "test_timm_deit_distilled")],
