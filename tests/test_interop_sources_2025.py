@@ -223,10 +223,11 @@ def test_hf_dinov3(tmp_path, gated):
     assert found.config.rope_temperature == 50.0 and found.preprocess == DINOV3
     folder = silent(from_pretrained, tmp_path / "dinov3")
     older = silent(from_pretrained, older_names(ref.state_dict()), num_heads=2, rope_temperature=50.0)
+    explicit = silent(from_pretrained, ref, attn_impl="explicit")
     for h, w in ((64, 64), (48, 112)):  # the config's size, and a non-square one
         x = images(2, h, w)
         their_tokens, want = hf_out(ref, x)
-        for model in (ours, folder, older):
+        for model in (ours, folder, older, explicit):
             assert max_diff(tokens(model, x), their_tokens) <= TOL
             assert max_diff(logits(model, x), want) <= TOL
     assert_pieces_matter(ours, x, their_tokens, want, dinov3_pieces(gated))
@@ -415,12 +416,14 @@ def test_perception_encoder_original_file(tmp_path, kind):
     else:
         assert (cfg.final_norm, cfg.num_classes) == (False, 0)
     ours = silent(from_pretrained, tmp_path / "PE.pt", num_heads=3)
+    explicit = silent(from_pretrained, tmp_path / "PE.pt", num_heads=3, attn_impl="explicit")
     x = images(2, *ref.patch_embed.img_size)
     their_tokens, want = tokens(ref, x), logits(ref, x)
     if kind == "spatial":  # the tower pools nothing (pool_type 'none'; timm averages): vitkit's [CLS] of its tokens
         want = their_tokens[:, 0]
-    assert max_diff(tokens(ours, x), their_tokens) <= TOL
-    assert max_diff(logits(ours, x), want) <= TOL
+    for model in (ours, explicit):
+        assert max_diff(tokens(model, x), their_tokens) <= TOL
+        assert max_diff(logits(model, x), want) <= TOL
     pieces = ["norm_pre", "head_layout", "pos_embed"] + (["map", "final_norm"] if kind.startswith("core") else [])
     assert_pieces_matter(ours, x, their_tokens, want, pieces)
     rope_matters(ours, x, their_tokens, want)
@@ -488,3 +491,22 @@ def test_dinov3_original_distilled_zero_biases(tmp_path):
     x = images(2, 64, 96)
     assert max_diff(tokens(ours, x), tokens(ref, x)) <= TOL
     assert max_diff(logits(ours, x), logits(ref, x)) <= TOL
+
+
+def test_full_size_heads_and_rotation_from_the_files():
+    """What the released files' shapes give (on the meta device, no memory): DINOv3's heads from its periods
+    (ViT-L 16 of 64, 7B 32 of 128), PE's reference grid and offset, and its assumed heads (G: 16 of 96)."""
+    from vitkit.interop.formats_rope import _pe_heads, dinov3_rope, pe_rope
+    from vitkit.layers.rope import dinov3_periods
+    for width, head, heads in ((1024, 64, 16), (4096, 128, 32)):
+        facts = dinov3_rope({"rope_embed.periods": dinov3_periods(head, 100.0, bf16=True),
+                             "patch_embed.proj.weight": torch.empty(width, 3, 16, 16, device="meta")})
+        assert facts == {"num_heads": heads, "rope": "dinov3", "rope_temperature": 100.0, "rope_bf16_periods": True}
+    g = {"positional_embedding": torch.empty(32 * 32, 1536, device="meta"), "attn_pool.probe": None}
+    assert pe_rope(g) == {"rope": "axial", "rope_grid_indexing": "xy", "rope_grid_offset": 0.0,
+                          "pool_include_prefix": False, "rope_ref_grid": (32, 32)}
+    core_l = {"class_embedding": None, "attn_pool.probe": None,
+              "positional_embedding": torch.empty(1 + 24 * 24, 1024, device="meta")}
+    assert pe_rope(core_l)["rope_ref_grid"] == (24, 24) and pe_rope(core_l)["rope_grid_offset"] == 1.0
+    assert [_pe_heads({"patch_embed.proj.weight": torch.empty(w, 3, 14, 14, device="meta")})
+            for w in (192, 384, 768, 1024, 1536)] == [3, 6, 12, 16, 16]
