@@ -403,7 +403,7 @@ def test_perception_encoder_original_file(tmp_path, kind):
     ref = timm_pe(name, **kw)
     original = pe_original(ref)
     timm_reads(ref, original)
-    torch.save(original, tmp_path / "PE.pt")
+    torch.save({"weights": original} if kind == "spatial" else original, tmp_path / "PE.pt")
     with pytest.warns(UserWarning, match="assumed width // 64"):
         found = load_pretrained(tmp_path / "PE.pt")
     cfg, cls = found.config, kind != "core_g"

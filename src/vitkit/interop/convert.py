@@ -22,8 +22,9 @@ VITKIT_MODULES = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_em
 
 
 def unwrap(state: dict) -> dict:
-    """Training checkpoints nest the weights: {'model': ...}, {'state_dict': ...}, DINOv2's {'teacher': ...}."""
-    for key in ("model", "state_dict", "model_state_dict", "module", "teacher"):
+    """Training checkpoints nest the weights: {'model': ...}, {'state_dict': ...}, DINOv2's {'teacher': ...},
+    the Perception Encoder's {'weights': ...} (perception_models reads both of the last)."""
+    for key in ("model", "state_dict", "model_state_dict", "module", "teacher", "weights"):
         if isinstance(state.get(key), dict):
             return unwrap(state[key])
     return state
