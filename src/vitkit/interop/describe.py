@@ -90,8 +90,9 @@ _HF_FAMILY = {"dinov3_vit": _dinov3_vit, "aimv2_vision_model": _aimv2}
 
 
 def hf_hints(config: Any) -> dict:
-    """Heads, eps, activation, image size and qkv bias from a Hugging Face config (object or config.json dict);
-    for a CLIP or SigLIP model, from its vision config."""
+    """Heads, eps, activation, image size and qkv bias from a Hugging Face config (object or config.json dict),
+    and what a family adds (DINOv3ViT's rotation, AIMv2's RMSNorm and refusals); for a CLIP, SigLIP or AIMv2
+    model, from its vision config."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     model_type = d.get("model_type", "vit")
     if model_type not in _HF_TYPES:
