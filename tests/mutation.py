@@ -51,7 +51,7 @@ Pieces (``PIECES``; "act:<name>" replaces every MLP activation by vitkit's ``<na
     rmsnorm          every RMSNorm -> a LayerNorm of the same gain, no bias (AIMv2)
     attn_pool_heads  the MAP head's attention split into the trunk's head count (or twice its own) instead
                      of its own (the Perception Encoder pools with 8 heads)
-    pool_prefix      the MAP head reads the patch tokens only, not [CLS] and the registers too (timm's Eva)
+    pool_prefix      the MAP head (or mean) reads the patch tokens only, not [CLS] and the registers too (PE)
     act:<name>       every MLP activation (blocks and MAP head) replaced by <name>
 """
 
@@ -278,8 +278,8 @@ def _attn_pool_heads(model):
 
 
 def _pool_prefix(model):
-    _need(model.attn_pool is not None and model.config.pool_include_prefix, model, "pool_prefix",
-          "attention pool that reads the prefix tokens")
+    _need(model.config.pool != "cls" and model.config.pool_include_prefix, model, "pool_prefix",
+          "pool that reads the prefix tokens")
     model.config.pool_include_prefix = False
 
 

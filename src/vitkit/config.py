@@ -107,7 +107,7 @@ class ViTConfig:
     mlp_bias: bool = True  # biases in the MLP's linears (AIMv2 has none)
     attn_pool_heads: int | None = None  # heads of the attention pool (pool 'map'); None: num_heads (PE: 8)
     attn_pool_mlp_ratio: float | None = None  # the attention pool's MLP width; None: mlp_ratio
-    pool_include_prefix: bool = False  # the attention pool reads [CLS] and the registers too (timm's Eva, PE)
+    pool_include_prefix: bool = False  # pool 'map'/'mean' reads the prefix tokens too (timm's Eva MAP head: PE)
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
@@ -148,10 +148,12 @@ class ViTConfig:
         if self.pool == "map" and self.embed_dim % (self.attn_pool_heads or self.num_heads):
             raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by attn_pool_heads "
                               f"({self.attn_pool_heads})")
-        if self.pool != "map" and (self.attn_pool_heads, self.attn_pool_mlp_ratio, self.pool_include_prefix) != \
-                (None, None, False):
-            raise ConfigError("attn_pool_heads, attn_pool_mlp_ratio and pool_include_prefix describe the attention "
-                              f"pool, which only pool='map' has (pool is {self.pool!r})")
+        if self.pool != "map" and (self.attn_pool_heads, self.attn_pool_mlp_ratio) != (None, None):
+            raise ConfigError("attn_pool_heads and attn_pool_mlp_ratio describe the attention pool, which only "
+                              f"pool='map' has (pool is {self.pool!r})")
+        if self.pool_include_prefix and self.pool == "cls":
+            raise ConfigError("pool_include_prefix=True says which tokens pool 'map' or 'mean' reads; pool 'cls' "
+                              "reads the [CLS] token alone")
         if self.patch_norm and self.embed_norm:
             raise ConfigError("patch_norm already has a norm after the patch projection; embed_norm adds the "
                               "norm after it alone, so give one of them")

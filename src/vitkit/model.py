@@ -234,13 +234,12 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of or attention over the patch tokens (over
-        all tokens with ``pool_include_prefix``)."""
-        if self.attn_pool is not None:
-            return self.attn_pool(x if self.config.pool_include_prefix else x[:, self.num_prefix_tokens:])
-        if self.config.pool == "mean":
-            return x[:, self.num_prefix_tokens:].mean(dim=1)
-        return x[:, 0]
+        """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of or attention over the patch tokens (all
+        tokens with ``pool_include_prefix``, as timm's Eva MAP head and the Perception Encoder pool)."""
+        if self.config.pool == "cls":
+            return x[:, 0]
+        tokens = x if self.config.pool_include_prefix else x[:, self.num_prefix_tokens:]
+        return self.attn_pool(tokens) if self.attn_pool is not None else tokens.mean(dim=1)
 
     def encode(self, x: torch.Tensor, attention_layers: Iterable[int] = ()) -> tuple[torch.Tensor, dict]:
         """Images (B, C, H, W) -> (normed tokens (B, prefix + N, D), {layer: attention (B, heads, T, T)}) for

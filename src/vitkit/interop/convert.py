@@ -22,8 +22,9 @@ VITKIT_MODULES = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_em
 
 
 def unwrap(state: dict) -> dict:
-    """Training checkpoints nest the weights: {'model': ...}, {'state_dict': ...}, DINOv2's {'teacher': ...}."""
-    for key in ("model", "state_dict", "model_state_dict", "module", "teacher"):
+    """Training checkpoints nest the weights: {'model': ...}, {'state_dict': ...}, DINOv2's {'teacher': ...},
+    the Perception Encoder's {'weights': ...} (perception_models reads both of the last)."""
+    for key in ("model", "state_dict", "model_state_dict", "module", "teacher", "weights"):
         if isinstance(state.get(key), dict):
             return unwrap(state[key])
     return state
@@ -45,7 +46,7 @@ def _strip(state: dict, fmt: Format) -> dict | None:
     """``state`` with the format's prefix stripped, if the format's markers are there (else None)."""
     for p in (*fmt.prefixes, ""):
         keys = {k[len(p):] for k in state if k.startswith(p)} if p else set(state)
-        if fmt.markers and all(_has(keys, m) for m in fmt.markers):
+        if fmt.markers and all(_has(keys, m) for m in fmt.markers) and not any(_has(keys, u) for u in fmt.unless):
             if not p:
                 return dict(state)
             if fmt.scoped_prefix:
@@ -122,11 +123,12 @@ def convert_state_dict(state: dict, fmt: str | Format) -> tuple[dict[str, Tensor
         state = _unscan(state)
     for pattern, repl in spec.renames:
         state = {re.sub(pattern, repl, k): v for k, v in state.items()}
+    raw_facts = spec.facts(state) if spec.facts else {}
     pre_logits = {k: v for k, v in state.items() if spec.pre_logits and k.startswith(spec.pre_logits)}
     state = {k: v for k, v in state.items()
              if k not in pre_logits and not any(re.search(p, k) for p in spec.ignore)}
     fields = _placeholders(state, spec)
-    facts = _facts(state, spec, fields)
+    facts = {**raw_facts, **_facts(state, spec, fields)}
     out, used, done = {}, set(), set()
     blocks = _block_indices(state, spec, fields)
     for rule in spec.rules:

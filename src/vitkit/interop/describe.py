@@ -57,15 +57,42 @@ _HF_DEFAULTS = {
                             "image_size": 224},
     "dinov2": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "num_attention_heads": 12, "image_size": 224,
                "qkv_bias": True},
+    "dinov3_vit": {"hidden_act": "gelu", "layer_norm_eps": 1e-5, "num_attention_heads": 6, "image_size": 224,
+                   "rope_theta": 100.0},
+    "aimv2_vision_model": {"hidden_act": "silu", "rms_norm_eps": 1e-5, "num_attention_heads": 8, "image_size": 224,
+                           "qkv_bias": False, "use_head": True, "is_native": False},
 }
 _HF_TYPES = {"vit": "vit", "deit": "vit", "clip": "clip_vision_model", "clip_vision_model": "clip_vision_model",
              "siglip": "siglip_vision_model", "siglip_vision_model": "siglip_vision_model", "dinov2": "dinov2",
-             "dinov2_with_registers": "dinov2"}
+             "dinov2_with_registers": "dinov2", "dinov3_vit": "dinov3_vit", "aimv2": "aimv2_vision_model",
+             "aimv2_vision_model": "aimv2_vision_model"}
+
+
+def _dinov3_vit(d: dict) -> dict:
+    """DINOv3ViT rotates q and k by its patch centres over any grid and pools [CLS]. Its pos_embed_shift, _jitter
+    and _rescale augment those coordinates in training mode only, so inference is the same without them."""
+    return {"rope": "dinov3", "rope_temperature": float(d["rope_theta"]), "dynamic_img_size": True}
+
+
+def _aimv2(d: dict) -> dict:
+    """Aimv2VisionModel: RMSNorm throughout; refused with its attention-pooling head or native-resolution table."""
+    if d["is_native"]:
+        raise CheckpointError("the AIMv2 model is native-resolution (is_native=True): it adds a sin-cos position "
+                              "table in its own layout, which vitkit does not compute; it was not loaded")
+    if d["use_head"]:
+        raise CheckpointError("the AIMv2 model has its attention-pooling head (use_head=True: a learned query "
+                              "without a projection and no MLP), which is not vitkit's MAP head; it was not loaded "
+                              "(build it with use_head=False for its tokens)")
+    return {"norm_layer": "rmsnorm"}
+
+
+_HF_FAMILY = {"dinov3_vit": _dinov3_vit, "aimv2_vision_model": _aimv2}
 
 
 def hf_hints(config: Any) -> dict:
-    """Heads, eps, activation, image size and qkv bias from a Hugging Face config (object or config.json dict);
-    for a CLIP or SigLIP model, from its vision config."""
+    """Heads, eps, activation, image size and qkv bias from a Hugging Face config (object or config.json dict),
+    and what a family adds (DINOv3ViT's rotation, AIMv2's RMSNorm and refusals); for a CLIP, SigLIP or AIMv2
+    model, from its vision config."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     model_type = d.get("model_type", "vit")
     if model_type not in _HF_TYPES:
@@ -78,12 +105,13 @@ def hf_hints(config: Any) -> dict:
     act = d["hidden_act"]
     if act not in _HF_ACTS:
         raise ConfigError(f"unsupported Hugging Face hidden_act {act!r}; expected one of {', '.join(_HF_ACTS)}")
-    hints = {"num_heads": d["num_attention_heads"], "norm_eps": d["layer_norm_eps"], "act": _HF_ACTS[act],
-             "img_size": d["image_size"]}
+    hints = {"num_heads": d["num_attention_heads"], "norm_eps": d.get("layer_norm_eps", d.get("rms_norm_eps")),
+             "act": _HF_ACTS[act], "img_size": d["image_size"]}
     if "qkv_bias" in d:
         hints["qkv_bias"] = d["qkv_bias"]
     if d.get("use_swiglu_ffn"):  # Dinov2's SwiGLU gates with SiLU whatever hidden_act says
         hints["act"] = "silu"
+    hints.update(_HF_FAMILY[kind](d) if kind in _HF_FAMILY else {})
     return hints
 
 

@@ -17,6 +17,10 @@ def _family(name: str) -> dict:
 # centre crop; CLIP's crop_pct 1 is OpenAI's and open_clip's pipeline).
 CLIP, SIGLIP, DINOV2, DEIT = _family("clip"), _family("siglip"), _family("dinov2"), _family("deit")
 BEIT, MAE, VIT_GOOGLE = _family("beit"), _family("mae"), _family("vit")  # BEiT v2: "beitv2", ImageNet's statistics
+# timm's configs of the 2025-26 families (vit_*_dinov3.lvd1689m, vit_pe_core_*.fb, aimv2_*.apple_pt): DINOv3 as
+# DINOv2 (ImageNet's statistics, the whole image), PE with SigLIP's 0.5 statistics and AIMv2 with OpenAI's, both
+# on the whole image
+DINOV3, PE, AIMV2 = dict(DINOV2), {**SIGLIP, "crop_pct": 1.0}, dict(CLIP)
 
 # Which timm pretrained config each set was copied from (tests compare them).
 FROM_TIMM = {
@@ -27,6 +31,9 @@ FROM_TIMM = {
     "BEiT": ("beit_base_patch16_224.in22k_ft_in22k_in1k", BEIT),
     "MAE": ("vit_base_patch16_224.mae", MAE),
     "ViT (google)": ("vit_base_patch16_224.augreg2_in21k_ft_in1k", VIT_GOOGLE),
+    "DINOv3": ("vit_small_patch16_dinov3.lvd1689m", DINOV3),
+    "Perception Encoder": ("vit_pe_core_base_patch16_224.fb", PE),
+    "AIMv2": ("aimv2_large_patch14_224.apple_pt", AIMV2),
 }
 
 _INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic", "nearest": "nearest", "bilinear": "bilinear",

@@ -175,7 +175,8 @@ class Require:
     """A fact the weights cannot tell and no default may stand in for, because the keys are also those of a
     model that computes something else (e.g. timm's RoPE models, whose rotary embedding is not in their weights):
     when ``test`` (of the source's own keys) holds, the source or the caller must say one of ``fields``, else
-    loading stops with ``why`` (one clause: what the keys could be, and what to pass)."""
+    loading stops with ``why`` (one clause: what the keys could be, and what to pass). No ``fields``: a layout
+    vitkit cannot compute at all, refused with ``why`` (what it has that vitkit lacks)."""
 
     fields: tuple[str, ...]
     why: str
@@ -207,7 +208,7 @@ class Format:
     """How one library stores a ViT.
 
     ``markers`` are keys (``*`` matches anything) that all exist, after one of ``prefixes`` is stripped, only
-    in this format. ``placeholders`` name parts of keys that vary between files, each found by a regex with
+    in this format (and ``unless`` keys that none of its files has). ``placeholders`` name parts of keys that vary between files, each found by a regex with
     one group (e.g. the attribute holding an ``nn.TransformerEncoder``). Keys that no rule consumes keep
     their names, so timm's table is nearly empty and a foreign format's leftovers show up in the load error.
     ``scoped_prefix``: keys outside the stripped prefix belong to other models (a text tower) and are
@@ -215,7 +216,9 @@ class Format:
     change the outputs; ``pre_logits`` is the prefix of an optional representation layer vitkit does not
     have, ``foreign_head`` that of a classifier on other features than vitkit's pooling (both are dropped and
     the head starts afresh, with a warning). ``defaults`` are what the library implies; ``profiles`` what each model family in it implies;
-    ``require`` the facts a caller must give when the keys are ambiguous.
+    ``require`` the facts a caller must give when the keys are ambiguous; ``facts`` computes what only the raw
+    layout shows (heads, rotary embedding settings) from the keys after ``renames``, or raises one
+    CheckpointError when they follow no scheme vitkit computes.
     """
 
     name: str
@@ -228,12 +231,15 @@ class Format:
     ignore: tuple[str, ...] = ()
     pre_logits: str | None = None
     foreign_head: str | None = None  # a classifier vitkit's head cannot reproduce: dropped, a new one starts
+    unless: tuple[str, ...] = ()  # keys that rule the format out
     scan: bool = False  # JAX: Transformer/encoderblock/... tensors carry a leading depth axis
+    facts: Callable[[dict], dict] | None = None
     defaults: dict = field(default_factory=dict)
     assume: tuple[Assume, ...] = ()
     require: tuple[Require, ...] = ()
     profiles: tuple[Profile, ...] = ()
     label: str = ""  # how messages name the format
+    doc: str = ""  # what docs/formats.md says of it beyond the table: what it drops, what it computes its own way
 
     def profile(self, state: dict) -> Profile:
         return next((p for p in self.profiles if p.matches(state)), Profile(family=""))

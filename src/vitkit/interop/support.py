@@ -36,6 +36,34 @@ SUPPORT: dict[str, dict[str, list[tuple[str, str, str]]]] = {
                            ("training checkpoint (teacher, chunked blocks)", "timm",
                             "test_dinov2_training_checkpoint_chunked")],
     },
+    "DINOv3": {
+        "timm": [("vit_*_dinov3* (live, state dict with arch=, folder)", "timm",
+                  "test_live_state_dict_and_folder_match_timm_or_are_refused")],
+        "Hugging Face transformers": [("DINOv3ViTModel, DINOv3ViTBackbone (live, folder; model.layer / layer, "
+                                       "q_proj / query names)", "hf_dinov3", "test_hf_dinov3"),
+                                      ("state dict without config.json, q/k/v biases", "hf_dinov3",
+                                       "test_hf_dinov3_state_dict_without_config_assumes_64_wide_heads_and_full_"
+                                       "biases_load")],
+        "original files": [("facebookresearch/dinov3 hub .pth (storage tokens, masked k-bias, SwiGLU w1/w2/w3)",
+                            "dinov3", "test_dinov3_original_hub_file"),
+                           ("bfloat16 periods, another temperature, an unmasked k-bias", "dinov3",
+                            "test_dinov3_original_bf16_periods_other_temperature_and_a_key_bias")],
+    },
+    "Perception Encoder": {
+        "timm": [("vit_pe_core_*, vit_pe_spatial_*, vit_pe_lang_*", "timm",
+                  "test_live_state_dict_and_folder_match_timm_or_are_refused")],
+        "original files": [("perception_models PE-Core .pt (visual.*, attention pool, proj; G without [CLS])", "pe",
+                            "test_perception_encoder_original_file"),
+                           ("PE-Spatial, PE-Lang towers (no ln_post; layer scale)", "pe_tower",
+                            "test_perception_encoder_lang_layer_scale_and_bad_files")],
+    },
+    "AIMv2": {
+        "timm": [("aimv2_*", "timm", "test_live_state_dict_and_folder_match_timm_or_are_refused")],
+        "Hugging Face transformers": [("Aimv2VisionModel without its head (live, folder)", "hf_aimv2",
+                                       "test_hf_aimv2_vision_model"),
+                                      ("at another, non-square size (against timm's AIMv2)", "hf_aimv2",
+                                       "test_hf_aimv2_at_a_non_square_size_equals_timms_aimv2")],
+    },
     "DeiT": {
         "timm": [("deit_*, deit_*_distilled_*", "timm", "test_timm_deit_distilled")],
         "Hugging Face transformers": [("DeiTForImageClassificationWithTeacher", "hf", "test_hf_deit_with_teacher")],
@@ -88,6 +116,15 @@ UNSUPPORTED = [
      "vitkit's attention projects to the model's width"),
     ("nn.MultiheadAttention with kdim/vdim != embed_dim or add_bias_kv; LayerNorms without bias",
      "no vitkit equivalent"),
+    ("AIMv2 with its attention-pooling head (use_head=True, so Aimv2Model's image embedding too)",
+     "the head's learned query has no projection and no MLP follows, unlike vitkit's MAP head; refused with a "
+     "sentence (its tokens load from a model without the head)"),
+    ("native-resolution AIMv2 (is_native=True)", "its sin-cos position table has its own layout; refused"),
+    ("DINOv3 with an untied [CLS] norm (cls_norm) or min/max periods", "vitkit normalises every token with one norm "
+     "and computes periods T^(4k/d); refused with a sentence"),
+    ("Perception Encoder original files at a size other than the checkpoint's",
+     "the original resamples positions bilinearly without antialiasing and rotates by unscaled patch indices; "
+     "vitkit resamples and rescales to the native grid as timm does (exact at the checkpoint's own size)"),
 ]
 
 
@@ -126,10 +163,13 @@ def formats_markdown() -> str:
                                                    for p in f.profiles if p.defaults]
         assumed = [_pairs((a.field, a.value) for a in f.assume)] + [
             f"{p.family}: {_pairs((a.field, a.value) for a in p.assume)}" for p in f.profiles if p.assume]
-        lines.append(f"| `{name}` | " + ", ".join(f"`{m}`" for m in f.markers) + " | "
+        lines.append(f"| `{name}` | " + ", ".join([f"`{m}`" for m in f.markers] + [f"no `{u}`" for u in f.unless])
+                     + " | "
                      + (", ".join(f"`{p}`" for p in f.prefixes) or "—") + " | "
                      + ("; ".join(d for d in defaults if d) or "—") + " | "
                      + ("; ".join(a for a in assumed if a) or "—") + " |")
+    notes = [f"- `{name}`: {FORMATS[name].doc}" for name in DETECTION_ORDER if FORMATS[name].doc]
+    lines += ["", "What some formats leave out, or compute in their own way:", ""] + notes if notes else []
     lines += ["", "## Not supported", ""] + [f"- {what}: {why}." for what, why in UNSUPPORTED]
     lines += ["", "Heads, activation, pre/post norm and eps are read from the source when it says "
               "(`config.json`, `open_clip_config.json`, a live module); else from `from_pretrained(..., "

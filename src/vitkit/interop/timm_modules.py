@@ -46,11 +46,6 @@ def timm_architecture(m: nn.Module) -> dict:
     pool = getattr(m, "global_pool", "token")
     if pool not in _POOLS:
         unknown.append(f"global_pool={pool!r} (vitkit pools 'token', 'avg' or 'map')")
-    # timm's Eva attention-pools every token; its ViT the patch tokens unless pool_include_prefix says so
-    attn_pool, vit_prefix = getattr(m, "attn_pool", None), getattr(m, "pool_include_prefix", False)
-    if vit_prefix and attn_pool is None and pool == "avg":
-        unknown.append("mean pooling that includes the prefix tokens (pool_include_prefix)")
-    include_prefix = attn_pool is not None and (vit_prefix or cls == "Eva") and m.num_prefix_tokens > 0
     # patch dropout acts in training only: the computation at inference is unchanged
     unknown += _patch_embed(m.patch_embed)
     norms = [x for x in m.modules() if _is_norm(x)]
@@ -81,10 +76,12 @@ def timm_architecture(m: nn.Module) -> dict:
     hints = {"num_heads": heads, "pool": _POOLS[pool], "no_embed_class": bool(getattr(m, "no_embed_class", False)),
              "norm_eps": block.norm1.eps, "act": act_name(block.mlp.act), "norm_layer": kinds.pop(),
              "dynamic_img_size": bool(getattr(m, "dynamic_img_size", False)), "rope": "none", **rope}
+    # timm's Eva MAP head attends over every token, its ViT's pool over the patches unless pool_include_prefix
+    if m.num_prefix_tokens and pool != "token" and (getattr(m, "pool_include_prefix", False) or
+                                                     (cls == "Eva" and pool_heads is not None)):
+        hints["pool_include_prefix"] = True
     if pool_heads is not None and pool_heads != heads:
         hints["attn_pool_heads"] = pool_heads
-    if include_prefix:
-        hints["pool_include_prefix"] = True
     img_size = getattr(m.patch_embed, "img_size", None)
     if img_size is not None:
         hints["img_size"] = tuple(img_size)
@@ -172,8 +169,7 @@ def _attention(a: nn.Module, prefix: int) -> list[str]:
         out.append("a gated attention")
     if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
         out.append("grouped-query attention")
-    fused = getattr(a, "qkv", None)
-    if (fused.out_features // 3 if fused is not None else a.q_proj.out_features) != a.proj.out_features:
+    if a.proj.in_features != a.proj.out_features:  # heads x head width (BEiT's Attention keeps no head_dim)
         out.append("an attention wider or narrower than the model")
     if getattr(a, "num_prefix_tokens", prefix) != prefix:
         out.append("a rotary embedding that skips another number of tokens than the prefix")

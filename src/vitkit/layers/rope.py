@@ -91,10 +91,7 @@ class RotaryEmbedding(nn.Module):
         return torch.stack([r, c] if self.indexing == "ij" else [c, r], dim=-1)
 
     def _dinov3(self, h: int, w: int) -> torch.Tensor:
-        d4 = self.head_dim // 4
-        periods = self.temperature ** (2.0 * torch.arange(d4, dtype=torch.float32) / (self.head_dim // 2))  # (d/4,)
-        if self.bf16_periods:
-            periods = periods.to(torch.bfloat16).float()
+        periods = dinov3_periods(self.head_dim, self.temperature, self.bf16_periods)  # (d/4,)
         side = {"separate": (h, w), "max": (max(h, w),) * 2, "min": (min(h, w),) * 2}[self.normalize]
         rows = (torch.arange(0.5, h, dtype=torch.float32) + self.grid_offset) / side[0]
         cols = (torch.arange(0.5, w, dtype=torch.float32) + self.grid_offset) / side[1]
@@ -123,6 +120,12 @@ class RotaryEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.kind!r}, head_dim={self.head_dim}, temperature={self.temperature}, indexing={self.indexing!r}"
+
+
+def dinov3_periods(head_dim: int, temperature: float, bf16: bool = False) -> torch.Tensor:
+    """DINOv3's periods T^(4k/d), k < d/4, in float32 (rounded to bfloat16 with ``bf16``, as its files store them)."""
+    periods = temperature ** (2.0 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2))
+    return periods.to(torch.bfloat16).float() if bf16 else periods
 
 
 def mixed_freqs(head_dim: int, depth: int, num_heads: int, temperature: float = 10.0) -> torch.Tensor:
