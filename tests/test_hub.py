@@ -14,7 +14,7 @@ import torch
 
 import vitkit
 from vitkit import VisionTransformer, hub
-from vitkit.config import PRESETS
+from vitkit.presets import PRESETS
 from vitkit.errors import CheckpointError, ConfigError
 
 LFS_SUFFIXES = (".safetensors", ".bin")  # stored in LFS on the Hub: served through a CDN redirect

@@ -79,7 +79,8 @@ def test_the_cycle_finder_finds_cycles():
 
 
 LAYERS = ["vitkit.layers", "vitkit.layers.attention", "vitkit.layers.block", "vitkit.layers.mlp",
-          "vitkit.layers.patch_embed", "vitkit.layers.position"]
+          "vitkit.layers.norm", "vitkit.layers.patch_embed", "vitkit.layers.pool", "vitkit.layers.position",
+          "vitkit.layers.rope"]
 
 
 @pytest.mark.parametrize("module", LAYERS)
@@ -94,7 +95,8 @@ def test_the_model_imports_layers_and_weight_formats_and_those_never_build_a_mod
     files into a config and a state dict (with the layers' tensor maths) and never import the model."""
     graph = import_graph()
     formats = {m for m in graph if m in ("vitkit.checkpoint", "vitkit.hub") or m.startswith("vitkit.interop")}
-    allowed = {"vitkit.config", "vitkit.configtools", "vitkit.errors", "vitkit.fileio"} | set(LAYERS) | formats
+    allowed = {"vitkit.config", "vitkit.presets", "vitkit.configtools", "vitkit.errors", "vitkit.fileio"} | \
+        set(LAYERS) | formats
     assert graph["vitkit.model"] <= allowed, graph["vitkit.model"] - allowed
     for module in (m for m in graph if m in formats or m.startswith("vitkit.interop.")):
         assert "vitkit.model" not in graph[module], module

@@ -12,7 +12,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "vitkit.config": ["ViTConfig", "PRESETS", "get_preset", "list_models"],
+    "vitkit.config": ["ViTConfig"],
+    "vitkit.presets": ["PRESETS", "get_preset", "list_models", "preprocessing_of", "licence_of"],
     "vitkit.configtools": ["load_config", "save_config"],
     "vitkit.errors": ["VitkitError", "ConfigError", "DataError", "CheckpointError"],
     "vitkit.layers": ["MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",

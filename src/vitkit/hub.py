@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, get_preset
+from .presets import PRESETS, get_preset
 from .errors import CheckpointError, ConfigError
 
 HUB_PREFIX = "hf-hub:"

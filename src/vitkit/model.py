@@ -15,7 +15,8 @@ from torch.utils.checkpoint import checkpoint
 
 from . import hub, interop
 from .checkpoint import check_state_dict
-from .config import ViTConfig, get_preset
+from .config import ViTConfig
+from .presets import get_preset
 from .configtools import pair
 from .errors import ConfigError
 from .layers import (AttentionPoolLatent, PatchEmbedding, PostNormBlock, RotaryEmbedding, TransformerBlock,

@@ -7,7 +7,7 @@ import sys
 
 
 def models(argv: list[str] | None = None) -> int:
-    from ..config import PRESETS, list_models
+    from ..presets import PRESETS, list_models
     parser = argparse.ArgumentParser(prog="vitkit models", description="List the named architectures.")
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vit_base_*'")
     args = parser.parse_args(argv)

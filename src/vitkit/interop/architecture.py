@@ -9,7 +9,8 @@ import re
 
 import torch
 
-from ..config import VARIANTS, ViTConfig, apply_aliases, pair
+from ..config import ViTConfig, apply_aliases, pair
+from ..presets import VARIANTS
 from ..errors import CheckpointError, ConfigError
 
 Tensor = torch.Tensor

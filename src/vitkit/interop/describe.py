@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import PRESETS
+from ..presets import PRESETS
 from ..errors import CheckpointError, ConfigError
 from . import preprocess as pp
 from .timm_modules import act_name as timm_act_name, timm_architecture

@@ -6,7 +6,7 @@ mean, std, interpolation, crop_pct and crop_mode, in the names of :class:`vitkit
 
 from __future__ import annotations
 
-from ..config import FAMILY_PREPROCESSING
+from ..presets import FAMILY_PREPROCESSING
 
 
 def _family(name: str) -> dict:

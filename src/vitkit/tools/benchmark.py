@@ -283,7 +283,7 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
     ``compile_mode`` is torch.compile's mode ("reduce-overhead" adds CUDA graphs, "max-autotune" kernel search).
     ``overrides`` go to the model config (e.g. ``img_size=32`` for a quick run of a small model).
     """
-    from ..config import get_preset
+    from ..presets import get_preset
     from ..model import flops_per_image
 
     if mode not in MODES:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 
-from ..config import PRESETS, ViTConfig, apply_aliases, get_preset
+from ..config import ViTConfig, apply_aliases
+from ..presets import PRESETS, get_preset
 from ..configtools import apply_overrides, check_positive, check_ranges, from_dict, load_config, pair, to_dict
 from ..errors import ConfigError
 
