@@ -529,3 +529,29 @@ def test_predict_reads_a_dinov3_hub_folder_with_its_rotary_embedding(fake_hub, t
     model = VisionTransformer.from_pretrained("hf-hub:timm/vit_small_patch16_dinov3.lvd1689m")
     assert model.config.rope == "dinov3" and model.config.reg_tokens == 4 and model.config.pool == "mean"
     assert model.pretrained_preprocess["mean"] == (0.485, 0.456, 0.406)
+
+
+def test_a_hugging_face_folder_without_a_preprocessor_config_gets_the_image_processors_defaults(hf_repo, tmp_path):
+    """No preprocessor_config.json: what transformers' ViTImageProcessor does by default (squash to the size,
+    bilinear, mean and std 0.5), with a warning that says it was assumed; the embedding then equals the HF
+    pipeline's for the same file."""
+    from PIL import Image
+    from transformers import ViTImageProcessor
+    from vitkit.predictor import Predictor
+    model, files = hf_repo
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    assert not (folder / "preprocessor_config.json").exists()
+    image = tmp_path / "wide.png"
+    Image.fromarray((torch.rand(30, 70, 3) * 255).byte().numpy()).save(image)
+    with pytest.warns(UserWarning, match=r"does not say how its images were prepared; assuming ViT "
+                                         r"\(ViTImageProcessor's defaults\)'s \(mean \(0.5, 0.5, 0.5\)"):
+        predictor = Predictor.load(folder)
+    ours = predictor.inputs([image])
+    theirs = ViTImageProcessor(size={"height": 32, "width": 32})(Image.open(image), return_tensors="pt")
+    assert (ours - theirs["pixel_values"]).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        want = model(theirs["pixel_values"]).logits.softmax(dim=1)
+    assert (predictor.probabilities(ours) - want).abs().max().item() <= 1e-5

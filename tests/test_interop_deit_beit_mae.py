@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from mutation import assert_pieces_matter
 from test_interop import TOL, images, max_diff, randomize
-from test_interop_clip import logits, silent, tokens
+from test_interop_clip import assumed_preprocessing, logits, silent, tokens
 from vitkit import from_pretrained
 from vitkit.interop import load_pretrained
 from vitkit.interop.preprocess import BEIT, DEIT
@@ -51,7 +51,7 @@ def test_hf_deit_with_teacher(tmp_path):
     assert max_diff(logits(ours, x), want) <= TOL
     assert_pieces_matter(ours, x, their_tokens, want, ["dist_token", "dist_head", "head_layout", "pos_embed"])
     ref.save_pretrained(tmp_path / "deit")
-    ours = silent(from_pretrained, tmp_path / "deit")
+    ours = assumed_preprocessing(from_pretrained, tmp_path / "deit")
     assert max_diff(tokens(ours, x), their_tokens) <= TOL
     assert max_diff(logits(ours, x), want) <= TOL
 

@@ -10,7 +10,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from mutation import assert_pieces_matter
 from test_interop import TOL, images, max_diff, randomize
-from test_interop_clip import logits, silent, tokens
+from test_interop_clip import assumed_preprocessing, logits, silent, tokens
 from vitkit import from_pretrained
 from vitkit.interop import load_pretrained
 from vitkit.interop.preprocess import DINOV2
@@ -115,9 +115,9 @@ def test_hf_dinov2(tmp_path, swiglu):
     assert max_diff(logits(ours, x), want) <= TOL
     assert_pieces_matter(ours, x, their_tokens, want, pieces("swiglu" if swiglu else "plain"))
     ref.save_pretrained(tmp_path / "dinov2")  # the Hub's names: attention.attention.query, mlp.weights_in
-    found = silent(load_pretrained, tmp_path / "dinov2")
+    found = assumed_preprocessing(load_pretrained, tmp_path / "dinov2")
     assert found.preprocess == DINOV2 and found.config.norm_eps == 1e-6
-    ours = silent(from_pretrained, tmp_path / "dinov2")
+    ours = assumed_preprocessing(from_pretrained, tmp_path / "dinov2")
     assert max_diff(tokens(ours, x), their_tokens) <= TOL
     assert max_diff(logits(ours, x), want) <= TOL
     ours = silent(from_pretrained, {f"dinov2.{k}": v for k, v in ref.state_dict().items()})  # a task model's
@@ -134,12 +134,12 @@ def test_hf_dinov2_with_registers(tmp_path):
     assert max_diff(logits(ours, x), want) <= TOL
     assert_pieces_matter(ours, x, their_tokens, want, pieces("plain", registers=True))
     ref.save_pretrained(tmp_path / "dinov2_reg")
-    ours = silent(from_pretrained, tmp_path / "dinov2_reg")
+    ours = assumed_preprocessing(from_pretrained, tmp_path / "dinov2_reg")
     assert max_diff(tokens(ours, x), their_tokens) <= TOL
     assert max_diff(logits(ours, x), want) <= TOL
     # a size other than the checkpoint's: both resample the patch grid the same way (bicubic, antialiased)
     big = images(1, 2 * IMG)
-    ours = silent(from_pretrained, tmp_path / "dinov2_reg", img_size=2 * IMG)
+    ours = assumed_preprocessing(from_pretrained, tmp_path / "dinov2_reg", img_size=2 * IMG)
     assert max_diff(tokens(ours, big), hf_tokens(ref, big)) <= TOL
     assert max_diff(logits(ours, big), pooler(ref, big)) <= TOL
 

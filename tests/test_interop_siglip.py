@@ -9,10 +9,10 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from mutation import assert_pieces_matter
 from test_interop import TOL, images, max_diff, randomize, timm_to_npz
-from test_interop_clip import logits, silent, tokens
+from test_interop_clip import assumed_preprocessing, logits, silent, tokens
 from vitkit import from_pretrained
 from vitkit.interop import load_pretrained
-from vitkit.interop.preprocess import SIGLIP
+from vitkit.interop.preprocess import HF_SIGLIP, SIGLIP
 
 D, HEADS, M = 64, 4, 176  # M: an MLP width that is no multiple of D, like so400m's 4304 / 1152
 
@@ -49,7 +49,8 @@ def test_hf_siglip_vision_model(tmp_path):
     assert max_diff(logits(ours, x), want) <= TOL
     assert_pieces_matter(ours, x, their_tokens, want, TANH_SIGLIP)
     ref.save_pretrained(tmp_path / "siglip")
-    assert silent(load_pretrained, tmp_path / "siglip").preprocess == SIGLIP  # timm's values for the family
+    # no preprocessor_config.json: SiglipImageProcessor's defaults (squash to the size), with a warning
+    assert assumed_preprocessing(load_pretrained, tmp_path / "siglip").preprocess == HF_SIGLIP
     SiglipImageProcessor().save_pretrained(tmp_path / "siglip")  # the folder's own: squash to the size
     found = silent(load_pretrained, tmp_path / "siglip")
     assert found.preprocess == {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic",
@@ -70,7 +71,7 @@ def test_hf_siglip_model_file(tmp_path):
     full.save_pretrained(tmp_path / "siglip")
     x = images(2, 32)
     want, their_tokens = pooler(full.vision_model, x), hf_tokens(full.vision_model, x)
-    ours = silent(from_pretrained, tmp_path / "siglip")
+    ours = assumed_preprocessing(from_pretrained, tmp_path / "siglip")
     assert max_diff(tokens(ours, x), their_tokens) <= TOL
     assert max_diff(logits(ours, x), want) <= TOL
     ours = silent(from_pretrained, full.state_dict(), num_heads=HEADS)  # act and eps: SigLIP's documented ones

@@ -16,7 +16,7 @@ from timm.models.eva import checkpoint_filter_fn
 
 from mutation import MARGIN, assert_pieces_matter
 from test_interop import TOL, max_diff, randomize
-from test_interop_clip import logits, silent, tokens
+from test_interop_clip import assumed_preprocessing, logits, silent, tokens
 from vitkit import from_pretrained
 from vitkit.errors import CheckpointError
 from vitkit.interop import load_pretrained
@@ -219,9 +219,9 @@ def test_hf_dinov3(tmp_path, gated):
     backbone.load_state_dict(ref.state_dict())  # the same keys
     assert silent(from_pretrained, backbone).config == cfg
     ref.save_pretrained(tmp_path / "dinov3")
-    found = silent(load_pretrained, tmp_path / "dinov3")
+    found = assumed_preprocessing(load_pretrained, tmp_path / "dinov3")
     assert found.config.rope_temperature == 50.0 and found.preprocess == DINOV3
-    folder = silent(from_pretrained, tmp_path / "dinov3")
+    folder = assumed_preprocessing(from_pretrained, tmp_path / "dinov3")
     older = silent(from_pretrained, older_names(ref.state_dict()), num_heads=2, rope_temperature=50.0)
     explicit = silent(from_pretrained, ref, attn_impl="explicit")
     for h, w in ((64, 64), (48, 112)):  # the config's size, and a non-square one
@@ -267,9 +267,9 @@ def test_hf_aimv2_vision_model(tmp_path):
         ("rmsnorm", True, False, "mean", "silu", "swiglu", 4)
     assert (cfg.qkv_bias, cfg.proj_bias, cfg.mlp_bias, cfg.norm_eps, cfg.mlp_dim) == (False, False, False, 1e-5, 704)
     ref.save_pretrained(tmp_path / "aimv2")
-    found = silent(load_pretrained, tmp_path / "aimv2")
+    found = assumed_preprocessing(load_pretrained, tmp_path / "aimv2")
     assert found.preprocess == AIMV2
-    folder = silent(from_pretrained, tmp_path / "aimv2")
+    folder = assumed_preprocessing(from_pretrained, tmp_path / "aimv2")
     x = images(2, 56)  # Hugging Face computes its own grid only (position_ids of the config's size)
     with torch.no_grad():
         their_tokens = ref(pixel_values=x).last_hidden_state  # after the final RMSNorm

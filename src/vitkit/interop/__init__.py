@@ -49,6 +49,10 @@ __all__ = ["Pretrained", "load_pretrained", "read_source", "Source", "detect_for
 # The entry point
 
 
+def _short(values) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
 @dataclass
 class Pretrained:
     """What a weights source holds, ready for a model: the architecture to build (``config``, with the caller's
@@ -135,5 +139,11 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
         prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], target.grid_size, cfg.grid_size, prefix)
     preprocess = read.preprocess or (dict(profile.preprocess) if profile.preprocess else None)
+    if read.folder and read.preprocess is None and preprocess is not None:  # files and modules never say
+        warnings.warn(f"{read.name} does not say how its images were prepared; assuming {profile.family}'s "
+                      f"(mean {_short(preprocess['mean'])}, std {_short(preprocess['std'])}, "
+                      f"{preprocess['interpolation']}, crop_pct {preprocess['crop_pct']:.3g}, "
+                      f"{preprocess.get('crop_mode', 'center')}); set data.mean/std/interpolation/crop_pct if "
+                      "its training did otherwise", stacklevel=3)
     classes = read.classes if not fresh_head and read.classes and len(read.classes) == target.num_classes else None
     return Pretrained(target, state, f"{read.name} ({spec.name} format)", fresh_head, preprocess, classes)

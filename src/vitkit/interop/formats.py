@@ -137,8 +137,8 @@ HF = Format(
     # masked image modelling only.
     ignore=(r"^pooler\.", r"^embeddings\.mask_token$"),
     defaults={"norm_eps": 1e-12},  # HF's default layer_norm_eps
-    profiles=(Profile("DeiT", when=("dist_token",), preprocess=pp.DEIT),
-              Profile("ViT (google)", preprocess=pp.VIT_GOOGLE)))
+    profiles=(Profile("DeiT (DeiTImageProcessor's defaults)", when=("dist_token",), preprocess=pp.HF_DEIT),
+              Profile("ViT (ViTImageProcessor's defaults)", preprocess=pp.HF_VIT)))
 
 _DL = "encoder.layer.{i}."
 _DE = "embeddings."

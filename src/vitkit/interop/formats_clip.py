@@ -98,4 +98,4 @@ HF_SIGLIP = Format(
     label="Hugging Face SigLIP", rules=_HF_CLIP_RULES, prefixes=("vision_model.",), ignore=_HF_TEXT,
     foreign_head="classifier.",  # SiglipForImageClassification: the mean of all tokens, not the MAP head
     defaults={"norm_eps": 1e-6, "act": "gelu_tanh"},  # SiglipVisionConfig: gelu_pytorch_tanh, as in big_vision
-    profiles=(Profile("SigLIP", preprocess=pp.SIGLIP),))
+    profiles=(Profile("SigLIP (SiglipImageProcessor's defaults)", preprocess=pp.HF_SIGLIP),))

@@ -22,6 +22,14 @@ BEIT, MAE, VIT_GOOGLE = _family("beit"), _family("mae"), _family("vit")  # BEiT 
 # on the whole image
 DINOV3, PE, AIMV2 = dict(DINOV2), {**SIGLIP, "crop_pct": 1.0}, dict(CLIP)
 
+# What transformers' image processors do when a folder has no preprocessor_config.json to say otherwise (their
+# defaults): ViTImageProcessor and SiglipImageProcessor resize to 224 x 224 (squash), DeiTImageProcessor to
+# 256 x 256 and crops the centre 224.
+HF_VIT = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear", "crop_pct": 1.0,
+          "crop_mode": "squash"}
+HF_DEIT = {**DEIT, "interpolation": "bicubic", "crop_pct": 224 / 256, "crop_mode": "squash"}
+HF_SIGLIP = {**SIGLIP, "crop_pct": 1.0, "crop_mode": "squash"}
+
 # Which timm pretrained config each set was copied from (tests compare them).
 FROM_TIMM = {
     "CLIP": ("vit_base_patch16_clip_224.laion2b", CLIP),

@@ -33,6 +33,7 @@ class Source:
     format: str | None = None
     preprocess: dict | None = None
     classes: list[str] | None = None  # the names of the head's outputs, when the source says
+    folder: bool = False  # a model folder, whose own files should say how its images were prepared
 
 
 def read_source(src: Any) -> Source:
@@ -70,7 +71,7 @@ def _read_path(path: Path) -> Source:
                 hints, preprocess = hf_hints(config), None
             if (path / "preprocessor_config.json").is_file():
                 preprocess = pp.from_hf_processor(_read_json(path / "preprocessor_config.json")) or preprocess
-            return Source(src.state, hints, str(path), None, preprocess, class_names(config))
+            return Source(src.state, hints, str(path), None, preprocess, class_names(config), folder=True)
     if not path.is_file():  # a vitkit run folder, or RUN/checkpoints/best
         path = resolve_weights_path(path)
     suffix = path.suffix.lower()
