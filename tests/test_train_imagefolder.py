@@ -148,6 +148,9 @@ def test_training_writes_the_run_folder_with_the_split_and_its_numbers(trained):
     assert (r["num_train"], r["num_val"], r["num_test"]) == \
         (expected["num_train"], expected["num_val"], expected["num_test"])
     assert r["chosen_on"] == "val" and r["model"] == "checkpoints/best"
+    # 3 classes: every image is in its top 5, so no top-5 number is written anywhere.
+    assert r["val_top5"] is None and r["test_top5"] is None
+    assert [row["val_top5"] for row in trained.metrics] == [""] * 4
     assert [int(row["epoch"]) for row in trained.metrics] == [1, 2, 3, 4]
     ranks = [(float(row["val_accuracy"]), -float(row["val_loss"])) for row in trained.metrics]
     assert r["best_epoch"] == 1 + ranks.index(max(ranks))  # the best val accuracy, ties broken by the val loss

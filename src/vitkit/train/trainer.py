@@ -227,7 +227,7 @@ class Trainer:
         last = rows[-1] if rows else {}
         best = next((r for r in rows if int(r["epoch"]) == self.best_epoch), {}) if self.data.val else last
         number = lambda row, key: float(row[key]) if row.get(key) not in (None, "") else None  # noqa: E731
-        score = lambda key: float(f"{test[key]:.6g}") if test else None  # noqa: E731  (as metrics.csv rounds)
+        score = lambda key: float(f"{test[key]:.6g}") if test and test[key] is not None else None  # noqa: E731
         d = self.data
         return {
             "model": "checkpoints/best",
