@@ -113,6 +113,23 @@ def test_predict_prints_top_k_classes(run, tmp_path, capsys):
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
 
 
+def test_predict_with_a_headless_backbone_points_to_features(tmp_path, capsys):
+    """A model without a head (num_classes 0) has no classes to rank: one sentence naming --features, exit 2
+    (not "--top-k must lie between 1 and 0")."""
+    from vitkit.checkpoint import save_weights
+    from vitkit.model import VisionTransformer
+
+    model = VisionTransformer(img_size=8, patch_size=4, in_channels=1, num_classes=0, embed_dim=16, depth=1,
+                              num_heads=2)
+    save_weights(model, tmp_path / "backbone", {})
+    image = tmp_path / "a.png"
+    Image.new("L", (8, 8), 128).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(image), "--checkpoint", str(tmp_path / "backbone"), "--device", "cpu"]) == 2
+    err = one_error_line(capsys, "has no classification head (num_classes 0)")
+    assert "--features" in err and "between 1 and 0" not in err
+
+
 @pytest.mark.parametrize("embedding", ["pooled", "head"])
 def test_predict_writes_embeddings(run, tmp_path, capsys, embedding):
     import json

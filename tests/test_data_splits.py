@@ -406,7 +406,7 @@ def test_a_decompression_bomb_is_one_data_error(tmp_path, capsys):
         classes, samples, skipped, _ = scan_class_folders(root)
     assert skipped == [root / "a" / "huge.png"] and len(samples) == 4
 
-    # ... and predict reports it on stderr, predicts the rest and exits 1.
+    # ... and predict reports it on stderr, predicts the rest and exits 2 (a bad input, as everywhere).
     from vitkit.checkpoint import save_weights
     from vitkit.config import ViTConfig
     from vitkit.model import VisionTransformer
@@ -419,7 +419,7 @@ def test_a_decompression_bomb_is_one_data_error(tmp_path, capsys):
     code = main(["predict", str(root / "a"), "--checkpoint", str(tmp_path / "model"), "--device", "cpu",
                  "--top-k", "1", "--csv"])
     out, err = capsys.readouterr()
-    assert code == 1
+    assert code == 2
     rows = out.strip().splitlines()
     assert rows[0] == "image,class1,p1" and [r.split(",")[0] for r in rows[1:]] == \
         [str(root / "a" / "00.png"), str(root / "a" / "01.png")]
