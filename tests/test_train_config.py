@@ -236,6 +236,56 @@ def test_print_config_of_the_default_recipe_writes_nothing(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+REFUSED_BY_TRAINING = {  # model sections --print-config once printed (exit 0) and training then refused
+    "heads not dividing the width": (["model.embed_dim=100", "model.num_heads=3"], "divisible by num_heads"),
+    "patch not dividing the image": (["model.patch_size=5"], "img_size 8 must be divisible by patch_size 5"),
+    "no block": (["model.depth=0"], "depth must be a positive integer"),
+    "drop path above 1": (["model.drop_path_rate=2"], "drop_path_rate must lie in [0, 1)"),
+    "cls pooling without [CLS]": (["model.pool=cls", "model.class_token=false"], "pool='cls' needs class_token"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BY_TRAINING))
+def test_print_config_refuses_what_training_refuses(tmp_path, monkeypatch, capsys, case):
+    monkeypatch.chdir(tmp_path)
+    sets, words = REFUSED_BY_TRAINING[case]
+    argv = ["train", "--config", str(write_recipe(tmp_path))] + [a for s in sets for a in ("--set", s)]
+    for args in (argv + ["--print-config"], argv):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert captured.out == "" and len(err.splitlines()) == 1 and words in err, err
+    assert nothing_written(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize("where", ["section", "top level", "--set value"])
+def test_a_key_given_twice_is_refused(tmp_path, monkeypatch, capsys, where):
+    """YAML keeps the last of two equal keys without a word: a recipe saying epochs twice is refused, naming
+    the key and both lines, for training and --print-config alike."""
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path)
+    text = recipe.read_text()
+    sets = []
+    if where == "section":
+        text = text.replace("  epochs: 2\n", "  epochs: 2\n  epochs: 5\n")
+        words = "key 'epochs' appears twice"
+    elif where == "top level":
+        text += "name: other\n"
+        words = "key 'name' appears twice"
+    else:
+        sets = ["--set", "data.mean={a: 1, a: 2}"]
+        words = "data.mean: value"
+    recipe.write_text(text)
+    for extra in (["--print-config"], []):
+        assert main(["train", "--config", str(recipe), *sets, *extra]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert captured.out == "" and len(err.splitlines()) == 1 and words in err, err
+        if where == "section":
+            assert "lines" in err and "keep one" in err
+    assert nothing_written(tmp_path / "runs") == []
+
+
 def test_vitkit_config_prints_the_reference_and_docs_match_it(capsys):
     assert main(["config"]) == 0
     text = capsys.readouterr().out

@@ -30,7 +30,9 @@ from .checkpoint import (find_resumable, load_training_state, resolve_state_path
 from ..configtools import from_dict
 from .config import ModelSection, RunConfig, check_compiler, check_run_length, resolve_model_config
 from .console import Console
-from .data import RunData, build_data
+from ..data.loader import samples_per_rank
+from .data import RunData, batch_too_large, build_data, open_run_splits, per_rank_batch, run_preprocess
+from .memory import check_fits
 from .resume import resume_config, resume_folder
 from .ema import ModelEma
 from ..evaluation import evaluate
@@ -60,13 +62,15 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ between ranks, as they should
 
-        # Data (a run that already has a split file keeps its files), then the model it implies.
+        # Data (a run that already has a split file keeps its files), then the model it implies; every check
+        # that needs no allocation runs first (plan_run), so an impossible run allocates nothing.
         split_file = self.run_folder.split_path if self.run_folder.split_path.is_file() else None
-        self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.img_size,
-                                        split_file=split_file)
-        self.model_config = resolve_model_config(cfg.model, in_channels=self.data.in_channels,
-                                                 num_classes=len(self.data.classes), img_size=self.data.img_size)
+        splits, self.model_config = plan_run(cfg, ctx, split_file)
+        self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.img_size, splits=splits)
         self.model = self.build_model().to(self.device)
+        if cfg.model.init:  # the architecture is the weights': now it is known, check the rest fits
+            check_fits(self.model_config, per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size"), self.device,
+                       ema=bool(cfg.train.ema_decay), grad_checkpointing=cfg.train.grad_checkpointing)
         self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
         # The resolved config, for config.yaml (the caller's cfg is left as it was).
         data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
@@ -398,6 +402,30 @@ class Trainer:
             warnings.warn(f"the run report could not be written ({type(e).__name__}: {e}); "
                           "the run folder is complete without it", stacklevel=2)
             return ""
+
+def plan_run(cfg: RunConfig, ctx, split_file=None):
+    """Every check of a run that allocates nothing, in the order training makes them: the data's splits
+    (scanned, not decoded), preprocessing and batches per process, the model section against the data, the
+    run's length, and whether a model trained from scratch fits the device's memory. Returns (splits,
+    ViTConfig). Training runs it first; ``vitkit train --print-config`` runs it alone, so it refuses what
+    training refuses."""
+    splits = open_run_splits(cfg.data, ctx, split_file)
+    preprocess = run_preprocess(cfg.data, splits, cfg.model.img_size)
+    batch = per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size")
+    per_rank_batch(cfg.data.eval_batch_size, ctx, "data.eval_batch_size")
+    h, w = preprocess.img_size
+    model_config = resolve_model_config(cfg.model, in_channels=preprocess.channels,
+                                        num_classes=len(splits.classes), img_size=h if h == w else (h, w))
+    batches = samples_per_rank(splits.size("train"), ctx.world_size, True) // batch  # the loaders' drop_last
+    if not batches and not splits.is_folder:  # (a folder's loader then trains one partial batch)
+        raise batch_too_large(cfg.data, splits)
+    if batches:
+        check_run_length(cfg, math.ceil(batches / cfg.optim.accum_steps))
+    if not cfg.model.init:
+        check_fits(model_config, batch, ctx.device, ema=bool(cfg.train.ema_decay),
+                   grad_checkpointing=cfg.train.grad_checkpointing)
+    return splits, model_config
+
 
 def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None = None, log=print) -> int:
     """Run training for ``cfg``; returns the exit code. ``resume``: None, "auto" or a run folder or checkpoint.
