@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ import vitkit.train.checkpoint
 import vitkit.train.config
 import vitkit.train.console
 import vitkit.train.trainer
+from vitkit.checkpoint import read_header
 from vitkit.cli import main
 from vitkit.runs import Run
 from vitkit.train.checkpoint import load_training_state
@@ -453,6 +455,78 @@ def test_full_disk_while_saving_is_one_sentence_and_keeps_the_last_state(tmp_pat
     assert load_training_state(checkpoints / "last.state.pt")["step"] == 2  # the save of step 3 failed
     assert load_training_state(checkpoints / "previous.state.pt")["step"] == 1
     assert not list(checkpoints.glob("*.tmp"))
+
+
+def fail_writing(monkeypatch, module, name: str, error: Exception, when=lambda *args: True) -> list:
+    """``module.name`` (a writer) raising ``error`` when ``when(*its arguments)``; returns the calls."""
+    real, calls = getattr(module, name), []
+
+    def writer(*args, **kwargs):
+        calls.append(args)
+        if when(*args):
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, writer)
+    return calls
+
+
+def no_space(path="") -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+WRITERS = ("safetensors", "torch", "YAML", "CSV", "report")
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_full_disk_under_any_writer_of_a_resume_is_one_sentence_and_changes_nothing(
+        finished, tmp_path, monkeypatch, capsys, writer):
+    """The issue's case: `--resume --set train.epochs=4` on a full disk was a bug report (exit 1) from
+    safetensors' SafetensorError, and had already rewritten config.yaml to 4 epochs. Whichever writer meets
+    the full disk, it is one sentence, exit 2, and the run's files still describe the run as it was (the
+    report, written last, leaves the rest of a completed run)."""
+    import safetensors
+    import safetensors.torch
+
+    import vitkit.configtools
+    import vitkit.report
+    import vitkit.runs
+
+    monkeypatch.chdir(tmp_path)
+    run = copy_run(finished, tmp_path)
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "results.json")}
+    if writer == "safetensors":
+        fail_writing(monkeypatch, safetensors.torch, "save_file", safetensors.SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"))
+    elif writer == "torch":  # what torch.save's zip writer raises on a full disk
+        fail_writing(monkeypatch, vitkit.train.checkpoint.torch, "save", RuntimeError(
+            "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/3: file write "
+            "failed"))
+        monkeypatch.setattr(vitkit.fileio.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
+    elif writer == "YAML":
+        fail_writing(monkeypatch, vitkit.configtools, "atomic_write_text", no_space())
+    elif writer == "CSV":
+        fail_writing(monkeypatch, vitkit.runs, "atomic_write_text", no_space(), lambda path, text: ".csv" in str(path))
+    else:
+        fail_writing(monkeypatch, vitkit.report, "atomic_write_text", no_space())
+    extra = ["--set", "report=true"] if writer == "report" else []
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=4", *extra]) == 2
+    one_error_line(capsys, "vitkit train: error: no space is left on the device")
+    assert not list(run.rglob("*.tmp"))
+    if writer == "report":  # the run trained to its end and saved all of it; only the report is missing
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
+        assert json.loads((run / "results.json").read_text())["epochs"] == 4
+        assert not (run / "report.html").exists()
+        return
+    # Whatever failed, what was saved is whole, and config.yaml says 4 epochs only once a checkpoint of the
+    # 4-epoch run was saved (its own write failing keeps the old one).
+    state = load_training_state(run / "checkpoints" / "last.state.pt")
+    read_header(run / "checkpoints" / "best")
+    if writer == "YAML" or state["epoch"] == EPOCHS:
+        assert (run / "config.yaml").read_bytes() == before["config.yaml"], "config.yaml changed"
+    else:
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
+    assert (run / "results.json").read_bytes() == before["results.json"]
 
 
 def test_an_unexpected_exception_is_reported_as_a_bug_with_its_traceback(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ mid-epoch checkpoints and honours Ctrl-C), then ``evaluate`` on the validation s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import time
@@ -96,6 +97,7 @@ class Trainer:
         self.wall_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.running = RunningMetrics(self.device)
         self.resumed_from = self.restore(resume) if resume is not None else None
+        self.config_pending = False  # set by run(): a resumed run's config.yaml waits for its first checkpoint
         if self.stopped_early and (not cfg.train.patience or self.bad_epochs < cfg.train.patience):
             self.stopped_early = False  # a resume with more patience continues
 
@@ -217,8 +219,15 @@ class Trainer:
                 "model_config": self.model_config.to_dict(),
                 "world_size": self.ctx.world_size,
             }, self.ckpt_dir)
+            self.save_pending_config()  # the state it describes is saved
             weights_io.save_weights(self.eval_model, self.ckpt_dir / "last", self.weights_metadata())
         distributed.barrier()
+
+    def save_pending_config(self) -> None:
+        """Write a resumed run's config.yaml once what it describes has happened (see :meth:`run`)."""
+        if self.config_pending and self.ctx.is_main:
+            save_config(self.cfg.to_dict(), self.run_folder.config_path)
+        self.config_pending = False
 
     def wall_time(self) -> float:
         return self.wall_before + time.time() - self.t_start
@@ -277,9 +286,13 @@ class Trainer:
         cfg, ctx, data = self.cfg, self.ctx, self.data
         self.t_start = self.console.last_progress = time.time()
         self.first_step = self.step
+        # A resumed run's config.yaml (a longer train.epochs, say) is rewritten only once a checkpoint of the
+        # resumed run is saved: until then the folder's files still describe the run as it was.
+        self.config_pending = self.resumed_from is not None and self.run_folder.config_path.is_file()
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg.to_dict(), self.run_folder.config_path)
+            if not self.config_pending:
+                save_config(cfg.to_dict(), self.run_folder.config_path)
             if data.splits.is_folder and not self.run_folder.split_path.is_file():
                 atomic_write_text(self.run_folder.split_path, data.splits.split_file_text())
             self.run_folder.trim_metrics(self.epoch)
@@ -374,6 +387,7 @@ class Trainer:
             return
         if test is not None:
             self.run_folder.write_predictions("test", data.test.sources, test["predictions"], data.classes)
+        self.save_pending_config()  # a resume of a finished run that trained no step
         results = self.results(test, completed=True)
         before = self.run_folder.read_results()
         if self.step == self.first_step and before.get("completed") and before.get("wall_time") is not None:
@@ -398,6 +412,12 @@ class Trainer:
             predictions = self.run_folder.read_predictions(split, self.data.classes) if split else None
             report_module.write_report(self.run_dir, model, eval_set, predictions, device=self.device)
             return ", report.html"
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise  # the disk's fault, said as one sentence like any other writer's
+            warnings.warn(f"the run report could not be written ({e}); the run folder is complete without it",
+                          stacklevel=2)
+            return ""
         except Exception as e:  # the run itself is complete and saved; the report is a bonus
             warnings.warn(f"the run report could not be written ({type(e).__name__}: {e}); "
                           "the run folder is complete without it", stacklevel=2)
