@@ -41,7 +41,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import VitkitError
+    from .errors import VitkitError, is_out_of_memory
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):  # bare 'vitkit' explains itself
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitkit {name}: error: {sentence}", file=sys.stderr)
         return 2
     except Exception as e:  # not a person's error: a bug, reported as one (unless memory ran out)
-        if out_of_memory(e):
+        if is_out_of_memory(e):
             print(f"vitkit {name}: error: the machine ran out of memory ({first_line(e)}); nothing already saved "
                   "was changed: use a smaller model or batch (model.embed_dim, model.depth, data.batch_size)",
                   file=sys.stderr)
@@ -97,16 +97,6 @@ def os_error_sentence(e: OSError) -> str | None:
         return None
     where = f" for {e.filename}" if e.filename else ""
     return f"{what}{where}; nothing already saved was changed ({e.strerror or e})"
-
-
-def out_of_memory(e: BaseException) -> bool:
-    """Whether ``e`` is an allocator's failure (the CPU's, CUDA's or Python's), which a smaller model or batch
-    fixes: not a bug."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and any(s in text for s in ("not enough memory", "DefaultCPUAllocator",
-                                                                   "out of memory"))
 
 
 def first_line(e: BaseException) -> str:

@@ -52,8 +52,8 @@ def check_config(cfg, split_file=None) -> None:
         plan_run(cfg, ctx, split_file)
         return
     channels, side, classes = SHAPES[name]  # not fetched yet: the model section against the set's known shape
-    model = resolve_model_config(cfg.model, in_channels=channels, num_classes=classes, img_size=side)
-    if not cfg.model.init:
+    if not cfg.model.init:  # (model.init: the weights decide, checked when training loads them)
+        model = resolve_model_config(cfg.model, in_channels=channels, num_classes=classes, img_size=side)
         check_fits(model, cfg.data.batch_size, ctx.device, ema=bool(cfg.train.ema_decay),
                    grad_checkpointing=cfg.train.grad_checkpointing)
     warnings.warn(f"data set {name} is not on this machine, so the model section was checked against its shape "

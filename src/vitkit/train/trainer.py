@@ -29,10 +29,12 @@ from . import distributed
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
                          set_rng_state)
 from ..configtools import from_dict
-from .config import ModelSection, RunConfig, check_compiler, check_run_length, resolve_model_config
+from .config import (ModelSection, RunConfig, check_compiler, check_data_keys, check_run_length,
+                     resolve_model_config)
 from .console import Console
 from ..data.loader import samples_per_rank
 from .data import RunData, batch_too_large, build_data, open_run_splits, per_rank_batch, run_preprocess
+from .finetune import model_from_init
 from .memory import check_fits
 from .resume import resume_config, resume_folder
 from .ema import ModelEma
@@ -40,10 +42,6 @@ from ..evaluation import evaluate
 from .loop import NonFiniteLossError, RunningMetrics, train_epoch
 from .optim import build_optimizer, build_scheduler, replan
 from .signals import StopRequest
-
-
-# Model keys a fine-tune may set on top of any weights: they change no parameter's shape.
-REGULARISATION = {"drop_rate", "drop_path_rate", "attn_drop_rate", "attn_impl", "num_heads", "act", "norm_eps"}
 
 
 class Trainer:
@@ -66,9 +64,9 @@ class Trainer:
         # Data (a run that already has a split file keeps its files), then the model it implies; every check
         # that needs no allocation runs first (plan_run), so an impossible run allocates nothing.
         split_file = self.run_folder.split_path if self.run_folder.split_path.is_file() else None
-        splits, self.model_config = plan_run(cfg, ctx, split_file)
+        splits, data_keys, self.model_config = plan_run(cfg, ctx, split_file)  # model_config: None for init
         self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.img_size, splits=splits)
-        self.model = self.build_model().to(self.device)
+        self.model = self.build_model(data_keys).to(self.device)
         if cfg.model.init:  # the architecture is the weights': now it is known, check the rest fits
             check_fits(self.model_config, per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size"), self.device,
                        ema=bool(cfg.train.ema_decay), grad_checkpointing=cfg.train.grad_checkpointing)
@@ -115,24 +113,12 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------
     # Setup helpers
 
-    def build_model(self) -> VisionTransformer:
-        init = self.cfg.model.init
-        if not init:
+    def build_model(self, data_keys: dict) -> VisionTransformer:
+        """The run's model: new, or the ``model.init`` weights (whose architecture then is the run's) made to
+        the data's channels, classes and image size (``data_keys``)."""
+        if not self.cfg.model.init:
             return VisionTransformer(self.model_config)
-        # Fine-tuning: the architecture is the checkpoint's; the data set decides the head and image size.
-        overrides = {k: v for k, v in self.cfg.model.given().items()
-                     if k not in ("name", "init", "num_classes", "img_size", "in_channels")}
-        try:
-            model = VisionTransformer.from_pretrained(init, num_classes=self.model_config.num_classes,
-                                                      img_size=self.model_config.img_size, **overrides)
-        except CheckpointError as e:
-            shaping = {k: v for k, v in overrides.items() if k not in REGULARISATION}
-            if not shaping:
-                raise
-            shown = ", ".join(f"{k}={v!r}" for k, v in shaping.items())
-            raise CheckpointError(f"{e}; the run's model section sets {shown} on top of the weights (a recipe "
-                                  "for training from scratch?): use a finetune-* recipe (finetune-clip, "
-                                  "finetune-dinov2, finetune-siglip) or drop those keys") from None
+        model = model_from_init(self.cfg.model.init, self.cfg.model.given(), **data_keys)
         self.model_config = model.config
         return model
 
@@ -427,15 +413,19 @@ def plan_run(cfg: RunConfig, ctx, split_file=None):
     """Every check of a run that allocates nothing, in the order training makes them: the data's splits
     (scanned, not decoded), preprocessing and batches per process, the model section against the data, the
     run's length, and whether a model trained from scratch fits the device's memory. Returns (splits,
-    ViTConfig). Training runs it first; ``vitkit train --print-config`` runs it alone, so it refuses what
+    the data's in_channels, num_classes and img_size, the ViTConfig or None for ``model.init`` weights).
+    Training runs it first; ``vitkit train --print-config`` runs it alone, so it refuses what
     training refuses."""
     splits = open_run_splits(cfg.data, ctx, split_file)
     preprocess = run_preprocess(cfg.data, splits, cfg.model.img_size)
     batch = per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size")
     per_rank_batch(cfg.data.eval_batch_size, ctx, "data.eval_batch_size")
     h, w = preprocess.img_size
-    model_config = resolve_model_config(cfg.model, in_channels=preprocess.channels,
-                                        num_classes=len(splits.classes), img_size=h if h == w else (h, w))
+    data_keys = {"in_channels": preprocess.channels, "num_classes": len(splits.classes),
+                 "img_size": h if h == w else (h, w)}
+    # Fine-tuning: the weights decide the architecture, checked when they are loaded (model_from_init).
+    model_config = None if cfg.model.init else resolve_model_config(cfg.model, **data_keys)
+    check_data_keys(cfg.model, **data_keys)
     batches = samples_per_rank(splits.size("train"), ctx.world_size, True) // batch  # the loaders' drop_last
     if not batches and not splits.is_folder:  # (a folder's loader then trains one partial batch)
         raise batch_too_large(cfg.data, splits)
@@ -444,7 +434,7 @@ def plan_run(cfg: RunConfig, ctx, split_file=None):
     if not cfg.model.init:
         check_fits(model_config, batch, ctx.device, ema=bool(cfg.train.ema_decay),
                    grad_checkpointing=cfg.train.grad_checkpointing)
-    return splits, model_config
+    return splits, data_keys, model_config
 
 
 def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None = None, log=print) -> int:
