@@ -113,6 +113,35 @@ def test_predict_prints_top_k_classes(run, tmp_path, capsys):
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
 
 
+class NotATensor:  # what a pickled training script's checkpoint may hold
+    pass
+
+
+@pytest.mark.parametrize("kind", ["pickle", "onnx", "onnx-renamed"])
+def test_a_pickle_or_an_onnx_file_as_checkpoint_is_one_safe_sentence(tmp_path, capsys, kind):
+    """torch.load's six-line refusal suggested weights_only=False ("can result in arbitrary code execution")
+    for both. A pickle gets one sentence that never invites that; an ONNX export is named as one."""
+    import torch
+
+    if kind == "pickle":
+        path = tmp_path / "model.pt"
+        torch.save({"model": NotATensor()}, path)
+        words = "holds pickled Python objects (test_commands.NotATensor) besides tensors"
+    else:
+        pytest.importorskip("onnx")
+        path = tmp_path / ("model.onnx" if kind == "onnx" else "model.bin")
+        torch.onnx.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),), str(path), dynamo=False)
+        words = "is an ONNX export, which cannot be loaded as a checkpoint"
+    image = tmp_path / "a.png"
+    Image.new("L", (8, 8), 128).save(image)
+    capsys.readouterr()
+    for argv in (["predict", str(image), "--checkpoint", str(path), "--device", "cpu"],
+                 ["train", "--resume", str(path)]):
+        assert main(argv) == 2
+        err = one_error_line(capsys, words)
+        assert "weights_only" not in err and "arbitrary code" not in err and "trust" not in err, err
+
+
 def test_predict_with_a_headless_backbone_points_to_features(tmp_path, capsys):
     """A model without a head (num_classes 0) has no classes to rank: one sentence naming --features, exit 2
     (not "--top-k must lie between 1 and 0")."""
