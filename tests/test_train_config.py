@@ -194,6 +194,19 @@ def test_models_with_no_match_is_one_line_and_exit_1(capsys):
     assert "no architecture matches 'resnet*'" in err and "vit_base_*" in err
 
 
+def test_models_takes_a_bare_word_as_a_substring_and_lines_up_its_columns(capsys):
+    """`vitkit models dinov2` found nothing while '*dinov2*' found every DINOv2 preset; the columns broke on
+    names longer than 28 characters."""
+    assert main(["models", "*dinov2*"]) == 0
+    globbed = capsys.readouterr().out
+    assert main(["models", "dinov2"]) == 0
+    assert capsys.readouterr().out == globbed and len(globbed.splitlines()) >= 7
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.split()[0]) for line in lines) > 28  # long names exist ...
+    assert len({line.index(" dim=") for line in lines}) == 1  # ... and every column starts at one place
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # --config NAME, --print-config, vitkit config
 
