@@ -296,3 +296,18 @@ def test_first_signal_asks_to_stop_second_sigint_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_only_ctrl_c_is_told_that_pressing_it_again_stops_at_once(capsys):
+    """SIGTERM (a scheduler, a container stop) has no Ctrl-C to press again: its announcement does not say so."""
+    import os
+    import signal
+
+    from vitkit.train.signals import StopRequest
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with StopRequest(announce=True):
+            os.kill(os.getpid(), sig)
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"{sig.name} received: finishing this step and saving checkpoints/last"), err
+        assert ("Ctrl-C" in err) == (sig == signal.SIGINT), err

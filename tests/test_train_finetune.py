@@ -149,6 +149,9 @@ def test_the_weights_statistics_are_compared_with_the_runs(tmp_path, capsys, mon
     warning = [str(w.message) for w in caught if "normalised with mean" in str(w.message)]
     assert len(warning) == 1, [str(w.message) for w in caught]
     assert "(0.4815, 0.4578, 0.4082)" in warning[0] and "(0.485, 0.456, 0.406)" in warning[0], warning
+    # What to set, with the values (inside a finetune-* run, "use a finetune-* recipe" told nothing).
+    assert "set data.mean=[0.4815, 0.4578, 0.4082] and data.std=[0.2686, 0.2613, 0.2758]" in warning[0], warning
+    assert "recipe" not in warning[0], warning
 
 
 def test_a_from_scratch_recipe_on_weights_names_what_contradicts_them(tmp_path, capsys, monkeypatch):
