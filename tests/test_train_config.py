@@ -194,6 +194,19 @@ def test_models_with_no_match_is_one_line_and_exit_1(capsys):
     assert "no architecture matches 'resnet*'" in err and "vit_base_*" in err
 
 
+def test_every_file_of_a_run_folder_has_the_umasks_mode(finished):
+    """Checkpoints were 0600 while the rest of the run folder was 0644: one mode for all, the umask's."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    folder, _ = finished
+    modes = {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in folder.rglob("*")
+             if p.is_file() and p.name != ".lock" and "tensorboard" not in p.parts}
+    assert "checkpoints/best.safetensors" in modes and "checkpoints/last.state.pt" in modes
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+
+
 def test_models_takes_a_bare_word_as_a_substring_and_lines_up_its_columns(capsys):
     """`vitkit models dinov2` found nothing while '*dinov2*' found every DINOv2 preset; the columns broke on
     names longer than 28 characters."""

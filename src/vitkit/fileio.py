@@ -16,7 +16,8 @@ LOW_SPACE = 16 * 2**20  # bytes: below this much free space, a failed write is t
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to: renamed over ``path`` when the block succeeds, removed
-    when it fails (so the previous ``path`` survives). Parent folders are created. A write that fails for
+    when it fails (so the previous ``path`` survives). Parent folders are created, and the file's mode
+    follows the umask, whatever library wrote it. A write that fails for
     the operating system's reason (a full disk, a quota, a denied permission) is an ``OSError`` naming
     ``path``, whatever library did the writing: ``torch.save`` reports a full disk as a RuntimeError,
     safetensors as a ``SafetensorError`` whose message ends "(os error 28)"."""
@@ -25,6 +26,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (safetensors writes 0600)
         os.replace(tmp, path)
     except OSError as e:
         if e.filename in (str(tmp), tmp):  # name the file being written, not its temporary
@@ -48,6 +50,13 @@ def os_error_code(e: BaseException) -> int | None:
     """The errno an error of another library carries in its message (Rust's "(os error 28)"), or None."""
     m = OS_ERROR.search(str(e))
     return int(m.group(1) or m.group(2)) if m else None
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _disk_full(folder: Path) -> bool:
