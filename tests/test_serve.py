@@ -374,6 +374,11 @@ BAD = {  # case: (method, path, request arguments, status, words the error holds
         {"name": "x", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0] * 5}]}}, 400, "does not fit"),
     "v2 wrong datatype": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
         {"name": "x", "datatype": "INT8", "shape": [1], "data": [1]}]}}, 422, "FP32"),
+    "v2 NaN input": ("post", "/v2/models/colours/infer", {"content": b'{"inputs": [{"name": "x", "datatype": "FP32", '
+                     b'"shape": [1, 3, 16, 16], "data": [' + b", ".join([b"NaN"] * 768) + b"]}]}",
+                     "headers": {"content-type": "application/json"}}, 422, "NaN or infinite"),
+    "v2 input too large for finite outputs": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [1e30] * 768}]}}, 422, "non-finite"),
     "v2 not an image": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
         {"name": "x", "datatype": "BYTES", "shape": [1], "data": [b64(b"text")]}]}}, 400, "not an image"),
     "v2 unknown output": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
