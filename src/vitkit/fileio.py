@@ -14,16 +14,17 @@ LOW_SPACE = 16 * 2**20  # bytes: below this much free space, a failed write is t
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to: renamed over ``path`` when the block succeeds, removed
     when it fails (so the previous ``path`` survives). Parent folders are created, and the file's mode
     follows the umask, whatever library wrote it. A write that fails for
     the operating system's reason (a full disk, a quota, a denied permission) is an ``OSError`` naming
     ``path``, whatever library did the writing: ``torch.save`` reports a full disk as a RuntimeError,
-    safetensors as a ``SafetensorError`` whose message ends "(os error 28)"."""
+    safetensors as a ``SafetensorError`` whose message ends "(os error 28)". ``keep_suffix``: the temporary
+    ends in ``path``'s suffix too, for writers that judge a file by it (torch.export's ``.pt2``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp" + (path.suffix if keep_suffix else ""))
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (safetensors writes 0600)

@@ -423,9 +423,11 @@ def plan_run(cfg: RunConfig, ctx, split_file=None):
     h, w = preprocess.img_size
     data_keys = {"in_channels": preprocess.channels, "num_classes": len(splits.classes),
                  "img_size": h if h == w else (h, w)}
-    # Fine-tuning: the weights decide the architecture, checked when they are loaded (model_from_init).
-    model_config = None if cfg.model.init else resolve_model_config(cfg.model, **data_keys)
-    check_data_keys(cfg.model, **data_keys)
+    if cfg.model.init:  # the weights decide the architecture, checked when they are loaded (model_from_init)
+        check_data_keys(cfg.model, **data_keys)
+        model_config = None
+    else:
+        model_config = resolve_model_config(cfg.model, **data_keys)
     batches = samples_per_rank(splits.size("train"), ctx.world_size, True) // batch  # the loaders' drop_last
     if not batches and not splits.is_folder:  # (a folder's loader then trains one partial batch)
         raise batch_too_large(cfg.data, splits)
