@@ -52,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         raise VitkitError(f"vitkit serve needs FastAPI, uvicorn and python-multipart ({e}); "
                           "pip install 'vitkit[serve]'") from None
 
+    with terminated_as_exception():
+        try:
+            return serve(args)
+        except Terminated:  # while loading, or re-raised by uvicorn once the requests in flight are answered
+            print("vitkit serve: stopped (SIGTERM)", file=sys.stderr, flush=True)
+            return 143
+
+
+def serve(args) -> int:
+    """Load the checkpoint, bind the socket and serve until stopped (Ctrl-C: KeyboardInterrupt, which the
+    dispatcher turns into exit 130)."""
     from ..predictor import Predictor
     from ..train.distributed import pick_device
     from ..serve.app import create_app
@@ -70,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vitkit serve: {settings.name} (ViT {cfg.embed_dim}d x {cfg.depth}, {len(predictor.classes)} classes) "
           f"on {predictor.device}, {batching}, at {url}  (Ctrl-C or SIGTERM stops)", flush=True)
     server = make_server(app, access_log=args.access_log)
-    with terminated_as_exception():
-        try:
-            server.run(sockets=[sock])
-        except Terminated:  # uvicorn re-raises the SIGTERM it stopped for, once the requests are answered
-            print("vitkit serve: stopped (SIGTERM)", file=sys.stderr, flush=True)
-            return 143
+    server.run(sockets=[sock])
     if not server.started:
         raise VitkitError(f"the service at {url} did not start; uvicorn's log above says why")
     return 0
