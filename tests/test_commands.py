@@ -250,6 +250,8 @@ def test_compile_without_a_compiler_is_one_sentence(run, tmp_path, monkeypatch, 
     assert main(["train", "--config", str(recipe), "--set", "train.compile=true", "--set", f"out_dir={out}"]) == 2
     one_error_line(capsys, "train.compile=true on the CPU needs a C++ compiler")
     assert not any(out.glob("*/checkpoints/*"))  # nothing trained, nothing written
+    assert main(["train", "--config", str(recipe), "--set", "train.compile=true", "--print-config"]) == 2
+    one_error_line(capsys, "train.compile=true on the CPU needs a C++ compiler")  # what training refuses
 
 
 def test_resume_of_a_finished_run_trains_nothing_more(run, capsys):

@@ -103,8 +103,7 @@ class Trainer:
         if ctx.distributed:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.train.compile:
-            check_compiler(self.device)
+        if cfg.train.compile:  # (a compiler is there: plan_run checked)
             self.train_model = torch.compile(self.train_model)
         self.stop = StopRequest(announce=ctx.is_main)
         self.tb = self.tensorboard() if ctx.is_main else None
@@ -410,12 +409,15 @@ class Trainer:
             return ""
 
 def plan_run(cfg: RunConfig, ctx, split_file=None):
-    """Every check of a run that allocates nothing, in the order training makes them: the data's splits
+    """Every check of a run that allocates nothing, in the order training makes them: a compiler for
+    train.compile, the data's splits
     (scanned, not decoded), preprocessing and batches per process, the model section against the data, the
     run's length, and whether a model trained from scratch fits the device's memory. Returns (splits,
     the data's in_channels, num_classes and img_size, the ViTConfig or None for ``model.init`` weights).
     Training runs it first; ``vitkit train --print-config`` runs it alone, so it refuses what
     training refuses."""
+    if cfg.train.compile:
+        check_compiler(ctx.device)
     splits = open_run_splits(cfg.data, ctx, split_file)
     preprocess = run_preprocess(cfg.data, splits, cfg.model.img_size)
     batch = per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size")
