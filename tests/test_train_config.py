@@ -555,6 +555,35 @@ def test_a_full_disk_under_any_writer_of_a_resume_is_one_sentence_and_changes_no
     assert (run / "results.json").read_bytes() == before["results.json"]
 
 
+def test_a_full_disk_under_safetensors_in_a_real_process_is_one_line(finished, tmp_path):
+    """The issue's command as a process of its own: a sitecustomize makes safetensors' writer fail as it does
+    on a full disk; stderr is one line, the exit code 2, and config.yaml still says 2 epochs unless a
+    checkpoint of the longer run was saved."""
+    import subprocess
+    import sys
+
+    run = copy_run(finished, tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import safetensors, safetensors.torch\n"
+        "def full(*args, **kwargs):\n"
+        "    raise safetensors.SafetensorError('Error while serializing: I/O error: No space left on device '\n"
+        "                                      '(os error 28)')\n"
+        "safetensors.torch.save_file = full\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(site), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    before = (run / "config.yaml").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "vitkit", "train", "--resume", str(run), "--set", "train.epochs=4"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("vitkit train: error: no space is left on the device for "), err
+    assert str(run / "checkpoints") in err and "Traceback" not in err
+    if load_training_state(run / "checkpoints" / "last.state.pt")["epoch"] == EPOCHS:
+        assert (run / "config.yaml").read_bytes() == before
+
+
 def test_an_unexpected_exception_is_reported_as_a_bug_with_its_traceback(tmp_path, monkeypatch, capsys):
     import tempfile
 
