@@ -56,7 +56,7 @@ class _Wanted:
 def mismatch(init: str, wanted: _Wanted, shaping: dict, own: ViTConfig | None = None, *,
              fixes_only: bool = False) -> CheckpointError | None:
     """One sentence: the architecture of the weights, what the run's data (and model section) ask for, and
-    what to change (with ``fixes_only``, None when there is nothing to change)."""
+    what to change (with ``fixes_only``, None when the weights fit the data's channels and image size)."""
     if own is None:
         try:
             own = VisionTransformer.from_pretrained(init).config  # the weights as they are
@@ -72,10 +72,10 @@ def mismatch(init: str, wanted: _Wanted, shaping: dict, own: ViTConfig | None = 
         fixes.append(f"set data.channels={own.in_channels} (the weights' channels)")
     if H % own.patch_size or W % own.patch_size:
         fixes.append(f"set data.img_size to a multiple of {own.patch_size} (such as {h})")
+    if fixes_only and not fixes:  # the weights fit the data: the caller's own sentence is the better one
+        return None
     if shaping:
         fixes.append(FINETUNE_HINT)
-    if fixes_only and not fixes:
-        return None
     return CheckpointError(f"model.init {init} is a ViT of {own.in_channels}-channel {h}x{w} images in "
                            f"{own.patch_size}-pixel patches (embed_dim {own.embed_dim}, depth {own.depth}), but "
                            f"this run has {asks}; " + ("; ".join(fixes) or "use weights of this architecture"))
