@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # not a person's error: a bug, reported as one (unless memory ran out)
         if is_out_of_memory(e):
+            keys = {"train": " (model.embed_dim, model.depth, data.batch_size)", "serve": " (--max-batch)",
+                    "eval": " (--batch-size)", "predict": " (--batch-size)"}.get(name, "")
             print(f"vitkit {name}: error: the machine ran out of memory ({first_line(e)}); nothing already saved "
-                  "was changed: use a smaller model or batch (model.embed_dim, model.depth, data.batch_size)",
-                  file=sys.stderr)
+                  f"was changed: use a smaller model or batch{keys}", file=sys.stderr)
             return 2
         return report_bug(name, e)
     finally:
