@@ -68,3 +68,20 @@ def test_atomic_write_keeps_old_file_and_leaves_no_temporary_on_failure(tmp_path
             raise RuntimeError("interrupted mid-write")
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_weights_files_follow_the_umask_as_every_other_file(tmp_path, umask):
+    """safetensors writes its files 0600, so checkpoints were 0600 in a run folder of 0644 files: every file
+    written atomically now has the mode the umask gives (what open() would make)."""
+    import os
+
+    from vitkit.fileio import atomic_write_text
+
+    before = os.umask(umask)
+    try:
+        weights = save_weights(tiny(), tmp_path / "best")
+        text = atomic_write_text(tmp_path / "results.json", "{}\n")
+    finally:
+        os.umask(before)
+    assert oct(weights.stat().st_mode & 0o777) == oct(text.stat().st_mode & 0o777) == oct(0o666 & ~umask)

@@ -113,6 +113,52 @@ def test_predict_prints_top_k_classes(run, tmp_path, capsys):
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
 
 
+class NotATensor:  # what a pickled training script's checkpoint may hold
+    pass
+
+
+@pytest.mark.parametrize("kind", ["pickle", "onnx", "onnx-renamed"])
+def test_a_pickle_or_an_onnx_file_as_checkpoint_is_one_safe_sentence(tmp_path, capsys, kind):
+    """torch.load's six-line refusal suggested weights_only=False ("can result in arbitrary code execution")
+    for both. A pickle gets one sentence that never invites that; an ONNX export is named as one."""
+    import torch
+
+    if kind == "pickle":
+        path = tmp_path / "model.pt"
+        torch.save({"model": NotATensor()}, path)
+        words = "holds pickled Python objects (test_commands.NotATensor) besides tensors"
+    else:
+        pytest.importorskip("onnx")
+        path = tmp_path / ("model.onnx" if kind == "onnx" else "model.bin")
+        torch.onnx.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),), str(path), dynamo=False)
+        words = "is an ONNX export, which cannot be loaded as a checkpoint"
+    image = tmp_path / "a.png"
+    Image.new("L", (8, 8), 128).save(image)
+    capsys.readouterr()
+    for argv in (["predict", str(image), "--checkpoint", str(path), "--device", "cpu"],
+                 ["train", "--resume", str(path)]):
+        assert main(argv) == 2
+        err = one_error_line(capsys, words)
+        assert "weights_only" not in err and "arbitrary code" not in err and "trust" not in err, err
+
+
+def test_predict_with_a_headless_backbone_points_to_features(tmp_path, capsys):
+    """A model without a head (num_classes 0) has no classes to rank: one sentence naming --features, exit 2
+    (not "--top-k must lie between 1 and 0")."""
+    from vitkit.checkpoint import save_weights
+    from vitkit.model import VisionTransformer
+
+    model = VisionTransformer(img_size=8, patch_size=4, in_channels=1, num_classes=0, embed_dim=16, depth=1,
+                              num_heads=2)
+    save_weights(model, tmp_path / "backbone", {})
+    image = tmp_path / "a.png"
+    Image.new("L", (8, 8), 128).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(image), "--checkpoint", str(tmp_path / "backbone"), "--device", "cpu"]) == 2
+    err = one_error_line(capsys, "has no classification head (num_classes 0)")
+    assert "--features" in err and "between 1 and 0" not in err
+
+
 @pytest.mark.parametrize("embedding", ["pooled", "head"])
 def test_predict_writes_embeddings(run, tmp_path, capsys, embedding):
     import json
@@ -204,6 +250,8 @@ def test_compile_without_a_compiler_is_one_sentence(run, tmp_path, monkeypatch, 
     assert main(["train", "--config", str(recipe), "--set", "train.compile=true", "--set", f"out_dir={out}"]) == 2
     one_error_line(capsys, "train.compile=true on the CPU needs a C++ compiler")
     assert not any(out.glob("*/checkpoints/*"))  # nothing trained, nothing written
+    assert main(["train", "--config", str(recipe), "--set", "train.compile=true", "--print-config"]) == 2
+    one_error_line(capsys, "train.compile=true on the CPU needs a C++ compiler")  # what training refuses
 
 
 def test_resume_of_a_finished_run_trains_nothing_more(run, capsys):
@@ -250,3 +298,18 @@ def test_first_signal_asks_to_stop_second_sigint_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_only_ctrl_c_is_told_that_pressing_it_again_stops_at_once(capsys):
+    """SIGTERM (a scheduler, a container stop) has no Ctrl-C to press again: its announcement does not say so."""
+    import os
+    import signal
+
+    from vitkit.train.signals import StopRequest
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with StopRequest(announce=True):
+            os.kill(os.getpid(), sig)
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"{sig.name} received: finishing this step and saving checkpoints/last"), err
+        assert ("Ctrl-C" in err) == (sig == signal.SIGINT), err

@@ -135,6 +135,25 @@ def test_flat_folder_with_val_fraction_zero_has_only_train(tmp_path):
         splits.get("val")
 
 
+@pytest.mark.parametrize("layout", ["flat", "split"])
+def test_training_and_predict_see_the_same_files_of_a_folder(tmp_path, layout):
+    """One rule for which files a folder holds: a hidden file (``.hidden.png``, macOS's ``._00.png``) or one
+    in a hidden folder is neither trained on nor predicted, whatever the layout."""
+    from vitkit.commands.predict import collect_images
+
+    root = tmp_path / "images"
+    base = root / "train" if layout == "split" else root
+    make_classes(base, {"a": 3, "b": 3})
+    rng = np.random.default_rng(1)
+    for hidden in ("a/.hidden.png", "a/._00.png", "b/.thumbs/01.png"):
+        save(base / hidden, "L", (16, 16), 100, rng)
+    splits = open_splits(f"imagefolder:{root}", val_fraction=0.0)
+    trained_on = sorted(p for part in splits.parts.values() for p, _ in part.samples)
+    predicted, problems = collect_images([str(root)])
+    assert not problems and sorted(predicted) == trained_on
+    assert len(trained_on) == 6 and not any(part.startswith(".") for p in trained_on for part in p.parts[-2:])
+
+
 def test_train_val_test_folders_are_used_as_they_are(tmp_path):
     root = tmp_path / "layout"
     train = make_classes(root / "train", {"cat": 5, "dog": 4, "owl": 3}, mode="RGB")
@@ -406,7 +425,7 @@ def test_a_decompression_bomb_is_one_data_error(tmp_path, capsys):
         classes, samples, skipped, _ = scan_class_folders(root)
     assert skipped == [root / "a" / "huge.png"] and len(samples) == 4
 
-    # ... and predict reports it on stderr, predicts the rest and exits 1.
+    # ... and predict reports it on stderr, predicts the rest and exits 2 (a bad input, as everywhere).
     from vitkit.checkpoint import save_weights
     from vitkit.config import ViTConfig
     from vitkit.model import VisionTransformer
@@ -419,7 +438,7 @@ def test_a_decompression_bomb_is_one_data_error(tmp_path, capsys):
     code = main(["predict", str(root / "a"), "--checkpoint", str(tmp_path / "model"), "--device", "cpu",
                  "--top-k", "1", "--csv"])
     out, err = capsys.readouterr()
-    assert code == 1
+    assert code == 2
     rows = out.strip().splitlines()
     assert rows[0] == "image,class1,p1" and [r.split(",")[0] for r in rows[1:]] == \
         [str(root / "a" / "00.png"), str(root / "a" / "01.png")]

@@ -88,3 +88,32 @@ def test_missing_onnx_packages_and_bad_checkpoint_are_one_sentence(model, tmp_pa
         export_onnx(model, tmp_path / "vit.onnx")
     assert vitkit_main(["export", "--checkpoint", str(tmp_path / "nothing"), "--format", "pt2"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_exporting_is_one_sentence_and_keeps_the_earlier_export(model, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """torch.export's zip writer reports a full disk as a RuntimeError: one sentence, exit 2, and the export
+    already there is left whole (it was overwritten in place)."""
+    import shutil
+
+    import vitkit.fileio
+
+    ckpt = save_weights(model, tmp_path / "model")
+    out = tmp_path / "vit.pt2"
+    assert vitkit_main(["export", "--checkpoint", str(ckpt), "--format", "pt2", "--output", str(out)]) == 0
+    before = out.read_bytes()
+    real = torch.export.save
+
+    def full(program, f, **kwargs):
+        real(program, f, **kwargs)
+        with open(f, "r+b") as half:
+            half.truncate(100)
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch.export, "save", full)
+    monkeypatch.setattr(vitkit.fileio.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
+    capsys.readouterr()
+    assert vitkit_main(["export", "--checkpoint", str(ckpt), "--format", "pt2", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vitkit export: error: no space is left on the device for {out}") and "\n" not in err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "vit.pt2"]

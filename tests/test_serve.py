@@ -11,11 +11,14 @@ import asyncio
 import base64
 import io
 import json
+import math
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -371,6 +374,11 @@ BAD = {  # case: (method, path, request arguments, status, words the error holds
         {"name": "x", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0] * 5}]}}, 400, "does not fit"),
     "v2 wrong datatype": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
         {"name": "x", "datatype": "INT8", "shape": [1], "data": [1]}]}}, 422, "FP32"),
+    "v2 NaN input": ("post", "/v2/models/colours/infer", {"content": b'{"inputs": [{"name": "x", "datatype": "FP32", '
+                     b'"shape": [1, 3, 16, 16], "data": [' + b", ".join([b"NaN"] * 768) + b"]}]}",
+                     "headers": {"content-type": "application/json"}}, 422, "NaN or infinite"),
+    "v2 input too large for finite outputs": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [1e30] * 768}]}}, 422, "non-finite"),
     "v2 not an image": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
         {"name": "x", "datatype": "BYTES", "shape": [1], "data": [b64(b"text")]}]}}, 400, "not an image"),
     "v2 unknown output": ("post", "/v2/models/colours/infer", {"json": {"inputs": [
@@ -407,6 +415,12 @@ def test_startup_errors_are_one_sentence(checkpoint, tmp_path, capsys):
         taken.close()
     assert vitkit_main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
+    # Each option's own sentence (--port 70000 used to name --max-upload-mb too).
+    assert vitkit_main(["serve", "--checkpoint", str(checkpoint), "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip() == "vitkit serve: error: --port must be at most 65535 (0 picks a free " \
+                                              "one), got 70000"
+    assert vitkit_main(["serve", "--checkpoint", str(checkpoint), "--max-upload-mb", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "vitkit serve: error: --max-upload-mb must be positive, got 0"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -451,6 +465,93 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(server, images, expect
         assert_close(probs_of(p), expected[colour_of(name)])
     assert after["images"] - before["images"] == len(order)
     assert after["batches"] - before["batches"] < len(order)
+
+
+@pytest.mark.parametrize("count, kind", [(65, "multipart"), (1000, "multipart"), (65, "JSON")])
+def test_too_many_images_is_one_limit_one_code_one_sentence(server, images, count, kind):
+    """1000 multipart files were python-multipart's "Maximum number of files is 65" (400) while JSON was 413
+    "at most 64": both are now 413 with the same sentence, and 64 files are taken."""
+    with httpx.Client(base_url=server, timeout=60) as c:
+        if kind == "multipart":
+            r = c.post("/predict", files=[("file", (f"{i}.png", b"x", "image/png")) for i in range(count)])
+        else:
+            r = c.post("/predict", json={"images": [b64(b"x")] * count})
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error.startswith("the request holds ") and error.endswith(" images; at most 64 are taken at once")
+        r = c.post("/predict", files=[("file", (f"{i}.png", images["red.png"], "image/png")) for i in range(64)])
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 64
+
+
+def fp32_request(values, binary: bool = False) -> dict:
+    """An Open Inference Protocol request of one FP32 [1, 3, 16, 16] input filled with ``values`` (cycled)."""
+    data = (list(values) * 768)[:768]
+    inp = {"name": "input", "datatype": "FP32", "shape": [1, 3, 16, 16]}
+    if not binary:
+        return {"content": json.dumps({"inputs": [{**inp, "data": data}]}).encode(),  # NaN, Infinity as JSON
+                "headers": {"content-type": "application/json"}}
+    head = json.dumps({"inputs": [{**inp, "parameters": {"binary_data_size": 4 * 768}}]}).encode()
+    return {"content": head + np.asarray(data, "<f4").tobytes(),
+            "headers": {"inference-header-content-length": str(len(head))}}
+
+
+@pytest.mark.parametrize("values, binary", [([float("nan")], False), ([0.5, float("inf")], False),
+                                            ([float("-inf")], True), ([1e30], False), ([-3e38, 3e38], True)],
+                         ids=["nan", "inf", "binary-inf", "1e30", "binary-3e38"])
+def test_oip_non_finite_or_absurd_inputs_are_a_4xx_and_valid_json(server, images, values, binary):
+    """NaN or 1e30 FP32 inputs were HTTP 500 ("Out of range float values are not JSON compliant") with a
+    traceback: non-finite inputs, and inputs that make the probabilities non-finite, are a 422 with one
+    sentence; the service answers the next request as usual."""
+    with httpx.Client(base_url=server, timeout=60) as c:
+        r = c.post("/v2/models/colours/infer", **fp32_request(values, binary))
+        assert r.status_code == 422, r.text
+        error = json.loads(r.text)["error"]  # strict JSON: no NaN in the answer
+        assert "\n" not in error and ("NaN or infinite" in error or "non-finite" in error), error
+        ok = c.post("/v2/models/colours/infer", **fp32_request([0.25]))
+        assert ok.status_code == 200 and all(math.isfinite(p) for p in ok.json()["outputs"][0]["data"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_finishes_the_requests_in_flight_says_so_and_exits(checkpoint, images, sig):
+    """`vitkit serve` under systemd, docker or Kubernetes is stopped with SIGTERM: it died by the signal,
+    silently, dropping requests. Now SIGTERM does what Ctrl-C does: the requests in flight (held by a long
+    batching wait) are answered, it says so, accepts no new connection, and exits 143 (130 for SIGINT)."""
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(checkpoint), "--port", "0",
+                             "--device", "cpu", "--max-wait-ms", "1500"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        url = re.search(r"at (http://\S+)", proc.stdout.readline()).group(1)
+
+        async def main():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                while True:  # the service answers once its model thread runs
+                    try:
+                        await c.get("/health")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+                names = list(images)[:6]
+                sent = [asyncio.create_task(c.post("/predict", files=multipart({n: images[n]}))) for n in names]
+                async with httpx.AsyncClient(base_url=url, timeout=60) as other:  # answered: the 6 were read
+                    await other.get("/health")
+                proc.send_signal(sig)
+                replies = await asyncio.gather(*sent)
+                return names, replies
+
+        names, replies = asyncio.run(main())
+        assert [r.status_code for r in replies] == [200] * 6
+        assert [r.json()["predictions"][0]["top_k"][0]["class"] for r in replies] == [colour_of(n) for n in names]
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, err
+    lines = err.strip().splitlines()
+    assert lines[0] == f"vitkit serve: {sig.name} received: finishing the requests in flight and accepting no new ones"
+    assert lines[1:] == (["vitkit serve: stopped (SIGTERM)"] if sig == signal.SIGTERM else ["vitkit serve: interrupted"])
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/health")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -571,6 +672,11 @@ def test_page_in_chromium(server, image_files, tmp_path):
         page.call("Page.navigate", url=server + "/")
         page.wait("document.body && document.body.dataset.state === 'idle'")
         assert page.eval("document.getElementById('meta').textContent").startswith("ViT 32-d, 2 layers, 2 heads")
+        # Before an image is chosen, no image box shows a broken-image icon (nothing to show is not shown).
+        shown_empty = json.loads(page.eval("""JSON.stringify([...document.querySelectorAll('img')].filter(
+            i => !i.getAttribute('src') && getComputedStyle(i).display !== 'none'
+                 && getComputedStyle(i).visibility !== 'hidden').map(i => i.id))"""))
+        assert shown_empty == [], shown_empty
         red = next(p for p in image_files if p.name == "red.png")
         root = page.call("DOM.getDocument")["root"]["nodeId"]
         node = page.call("DOM.querySelector", nodeId=root, selector="input[type=file]")["nodeId"]

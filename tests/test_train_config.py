@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ import vitkit.train.checkpoint
 import vitkit.train.config
 import vitkit.train.console
 import vitkit.train.trainer
+from vitkit.checkpoint import read_header
 from vitkit.cli import main
 from vitkit.runs import Run
 from vitkit.train.checkpoint import load_training_state
@@ -192,6 +194,32 @@ def test_models_with_no_match_is_one_line_and_exit_1(capsys):
     assert "no architecture matches 'resnet*'" in err and "vit_base_*" in err
 
 
+def test_every_file_of_a_run_folder_has_the_umasks_mode(finished):
+    """Checkpoints were 0600 while the rest of the run folder was 0644: one mode for all, the umask's."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    folder, _ = finished
+    modes = {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in folder.rglob("*")
+             if p.is_file() and p.name != ".lock" and "tensorboard" not in p.parts}
+    assert "checkpoints/best.safetensors" in modes and "checkpoints/last.state.pt" in modes
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+
+
+def test_models_takes_a_bare_word_as_a_substring_and_lines_up_its_columns(capsys):
+    """`vitkit models dinov2` found nothing while '*dinov2*' found every DINOv2 preset; the columns broke on
+    names longer than 28 characters."""
+    assert main(["models", "*dinov2*"]) == 0
+    globbed = capsys.readouterr().out
+    assert main(["models", "dinov2"]) == 0
+    assert capsys.readouterr().out == globbed and len(globbed.splitlines()) >= 7
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.split()[0]) for line in lines) > 28  # long names exist ...
+    assert len({line.index(" dim=") for line in lines}) == 1  # ... and every column starts at one place
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # --config NAME, --print-config, vitkit config
 
@@ -234,6 +262,56 @@ def test_print_config_of_the_default_recipe_writes_nothing(tmp_path, monkeypatch
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["name"] == "digits" and printed["seed"] == 7 and printed["train"]["epochs"] == 25
     assert list(tmp_path.iterdir()) == []
+
+
+REFUSED_BY_TRAINING = {  # model sections --print-config once printed (exit 0) and training then refused
+    "heads not dividing the width": (["model.embed_dim=100", "model.num_heads=3"], "divisible by num_heads"),
+    "patch not dividing the image": (["model.patch_size=5"], "img_size 8 must be divisible by patch_size 5"),
+    "no block": (["model.depth=0"], "depth must be a positive integer"),
+    "drop path above 1": (["model.drop_path_rate=2"], "drop_path_rate must lie in [0, 1)"),
+    "cls pooling without [CLS]": (["model.pool=cls", "model.class_token=false"], "pool='cls' needs class_token"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BY_TRAINING))
+def test_print_config_refuses_what_training_refuses(tmp_path, monkeypatch, capsys, case):
+    monkeypatch.chdir(tmp_path)
+    sets, words = REFUSED_BY_TRAINING[case]
+    argv = ["train", "--config", str(write_recipe(tmp_path))] + [a for s in sets for a in ("--set", s)]
+    for args in (argv + ["--print-config"], argv):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert captured.out == "" and len(err.splitlines()) == 1 and words in err, err
+    assert nothing_written(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize("where", ["section", "top level", "--set value"])
+def test_a_key_given_twice_is_refused(tmp_path, monkeypatch, capsys, where):
+    """YAML keeps the last of two equal keys without a word: a recipe saying epochs twice is refused, naming
+    the key and both lines, for training and --print-config alike."""
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path)
+    text = recipe.read_text()
+    sets = []
+    if where == "section":
+        text = text.replace("  epochs: 2\n", "  epochs: 2\n  epochs: 5\n")
+        words = "key 'epochs' appears twice"
+    elif where == "top level":
+        text += "name: other\n"
+        words = "key 'name' appears twice"
+    else:
+        sets = ["--set", "data.mean={a: 1, a: 2}"]
+        words = "data.mean: value"
+    recipe.write_text(text)
+    for extra in (["--print-config"], []):
+        assert main(["train", "--config", str(recipe), *sets, *extra]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert captured.out == "" and len(err.splitlines()) == 1 and words in err, err
+        if where == "section":
+            assert "lines" in err and "keep one" in err
+    assert nothing_written(tmp_path / "runs") == []
 
 
 def test_vitkit_config_prints_the_reference_and_docs_match_it(capsys):
@@ -403,6 +481,107 @@ def test_full_disk_while_saving_is_one_sentence_and_keeps_the_last_state(tmp_pat
     assert load_training_state(checkpoints / "last.state.pt")["step"] == 2  # the save of step 3 failed
     assert load_training_state(checkpoints / "previous.state.pt")["step"] == 1
     assert not list(checkpoints.glob("*.tmp"))
+
+
+def fail_writing(monkeypatch, module, name: str, error: Exception, when=lambda *args: True) -> list:
+    """``module.name`` (a writer) raising ``error`` when ``when(*its arguments)``; returns the calls."""
+    real, calls = getattr(module, name), []
+
+    def writer(*args, **kwargs):
+        calls.append(args)
+        if when(*args):
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, writer)
+    return calls
+
+
+def no_space(path="") -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+WRITERS = ("safetensors", "torch", "YAML", "CSV", "report")
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_full_disk_under_any_writer_of_a_resume_is_one_sentence_and_changes_nothing(
+        finished, tmp_path, monkeypatch, capsys, writer):
+    """The issue's case: `--resume --set train.epochs=4` on a full disk was a bug report (exit 1) from
+    safetensors' SafetensorError, and had already rewritten config.yaml to 4 epochs. Whichever writer meets
+    the full disk, it is one sentence, exit 2, and the run's files still describe the run as it was (the
+    report, written last, leaves the rest of a completed run)."""
+    import safetensors
+    import safetensors.torch
+
+    import vitkit.configtools
+    import vitkit.report
+    import vitkit.runs
+
+    monkeypatch.chdir(tmp_path)
+    run = copy_run(finished, tmp_path)
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "results.json")}
+    if writer == "safetensors":
+        fail_writing(monkeypatch, safetensors.torch, "save_file", safetensors.SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"))
+    elif writer == "torch":  # what torch.save's zip writer raises on a full disk
+        fail_writing(monkeypatch, vitkit.train.checkpoint.torch, "save", RuntimeError(
+            "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/3: file write "
+            "failed"))
+        monkeypatch.setattr(vitkit.fileio.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
+    elif writer == "YAML":
+        fail_writing(monkeypatch, vitkit.configtools, "atomic_write_text", no_space())
+    elif writer == "CSV":
+        fail_writing(monkeypatch, vitkit.runs, "atomic_write_text", no_space(), lambda path, text: ".csv" in str(path))
+    else:
+        fail_writing(monkeypatch, vitkit.report, "atomic_write_text", no_space())
+    extra = ["--set", "report=true"] if writer == "report" else []
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=4", *extra]) == 2
+    one_error_line(capsys, "vitkit train: error: no space is left on the device")
+    assert not list(run.rglob("*.tmp"))
+    if writer == "report":  # the run trained to its end and saved all of it; only the report is missing
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
+        assert json.loads((run / "results.json").read_text())["epochs"] == 4
+        assert not (run / "report.html").exists()
+        return
+    # Whatever failed, what was saved is whole, and config.yaml says 4 epochs only once a checkpoint of the
+    # 4-epoch run was saved (its own write failing keeps the old one).
+    state = load_training_state(run / "checkpoints" / "last.state.pt")
+    read_header(run / "checkpoints" / "best")
+    if writer == "YAML" or state["epoch"] == EPOCHS:
+        assert (run / "config.yaml").read_bytes() == before["config.yaml"], "config.yaml changed"
+    else:
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
+    assert (run / "results.json").read_bytes() == before["results.json"]
+
+
+def test_a_full_disk_under_safetensors_in_a_real_process_is_one_line(finished, tmp_path):
+    """The issue's command as a process of its own: a sitecustomize makes safetensors' writer fail as it does
+    on a full disk; stderr is one line, the exit code 2, and config.yaml still says 2 epochs unless a
+    checkpoint of the longer run was saved."""
+    import subprocess
+    import sys
+
+    run = copy_run(finished, tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import safetensors, safetensors.torch\n"
+        "def full(*args, **kwargs):\n"
+        "    raise safetensors.SafetensorError('Error while serializing: I/O error: No space left on device '\n"
+        "                                      '(os error 28)')\n"
+        "safetensors.torch.save_file = full\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(site), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    before = (run / "config.yaml").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "vitkit", "train", "--resume", str(run), "--set", "train.epochs=4"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("vitkit train: error: no space is left on the device for "), err
+    assert str(run / "checkpoints") in err and "Traceback" not in err
+    if load_training_state(run / "checkpoints" / "last.state.pt")["epoch"] == EPOCHS:
+        assert (run / "config.yaml").read_bytes() == before
 
 
 def test_an_unexpected_exception_is_reported_as_a_bug_with_its_traceback(tmp_path, monkeypatch, capsys):

@@ -168,6 +168,9 @@ def test_the_weights_statistics_are_compared_with_the_runs(tmp_path, capsys, mon
     warning = [str(w.message) for w in caught if "normalised with mean" in str(w.message)]
     assert len(warning) == 1, [str(w.message) for w in caught]
     assert "(0.4815, 0.4578, 0.4082)" in warning[0] and "(0.485, 0.456, 0.406)" in warning[0], warning
+    # What to set, with the values (inside a finetune-* run, "use a finetune-* recipe" told nothing).
+    assert "set data.mean=[0.4815, 0.4578, 0.4082] and data.std=[0.2686, 0.2613, 0.2758]" in warning[0], warning
+    assert "recipe" not in warning[0], warning
 
 
 def test_a_from_scratch_recipe_on_weights_names_what_contradicts_them(tmp_path, capsys, monkeypatch):
@@ -180,6 +183,32 @@ def test_a_from_scratch_recipe_on_weights_names_what_contradicts_them(tmp_path, 
     assert code == 2 and one_sentence(err), err
     assert "the run's model section sets" in err and "embed_dim" in err and "finetune-" in err, err
     assert not (tmp_path / "runs" / "imagefolder" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("recipe", ["imagefolder", "finetune-dinov2"])
+def test_weights_of_another_architecture_name_the_mismatch_and_what_to_change(tmp_path, capsys, monkeypatch,
+                                                                              recipe):
+    """The issue's case: grey 28 px weights in 7-pixel patches as model.init of an RGB 32 px run (the
+    from-scratch recipe also sets patch 4) was 'internal error (RuntimeError: shape [1, 7, 7, 96] is
+    invalid ...)'. Now one sentence: what the weights are, what the run has, and what to change."""
+    from vitkit.checkpoint import save_weights
+
+    weights = tmp_path / "grey28.safetensors"
+    save_weights(VisionTransformer(img_size=28, patch_size=7, in_channels=1, num_classes=10, embed_dim=96, depth=1,
+                                   num_heads=2), weights)
+    root = tmp_path / "images"
+    make_layout(root, "split")  # colour images
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "train", "--config", recipe, *sets_args(
+        [f"model.init={weights}", f"data.dataset=imagefolder:{root}", "device=cpu", "data.batch_size=4",
+         "data.img_size=32", "data.workers=0"]))
+    err = "\n".join(line for line in err.splitlines() if ": warning: " not in line)
+    assert code == 2 and one_sentence(err), err
+    assert f"model.init {weights} is a ViT of 1-channel 28x28 images in 7-pixel patches" in err, err
+    assert "but this run has 3-channel 32x32 images" in err
+    assert "set data.channels=1" in err and "set data.img_size to a multiple of 7 (such as 28)" in err
+    assert ("its model section sets patch_size=4" in err) == (recipe == "imagefolder")
+    assert not (tmp_path / "runs" / recipe / "checkpoints").exists()
 
 
 def test_a_recipe_without_weights_is_one_sentence(tmp_path, capsys, monkeypatch):

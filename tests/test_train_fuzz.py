@@ -95,7 +95,7 @@ VALUES = {
     ("model", "patch_size"): ([2, 4, 8], [3, 0, -4, 16, "x", 4.0, None]),
     ("model", "in_channels"): ([1], [3, 0, -1, "x"]),
     ("model", "num_classes"): ([10], [5, 0, -1, "x", 10.0]),
-    ("model", "embed_dim"): ([16, 24, 32], [0, -16, 17, "x", 16.0, None]),
+    ("model", "embed_dim"): ([16, 24, 32], [0, -16, 17, "x", 16.0, None, 10**6]),  # 10**6: cannot fit
     ("model", "depth"): ([1, 2], [0, -1, 1.5, "x"]),
     ("model", "num_heads"): ([1, 2, 4], [0, -2, 3, 5, "x"]),
     ("model", "mlp_ratio"): ([0.5, 1, 2.0, 4.0], [0, -1, 1e-9, 1e30, NAN, INF, "x", None]),
@@ -323,6 +323,8 @@ FOUND = {
     "unknown_relative_position_key": {"model": {"use_relative_position": True, "rpb_kwargs": {"foo": 1}}},
     "split_seed_beyond_64_bits": {"data": {"split_seed": 2**64}},
     "nul_byte_in_out_dir": {"out_dir": f"{TMP}/nul\0byte"},
+    "model_too_large_for_the_machine": {"model": {"depth": 200, "embed_dim": 4096}},  # once the OOM killer
+    "model_too_wide_to_allocate": {"model": {"depth": 100, "embed_dim": 100000}},  # once an internal error
 }
 
 

@@ -148,6 +148,9 @@ def test_training_writes_the_run_folder_with_the_split_and_its_numbers(trained):
     assert (r["num_train"], r["num_val"], r["num_test"]) == \
         (expected["num_train"], expected["num_val"], expected["num_test"])
     assert r["chosen_on"] == "val" and r["model"] == "checkpoints/best"
+    # 3 classes: every image is in its top 5, so no top-5 number is written anywhere.
+    assert r["val_top5"] is None and r["test_top5"] is None
+    assert [row["val_top5"] for row in trained.metrics] == [""] * 4
     assert [int(row["epoch"]) for row in trained.metrics] == [1, 2, 3, 4]
     ranks = [(float(row["val_accuracy"]), -float(row["val_loss"])) for row in trained.metrics]
     assert r["best_epoch"] == 1 + ranks.index(max(ranks))  # the best val accuracy, ties broken by the val loss
@@ -248,7 +251,7 @@ def test_predict_searches_folders_recursively_and_skips_a_corrupt_file(trained, 
 
     code, out, err = cli(capsys, "predict", str(inbox), "--checkpoint", str(trained.best), "--device", "cpu",
                          "--json", "--top-k", "1")
-    assert code == 1
+    assert code == 2  # a bad input: the person's to fix, as everywhere (the README's convention)
     predicted = json.loads(out)
     assert [item["image"] for item in predicted] == [str(p) for p in images]
     assert all(len(item["top_k"]) == 1 and item["top_k"][0]["class"] in CLASSES for item in predicted)
@@ -260,7 +263,7 @@ def test_predict_searches_folders_recursively_and_skips_a_corrupt_file(trained, 
     # The table: a header, then one row per image; the same exit code.
     code, out, err = cli(capsys, "predict", str(inbox), "--checkpoint", str(trained.best), "--device", "cpu",
                          "--top-k", "2")
-    assert code == 1 and "broken.png" in err
+    assert code == 2 and "broken.png" in err
     table = out.strip().splitlines()
     assert table[0].split() == ["image", "top-1", "p", "top-2", "p"] and len(table) == 1 + 6
 
@@ -278,6 +281,20 @@ def test_top_k_must_lie_between_one_and_the_number_of_classes(trained, capsys):
                               f"classes), got {k}"
     code, out, err = cli(capsys, "predict", image, "--checkpoint", str(trained.best), "--device", "cpu",
                          "--top-k", "3", "--csv")
+    assert code == 0 and err == ""
+    assert out.splitlines()[0] == "image,class1,p1,class2,p2,class3,p3"
+
+
+def test_predict_without_top_k_ranks_every_class_of_a_model_of_fewer_than_five(trained, capsys):
+    """The README's own commands (no --top-k, with and without --csv) on a 3-class model: top-3, exit 0."""
+    if trained.layout != "flat" or trained.cache != "none":
+        pytest.skip("one run is enough")
+    image = str(trained.root / "dark" / "00.png")
+    code, out, err = cli(capsys, "predict", str(trained.root / "dark"), "--checkpoint", str(trained.best),
+                         "--device", "cpu")
+    assert code == 0 and err == ""
+    assert out.splitlines()[0].split() == ["image", "top-1", "p", "top-2", "p", "top-3", "p"]
+    code, out, err = cli(capsys, "predict", image, "--checkpoint", str(trained.best), "--device", "cpu", "--csv")
     assert code == 0 and err == ""
     assert out.splitlines()[0] == "image,class1,p1,class2,p2,class3,p3"
 

@@ -183,6 +183,39 @@ def test_training_curves_plot_the_columns_by_name(tmp_path):
         viz.plot_training_curves({"epoch": [1], "seconds": [3]})
 
 
+def test_a_figure_that_cannot_be_written_leaves_the_earlier_file(tmp_path, monkeypatch):
+    """A full disk while saving a plot is an OSError naming the file, and the file of an earlier run of
+    `vitkit visualize` is left whole (no half-written PNG, no temporary beside it)."""
+    import errno
+    import os
+
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "curves.png"
+    fig = viz.plot_training_curves({"epoch": [1, 2], "train_loss": [1.0, 0.5]}, path)
+    before = path.read_bytes()
+
+    def full(self, fname, **kwargs):
+        open(fname, "wb").write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fname))
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(OSError) as e:
+        viz.save_figure(fig, path)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def test_an_empty_column_is_not_drawn(tmp_path):
+    """metrics.csv of a 3-class run leaves val_top5 empty (every image is in its top 5): the accuracy panel
+    shows val_accuracy alone, with no line or legend entry for val_top5."""
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,train_loss,val_accuracy,val_top5\n1,2.0,0.5,\n2,1.5,0.7,\n")
+    fig = viz.plot_training_curves(csv)
+    labels = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
+    assert labels == ["train_loss", "val_accuracy"]
+
+
 def test_confusion_matrix_counts_and_figure():
     labels = [0, 0, 1, 2, 2, 2]
     preds = [0, 1, 1, 2, 0, 2]

@@ -5,6 +5,8 @@ names, preprocessing) in its header, so a weights file alone rebuilds the model
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,26 @@ def resolve_weights_path(path: str | Path) -> Path:
     if not p.is_file():
         raise CheckpointError(f"checkpoint {path} not found: it does not exist (expected a weights file or a run folder)")
     return p
+
+
+def torch_load_error(path: Path, e: Exception, what: str = "checkpoint") -> CheckpointError:
+    """One sentence for a file ``torch.load(weights_only=True)`` refused: an ONNX export, pickled Python
+    objects (never loaded otherwise: unpickling runs code, so no sentence suggests it), or a truncated or
+    foreign file. torch's own message runs to six lines and invites ``weights_only=False``."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"onnx" in head.lower()):
+        return CheckpointError(f"{what} {path} is an ONNX export, which cannot be loaded as a checkpoint; pass the "
+                               ".safetensors weights it was exported from")
+    text = str(e)
+    if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL (\S+)", text)
+        held = f" ({found.group(1)})" if found else ""
+        return CheckpointError(f"{what} {path} holds pickled Python objects{held} besides tensors, which vitkit "
+                               "does not load because unpickling can run any code; save the weights as a state "
+                               "dict (torch.save(model.state_dict(), path)) or a .safetensors file")
+    reason = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(e).__name__
+    return CheckpointError(f"{what} {path} is truncated or not a PyTorch checkpoint ({reason[:100]})")
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -2,8 +2,8 @@
 
 Sub-command modules are imported only when used, so ``vitkit --help`` is instant. Every exception that reaches
 here is either a person's error or a bug. A :class:`VitkitError` (bad config, file, image or checkpoint), a
-full disk, a denied permission or a read-only folder is printed as one sentence and exits 2, without a
-traceback. Anything else is a bug: one line says so and where its traceback was saved, and the exit code is 1.
+full disk, a denied permission, a read-only folder or memory running out is printed as one sentence and
+exits 2, without a traceback. Anything else is a bug: one line says so and where its traceback was saved, and the exit code is 1.
 A warning (a resume falling back to the previous checkpoint, say) is one line too.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import VitkitError
+    from .errors import VitkitError, is_out_of_memory
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):  # bare 'vitkit' explains itself
@@ -71,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             return report_bug(name, e)
         print(f"vitkit {name}: error: {sentence}", file=sys.stderr)
         return 2
-    except Exception as e:  # not a person's error: a bug, reported as one
+    except Exception as e:  # not a person's error: a bug, reported as one (unless memory ran out)
+        if is_out_of_memory(e):
+            keys = {"train": " (model.embed_dim, model.depth, data.batch_size)", "serve": " (--max-batch)",
+                    "eval": " (--batch-size)", "predict": " (--batch-size)"}.get(name, "")
+            print(f"vitkit {name}: error: the machine ran out of memory ({first_line(e)}); nothing already saved "
+                  f"was changed: use a smaller model or batch{keys}", file=sys.stderr)
+            return 2
         return report_bug(name, e)
     finally:
         warnings.formatwarning = format_warning
@@ -91,6 +98,12 @@ def os_error_sentence(e: OSError) -> str | None:
         return None
     where = f" for {e.filename}" if e.filename else ""
     return f"{what}{where}; nothing already saved was changed ({e.strerror or e})"
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, without the C++ allocator's ``[enforce fail at ...]``."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*", "", text)[:200]
 
 
 def report_bug(command: str, e: BaseException) -> int:

@@ -194,13 +194,43 @@ def _describe(value) -> str:
 # YAML files and command-line overrides
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names one key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key, first, second):  # the two keys' start marks
+        super().__init__(f"key {key!r} appears twice (lines {first.line + 1} and {second.line + 1}); keep one")
+        self.problem, self.problem_mark = str(self), None  # the sentence names both lines
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a repeated key instead of keeping its last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def safe_load(text: str):
+    """``yaml.safe_load``, refusing repeated keys (:class:`DuplicateKey`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def load_config(config_path: str | Path) -> dict:
-    """A YAML file as a dict; a missing file or invalid YAML is a ConfigError naming the file."""
+    """A YAML file as a dict; a missing file, invalid YAML or a key given twice is a ConfigError naming the
+    file (a repeated key would otherwise silently keep its last value)."""
     path = Path(config_path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file; expected a YAML recipe") from None
     except yaml.YAMLError as e:
@@ -227,7 +257,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: value {value!r} is not valid YAML") from None
     return key.strip().split("."), parsed  # a number YAML 1.1 reads as text (3e-4) is coerced where typed

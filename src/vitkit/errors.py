@@ -20,3 +20,13 @@ class DataError(VitkitError):
 
 class CheckpointError(VitkitError):
     """A checkpoint is missing, truncated or does not fit the model it is loaded into."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocator's failure (the CPU's, CUDA's or Python's): a smaller model or batch fixes
+    it, so it is said as one sentence, not reported as a bug."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(s in text for s in ("not enough memory", "DefaultCPUAllocator",
+                                                                   "out of memory"))

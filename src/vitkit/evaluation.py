@@ -34,6 +34,8 @@ def top_k_informative(num_classes: int) -> bool:
 def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp: bool = False,
              num_classes: int | None = None) -> dict:
     """Evaluate ``model`` on every sample of ``dataloader``: {"loss", "accuracy", "top5", "n", "predictions"}.
+    "top5" is None for a model of 5 classes or fewer, where every image is in its top 5 (a 1.0 would say
+    nothing, so no file or plot shows one).
 
     ``predictions`` holds one row per sample, in the loader's order: "label", "pred" (int64) and
     "confidence" (the softmax probability of "pred"), and "loss" (float32). Under torch.distributed the
@@ -47,6 +49,7 @@ def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp:
     if hasattr(per_sample, "reduction"):
         per_sample.reduction = "none"
     rows: dict[str, list[torch.Tensor]] = {"label": [], "pred": [], "confidence": [], "loss": [], "top5": []}
+    classes = 0  # the logits' width, for a caller that does not give num_classes
     for images, targets in dataloader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, amp):
@@ -55,7 +58,8 @@ def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp:
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         probs = logits.softmax(dim=1)
         confidence, pred = probs.max(dim=1)
-        k = min(TOP_K, logits.shape[1])
+        classes = logits.shape[1]
+        k = min(TOP_K, classes)
         rows["label"].append(labels)
         rows["pred"].append(pred)
         rows["confidence"].append(confidence)
@@ -65,9 +69,10 @@ def evaluate(model: nn.Module, dataloader, criterion: nn.Module, device, *, amp:
     if dist.is_available() and dist.is_initialized():
         out = _gather_shards(out, len(getattr(dataloader, "dataset", ())) or None)
     n = len(out["label"])
+    informative = top_k_informative(num_classes or classes)
     result = {"loss": float(out["loss"].double().mean()) if n else 0.0,
               "accuracy": float((out["pred"] == out["label"]).double().mean()) if n else 0.0,
-              "top5": float(out["top5"].double().mean()) if n else 0.0, "n": n,
+              "top5": (float(out["top5"].double().mean()) if n else 0.0) if informative else None, "n": n,
               "predictions": {k: out[k] for k in ("label", "pred", "confidence", "loss")}}
     if num_classes:
         flat = out["label"].long() * num_classes + out["pred"].long()

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, VitkitError
+from .fileio import atomic_path
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 EXAMPLE_DYNAMIC_BATCH = 2  # a batch of 1 would make torch.export specialise the batch dimension to 1
@@ -80,8 +81,8 @@ def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = False,
                           f"convert this model); use --opset {written}")
     program.model.metadata_props.update(_metadata(model, metadata))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+    with atomic_path(path, keep_suffix=True) as tmp:  # a full disk leaves an earlier export whole
+        program.save(str(tmp))
     return path
 
 
@@ -95,8 +96,8 @@ def export_pt2(model: nn.Module, path: str | Path, dynamic_batch: bool = False, 
     except Exception as e:
         raise VitkitError(f"torch.export failed: {str(e).splitlines()[0]}") from e
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(path), extra_files={f"{k}.json": v for k, v in _metadata(model, metadata).items()})
+    with atomic_path(path, keep_suffix=True) as tmp:
+        torch.export.save(program, str(tmp), extra_files={f"{k}.json": v for k, v in _metadata(model, metadata).items()})
     return path
 
 

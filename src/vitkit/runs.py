@@ -124,12 +124,11 @@ class Run:
         return write_predictions(self.predictions_path(split), sources, predictions, classes)
 
     def append_metrics(self, row: dict) -> None:
-        new = not self.metrics_path.exists()
-        with self.metrics_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, METRICS_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        """One row more (floats to 6 significant digits, None empty), the file rewritten atomically: a full
+        disk leaves the rows already there as they were."""
+        before = self.metrics_path.read_text() if self.metrics_path.exists() else _csv_text([METRICS_COLUMNS])
+        cell = lambda v: "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)  # noqa: E731
+        atomic_write_text(self.metrics_path, before + _csv_text([[cell(row.get(c)) for c in METRICS_COLUMNS]]))
 
     def trim_metrics(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (written after the checkpoint a resume starts from)."""

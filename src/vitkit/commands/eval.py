@@ -23,7 +23,7 @@ def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from torch import nn
 
-    from ..evaluation import evaluate, top_k_informative
+    from ..evaluation import evaluate
 
     parser = argparse.ArgumentParser(
         prog="vitkit eval", description="Evaluate a checkpoint on a split of its data: loss, top-1, top-5 accuracy "
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {predictor.path}" + (f" (epoch {epoch})" if epoch else ""))
     print(f"data:       {splits.dataset}, {eval_set.split} split: {result['n']} images ({splits.rule})")
     print(f"preprocess: {predictor.preprocess.describe()}")
-    top5 = f"   top-5 {result['top5']:.4f}" if top_k_informative(len(predictor.classes)) else ""
+    top5 = f"   top-5 {result['top5']:.4f}" if result["top5"] is not None else ""  # None: 5 classes or fewer
     print(f"loss {result['loss']:.4f}   top-1 {result['accuracy']:.4f}{top5}")
     if args.predictions:
         from ..runs import write_predictions

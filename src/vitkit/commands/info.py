@@ -9,16 +9,19 @@ import sys
 def models(argv: list[str] | None = None) -> int:
     from ..presets import PRESETS, list_models
     parser = argparse.ArgumentParser(prog="vitkit models", description="List the named architectures.")
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vit_base_*'")
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vit_base_*'; a plain "
+                        "word (no * ? or [) matches names that contain it, e.g. dinov2")
     args = parser.parse_args(argv)
-    names = list_models(args.pattern)
+    plain = not any(c in args.pattern for c in "*?[")
+    names = list_models(f"*{args.pattern}*" if plain else args.pattern)
     if not names:
         print(f"vitkit models: no architecture matches {args.pattern!r}; the names are vit_<size>_patch<p>_<img> "
               "(size tiny, small, medium, base, large, huge or giant), e.g. 'vit_base_*'", file=sys.stderr)
         return 1
+    width = max(len(n) for n in names)  # the columns line up whatever the longest name
     for name in names:
         p = PRESETS[name]
-        print(f"{name:<28} dim={p['embed_dim']:<5} depth={p['depth']:<3} heads={p['num_heads']:<3} "
+        print(f"{name:<{width}}  dim={p['embed_dim']:<5} depth={p['depth']:<3} heads={p['num_heads']:<3} "
               f"img={p['img_size']}")
     return 0
 

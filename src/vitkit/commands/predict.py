@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         "recursively), preprocessed exactly as the checkpoint's run validated them.")
     parser.add_argument("images", nargs="+", metavar="PATH", help="image files or folders of images")
     parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best (or a .safetensors file or run)")
-    parser.add_argument("--top-k", type=int, default=5, help="how many classes to show per image (default 5)")
+    parser.add_argument("--top-k", type=int, help="how many classes to show per image (default: 5, or the "
+                        "checkpoint's classes when it has fewer)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="one JSON document on stdout")
     output.add_argument("--csv", action="store_true", help="CSV on stdout: image, then class and probability per rank")
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     classes = predictor.classes
     if args.features:
         return write_features(predictor, args)
+    if not classes:
+        raise ConfigError(f"checkpoint {predictor.path} has no classification head (num_classes 0), so there are no "
+                          "classes to rank; pass --features OUT.safetensors to write each image's embedding")
+    if args.top_k is None:
+        args.top_k = min(5, len(classes))  # as vitkit serve does
     if not 1 <= args.top_k <= len(classes):
         raise ConfigError(f"--top-k must lie between 1 and {len(classes)} (the checkpoint's classes), got {args.top_k}")
     problems, results = [], []
@@ -102,14 +108,15 @@ def batches(predictor, paths: list[str], batch_size: int, problems: list):
 
 
 def report_problems(problems: list, done: int) -> int:
-    """Say which inputs were skipped and why; exit code 1 when any was."""
+    """Say which inputs were skipped and why. An unreadable or missing input is the person's to fix, so the
+    exit code is 2 when any was skipped (as for every other bad input; the others are still predicted)."""
     import sys
     for path, reason in problems:
         print(f"vitkit predict: skipped {path}: {reason}", file=sys.stderr)
     if problems:
         print(f"vitkit predict: {len(problems)} of {done + len(problems)} inputs could not be predicted",
               file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

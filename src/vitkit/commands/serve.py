@@ -1,4 +1,4 @@
-"""``vitkit serve``: load a checkpoint, bind the port, run the app under uvicorn until Ctrl-C.
+"""``vitkit serve``: load a checkpoint, bind the port, run the app under uvicorn until Ctrl-C or SIGTERM.
 
 The socket is bound here, before uvicorn starts, so a port in use (or a host that is not this machine's) is
 one sentence and exit 2 like every other person's error, and ``--port 0`` can pick a free port and say which.
@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import errno
 import re
+import signal
 import socket
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError, VitkitError
@@ -38,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                              ("--max-wait-ms", args.max_wait_ms, 0), ("--port", args.port, 0)):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
-    if args.max_upload_mb <= 0 or args.port > 65535:
-        raise ConfigError("--max-upload-mb must be positive and --port at most 65535")
+    if args.port > 65535:
+        raise ConfigError(f"--port must be at most 65535 (0 picks a free one), got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -47,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         raise VitkitError(f"vitkit serve needs FastAPI, uvicorn and python-multipart ({e}); "
                           "pip install 'vitkit[serve]'") from None
 
+    with terminated_as_exception():
+        try:
+            return serve(args)
+        except Terminated:  # while loading, or re-raised by uvicorn once the requests in flight are answered
+            print("vitkit serve: stopped (SIGTERM)", file=sys.stderr, flush=True)
+            return 143
+
+
+def serve(args) -> int:
+    """Load the checkpoint, bind the socket and serve until stopped (Ctrl-C: KeyboardInterrupt, which the
+    dispatcher turns into exit 130)."""
     from ..predictor import Predictor
     from ..train.distributed import pick_device
     from ..serve.app import create_app
@@ -63,12 +79,32 @@ def main(argv: list[str] | None = None) -> int:
     batching = (f"batches of up to {args.max_batch} within {args.max_wait_ms:g} ms" if settings.batching
                 else "no batching")
     print(f"vitkit serve: {settings.name} (ViT {cfg.embed_dim}d x {cfg.depth}, {len(predictor.classes)} classes) "
-          f"on {predictor.device}, {batching}, at {url}  (Ctrl-C stops)", flush=True)
+          f"on {predictor.device}, {batching}, at {url}  (Ctrl-C or SIGTERM stops)", flush=True)
     server = make_server(app, access_log=args.access_log)
     server.run(sockets=[sock])
     if not server.started:
         raise VitkitError(f"the service at {url} did not start; uvicorn's log above says why")
     return 0
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the service stops as for Ctrl-C, and the command exits 143 (128 + 15)."""
+
+
+@contextmanager
+def terminated_as_exception():
+    """SIGTERM raises :class:`Terminated` instead of killing the process. uvicorn handles the signal itself
+    while it serves (finishing the requests in flight) and raises it again when it has stopped; with this
+    handler in place that becomes an exception, so the command can say so and exit 143 (systemd, docker and
+    Kubernetes stop services with SIGTERM)."""
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def model_name(path: Path) -> str:
@@ -103,8 +139,17 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def make_server(app, access_log: bool = False):
-    """A uvicorn server for ``app``; ``server.run(sockets=[listen(...)])`` serves until stopped."""
+    """A uvicorn server for ``app``; ``server.run(sockets=[listen(...)])`` serves until stopped. The first
+    SIGINT or SIGTERM is announced on stderr: the service then accepts no new connection, finishes the
+    requests in flight (10 s at most) and stops."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
-                                         timeout_graceful_shutdown=10))
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                print(f"vitkit serve: {signal.Signals(sig).name} received: finishing the requests in flight and "
+                      "accepting no new ones", file=sys.stderr, flush=True)
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
+                                 timeout_graceful_shutdown=10))

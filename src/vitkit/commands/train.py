@@ -35,6 +35,31 @@ def recipe_path(config: str | None) -> Path | None:
     raise ConfigError(f"config {config!r} is neither a file nor a recipe; recipes: {', '.join(training_recipes())}")
 
 
+def check_config(cfg, split_file=None) -> None:
+    """What training checks before it builds anything (:func:`vitkit.train.trainer.plan_run`), in this
+    single process: ``--print-config`` prints only a config that training would take."""
+    import warnings
+
+    from ..data.datasets import SHAPES, canonical_name, is_on_disk
+    from ..train.config import resolve_model_config
+    from ..train.distributed import NO_GPU_TRAINING, Context, pick_device
+    from ..train.memory import check_fits
+    from ..train.trainer import plan_run
+
+    ctx = Context(0, 1, 0, pick_device(cfg.device, 0, NO_GPU_TRAINING))
+    name = canonical_name(cfg.data.dataset)
+    if name not in SHAPES or cfg.data.download or is_on_disk(name, cfg.data.root):
+        plan_run(cfg, ctx, split_file)
+        return
+    channels, side, classes = SHAPES[name]  # not fetched yet: the model section against the set's known shape
+    if not cfg.model.init:  # (model.init: the weights decide, checked when training loads them)
+        model = resolve_model_config(cfg.model, in_channels=channels, num_classes=classes, img_size=side)
+        check_fits(model, cfg.data.batch_size, ctx.device, ema=bool(cfg.train.ema_decay),
+                   grad_checkpointing=cfg.train.grad_checkpointing)
+    warnings.warn(f"data set {name} is not on this machine, so the model section was checked against its shape "
+                  f"({channels}x{side}x{side}, {classes} classes) and the data section was not read", stacklevel=2)
+
+
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
@@ -59,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_run_config(recipe_path(args.config), args.overrides)
+    split_file = None
     if args.resume is not None:  # a resume starts from the run's own config.yaml
-        saved = resume_folder(cfg, args.resume) / "config.yaml"
+        folder = resume_folder(cfg, args.resume)
+        saved, split_file = folder / "config.yaml", folder / "split.csv"
         if saved.is_file():
             cfg = load_run_config(saved, args.overrides)
     if args.print_config:  # the model section as given: the rest comes from the preset, the data or the defaults
+        check_config(cfg, split_file if split_file is not None and split_file.is_file() else None)
         print(yaml.safe_dump({**cfg.to_dict(), "model": cfg.model.given()}, sort_keys=False), end="")
         print("# model: keys not listed take the preset's (model.name) or ViTConfig's defaults; in_channels, "
               "num_classes and img_size come from the data")

@@ -30,6 +30,16 @@ NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic",
 SPLITS = ("train", "test")
 FETCH_HINT = "--set data.download=true (vitkit train) or download=True (Python)"
 
+SHAPES = {"mnist": (1, 28, 10), "fashion-mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
+# (channels, side, classes) of the sets read from files, for checking a config before they are fetched
+
+
+def is_on_disk(name: str, root=None) -> bool:
+    """Whether the files of a data set read from a folder (mnist, fashion-mnist, cifar10/100) are there."""
+    folder = Path(root).expanduser() if root is not None else default_root(name)
+    return folder.is_dir() and any(folder.iterdir())
+
+
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

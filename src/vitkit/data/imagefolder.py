@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
-from .images import IMAGE_EXTENSIONS, open_image, probe_image, to_uint8_chw
+from .images import IMAGE_EXTENSIONS, list_images, open_image, probe_image, to_uint8_chw
 from .loader import derive_seed, epoch_indices, samples_per_rank
 from .memory import ImageDataset
 from .preprocess import Preprocess
@@ -61,9 +61,7 @@ def scan_class_folders(root, *, strict: bool = False, verify: bool = True):
     samples, skipped, modes = [], [], set()
     for label, name in enumerate(classes):
         before = len(samples)
-        for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-                continue
+        for path in list_images(root / name):  # the files predict would find in the folder: one rule
             mode = probe_image(path) if verify else "RGB"
             if mode is None:
                 if strict:

@@ -40,7 +40,9 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively, hidden folders skipped), sorted by path."""
+    """Every image file under ``folder`` (recursively; hidden files and folders, such as ``.DS_Store`` or
+    macOS's ``._photo.jpg``, skipped), sorted by path. This is the one rule for which files a folder holds:
+    training, ``predict`` and the split file all see these."""
     return sorted(p for p in Path(folder).rglob("*")
                   if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 

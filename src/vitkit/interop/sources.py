@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import resolve_weights_path
+from ..checkpoint import resolve_weights_path, torch_load_error
 from ..config import ViTConfig
 from ..errors import CheckpointError
 from . import preprocess as pp
@@ -84,7 +84,7 @@ def _read_path(path: Path) -> Source:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read as a PyTorch checkpoint ({e})") from None
+        raise torch_load_error(path, e) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict")
     return Source(obj, {}, str(path))

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -60,15 +61,18 @@ async def read_request(request: Request, options: dict[str, type]) -> tuple[list
     if not uploads:
         raise RequestError(400, f"the request holds no image; expected {EXPECTED}")
     if len(uploads) > MAX_IMAGES:
-        raise RequestError(413, f"the request holds {len(uploads)} images; at most {MAX_IMAGES} are taken at once")
+        raise too_many_images(len(uploads))
     return uploads, {**query, **opts}
 
 
 async def _read_form(request: Request, options: dict[str, type]) -> tuple[list[Upload], dict[str, Any]]:
     try:
-        form = await request.form(max_files=MAX_IMAGES + 1, max_fields=len(options) + 4)
-    except MultiPartException as e:
-        raise RequestError(400, f"the multipart body is malformed ({e})") from None
+        form = await request.form(max_files=MAX_IMAGES, max_fields=len(options) + 4)
+    except (MultiPartException, HTTPException) as e:  # starlette raises the parser's error as an HTTP 400
+        message = getattr(e, "message", None) or getattr(e, "detail", None) or str(e)
+        if message.startswith("Too many files"):  # the parser stops at the limit: the same answer as JSON's
+            raise too_many_images(f"more than {MAX_IMAGES}") from None
+        raise RequestError(400, f"the multipart body is malformed ({message})") from None
     uploads, opts = [], {}
     try:
         for key, value in form.multi_items():
@@ -105,7 +109,7 @@ def _read_json(body: bytes, options: dict[str, type]) -> tuple[list[Upload], dic
     else:
         raise RequestError(422, f'"images" must be a list of base64 strings, not {type(doc["images"]).__name__}')
     if len(items) > MAX_IMAGES:
-        raise RequestError(413, f"the request holds {len(items)} images; at most {MAX_IMAGES} are taken at once")
+        raise too_many_images(len(items))
     opts = {}
     for key, kind in options.items():
         if key in doc:
@@ -114,6 +118,11 @@ def _read_json(body: bytes, options: dict[str, type]) -> tuple[list[Upload], dic
                 raise RequestError(422, f'"{key}" must be {_kind(kind)}, got {json.dumps(value)}')
             opts[key] = value
     return [Upload(name, b64decode(s, name)) for name, s in items], opts
+
+
+def too_many_images(count) -> RequestError:
+    """The one answer to a request of too many images, multipart or JSON: 413 and one sentence."""
+    return RequestError(413, f"the request holds {count} images; at most {MAX_IMAGES} are taken at once")
 
 
 def b64decode(s: Any, name: str) -> bytes:

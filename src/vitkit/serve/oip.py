@@ -78,6 +78,10 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if uploads is not None:
             x = await service.inputs(uploads)
         probs = await service.probabilities(x)  # (B, classes)
+        if not torch.isfinite(probs).all():  # finite inputs far outside any image's range (1e30, say)
+            raise RequestError(422, f"the FP32 input (values up to {x.abs().max().item():.3g}) makes the model's "
+                                    "probabilities non-finite; send images preprocessed as /info describes "
+                                    "(normalised values, within a few units of 0)")
         labels = [p.classes[i] for i in probs.argmax(1).tolist()]
         tensors = {"probabilities": ("FP32", list(probs.shape), probs.numpy()),
                    "label": ("BYTES", [len(labels)], labels)}
@@ -156,6 +160,10 @@ def _fp32(raw: bytes | None, data, shape: list[int]) -> torch.Tensor:
                 raise ValueError(f"{flat.numel()} values for the shape {shape}")
     except (ValueError, TypeError, RuntimeError) as e:
         raise RequestError(400, f"the FP32 input's data does not fit its shape or is not numbers ({e})") from None
+    bad = (~torch.isfinite(flat)).sum().item()
+    if bad:
+        raise RequestError(422, f"the FP32 input holds {bad} NaN or infinite value{'s' * (bad > 1)}; every value "
+                                "must be a finite number (images preprocessed as /info describes)")
     return flat.reshape(shape)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import check_state_dict
+from ..checkpoint import check_state_dict, torch_load_error
 from ..errors import CheckpointError
 from ..fileio import atomic_path
 
@@ -42,8 +42,7 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors of truncated or foreign files have many types
-        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{what} {path} is truncated or not a vitkit checkpoint ({reason[:100]})") from None
+        raise torch_load_error(path, e, what) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, expected a dict of training state")
     return obj

@@ -244,21 +244,28 @@ def check_run_length(cfg: RunConfig, steps_per_epoch: int) -> None:
                           "or train longer")
 
 
-def resolve_model_config(model: ModelSection, *, in_channels: int, num_classes: int, img_size) -> ViTConfig:
-    """The run's :class:`ViTConfig`: the data set decides in_channels, num_classes and img_size (a value given
-    for one of them must agree with the data), a preset ``name`` the architecture (the section may add to it,
-    e.g. drop_path_rate, but not contradict it)."""
-    fields = {k: v for k, v in model.given().items() if k not in ("name", "init")}
+def check_data_keys(model: ModelSection, *, in_channels: int, num_classes: int, img_size) -> dict:
+    """The three model keys the data decides, as a dict; a value the section gives for one of them must agree
+    with the data."""
     data_has = {"in_channels": in_channels, "num_classes": num_classes, "img_size": img_size}
     what = {"in_channels": "channels", "num_classes": "classes", "img_size": "pixels per side"}
     for key, value in data_has.items():
-        given = fields.get(key, value)
+        given = getattr(model, key)
+        given = value if given is None else given
         same = pair(given, f"model.{key}") == pair(value) if key == "img_size" else given == value
         if not same:
             raise ConfigError(f"model.{key} is {given!r} but the data has {value!r} {what[key]}; leave model.{key} "
                               "out and the data decides it" + (" (or set data.img_size for an image folder)"
                                                                if key == "img_size" else ""))
-        fields[key] = value
+    return data_has
+
+
+def resolve_model_config(model: ModelSection, *, in_channels: int, num_classes: int, img_size) -> ViTConfig:
+    """The run's :class:`ViTConfig`: the data set decides in_channels, num_classes and img_size (a value given
+    for one of them must agree with the data), a preset ``name`` the architecture (the section may add to it,
+    e.g. drop_path_rate, but not contradict it)."""
+    fields = {k: v for k, v in model.given().items() if k not in ("name", "init")}
+    fields.update(check_data_keys(model, in_channels=in_channels, num_classes=num_classes, img_size=img_size))
     name = model.name
     if name is not None:
         preset = PRESETS[name]

@@ -106,8 +106,9 @@ class Console:
             if (tuple(theirs["mean"]), tuple(theirs["std"])) != (d.preprocess.mean, d.preprocess.std):
                 warnings.warn(f"the weights of {cfg.model.init} were trained on images normalised with mean "
                           f"{_stats(theirs['mean'])} and std {_stats(theirs['std'])}, this run normalises with "
-                          f"{_stats(d.preprocess.mean)} and {_stats(d.preprocess.std)}; set data.mean and data.std "
-                          "to theirs (the finetune-* recipes do)")
+                          f"{_stats(d.preprocess.mean)} and {_stats(d.preprocess.std)}; to use theirs, set "
+                          f"data.mean={_stats(theirs['mean'])[1:-1].join('[]')} and "
+                          f"data.std={_stats(theirs['std'])[1:-1].join('[]')}")
         if t.resumed_from is not None:
             self.log(f"resumed from {t.resumed_from} at epoch {t.epoch + 1}, batch {t.batch} "
                      f"(step {t.step})")

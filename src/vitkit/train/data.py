@@ -76,11 +76,23 @@ def run_preprocess(cfg: DataConfig, splits: Splits, model_img_size=None) -> Prep
                       interpolation=cfg.interpolation)
 
 
-def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None, split_file=None) -> RunData:
-    """The run's splits, preprocessing and loaders. ``split_file`` (a run's ``split.csv``) fixes an image
-    folder's files; ``batch_size`` is global: each of the N processes gets ``batch_size / N``."""
-    splits = open_splits(cfg.dataset, cfg.root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                         split_file=split_file, channels=cfg.channels, download=cfg.download and ctx.is_main)
+def batch_too_large(cfg: DataConfig, splits: Splits) -> ConfigError:
+    return ConfigError(f"data.batch_size {cfg.batch_size} is larger than the {splits.size('train')} training "
+                       "images, so an epoch would train no step; lower data.batch_size")
+
+
+def open_run_splits(cfg: DataConfig, ctx: Context, split_file=None) -> Splits:
+    """The run's splits (a folder is scanned, not decoded). ``split_file`` (a run's ``split.csv``) fixes an
+    image folder's files."""
+    return open_splits(cfg.dataset, cfg.root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
+                       split_file=split_file, channels=cfg.channels, download=cfg.download and ctx.is_main)
+
+
+def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None, split_file=None,
+               splits: Splits | None = None) -> RunData:
+    """The run's splits (``splits``, else :func:`open_run_splits`), preprocessing and loaders;
+    ``batch_size`` is global: each of the N processes gets ``batch_size / N``."""
+    splits = splits if splits is not None else open_run_splits(cfg, ctx, split_file)
     preprocess = run_preprocess(cfg, splits, model_img_size)
     batch = per_rank_batch(cfg.batch_size, ctx, "data.batch_size")
     eval_batch = per_rank_batch(cfg.eval_batch_size, ctx, "data.eval_batch_size")
@@ -113,8 +125,7 @@ def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None,
         loader = DeviceLoader(in_memory(train, preprocess), batch, shuffle=True, drop_last=True, seed=seed,
                               augment=augment, device=ctx.device, **shard)
     if len(loader) == 0:
-        raise ConfigError(f"data.batch_size {cfg.batch_size} is larger than the {splits.size('train')} training "
-                          "images, so an epoch would train no step; lower data.batch_size")
+        raise batch_too_large(cfg, splits)
     sets = {name: eval_set(splits, name, preprocess, eval_batch, device=ctx.device, workers=cfg.workers,
                            part=parts[name], **shard) for name in ("val", "test") if name in parts}
     return RunData(splits, preprocess, loader, sets.get("val"), sets.get("test"))

@@ -30,10 +30,11 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now (the last complete checkpoint stays)
         self.signum = signum
-        if self.announce:
+        if self.announce:  # only a second Ctrl-C stops at once: SIGTERM's announcement does not offer it
             name = signal.Signals(signum).name
-            print(f"\n{name} received: finishing this step and saving checkpoints/last "
-                  f"(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            again = " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+            print(f"\n{name} received: finishing this step and saving checkpoints/last{again}", file=sys.stderr,
+                  flush=True)
 
     def __enter__(self):
         for s in self.SIGNALS:

@@ -9,6 +9,7 @@ mid-epoch checkpoints and honours Ctrl-C), then ``evaluate`` on the validation s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import time
@@ -28,19 +29,19 @@ from . import distributed
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
                          set_rng_state)
 from ..configtools import from_dict
-from .config import ModelSection, RunConfig, check_compiler, check_run_length, resolve_model_config
+from .config import (ModelSection, RunConfig, check_compiler, check_data_keys, check_run_length,
+                     resolve_model_config)
 from .console import Console
-from .data import RunData, build_data
+from ..data.loader import samples_per_rank
+from .data import RunData, batch_too_large, build_data, open_run_splits, per_rank_batch, run_preprocess
+from .finetune import model_from_init
+from .memory import check_fits
 from .resume import resume_config, resume_folder
 from .ema import ModelEma
 from ..evaluation import evaluate
 from .loop import NonFiniteLossError, RunningMetrics, train_epoch
 from .optim import build_optimizer, build_scheduler, replan
 from .signals import StopRequest
-
-
-# Model keys a fine-tune may set on top of any weights: they change no parameter's shape.
-REGULARISATION = {"drop_rate", "drop_path_rate", "attn_drop_rate", "attn_impl", "num_heads", "act", "norm_eps"}
 
 
 class Trainer:
@@ -60,13 +61,15 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ between ranks, as they should
 
-        # Data (a run that already has a split file keeps its files), then the model it implies.
+        # Data (a run that already has a split file keeps its files), then the model it implies; every check
+        # that needs no allocation runs first (plan_run), so an impossible run allocates nothing.
         split_file = self.run_folder.split_path if self.run_folder.split_path.is_file() else None
-        self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.img_size,
-                                        split_file=split_file)
-        self.model_config = resolve_model_config(cfg.model, in_channels=self.data.in_channels,
-                                                 num_classes=len(self.data.classes), img_size=self.data.img_size)
-        self.model = self.build_model().to(self.device)
+        splits, data_keys, self.model_config = plan_run(cfg, ctx, split_file)  # model_config: None for init
+        self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.img_size, splits=splits)
+        self.model = self.build_model(data_keys).to(self.device)
+        if cfg.model.init:  # the architecture is the weights': now it is known, check the rest fits
+            check_fits(self.model_config, per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size"), self.device,
+                       ema=bool(cfg.train.ema_decay), grad_checkpointing=cfg.train.grad_checkpointing)
         self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
         # The resolved config, for config.yaml (the caller's cfg is left as it was).
         data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
@@ -92,6 +95,7 @@ class Trainer:
         self.wall_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.running = RunningMetrics(self.device)
         self.resumed_from = self.restore(resume) if resume is not None else None
+        self.config_pending = False  # set by run(): a resumed run's config.yaml waits for its first checkpoint
         if self.stopped_early and (not cfg.train.patience or self.bad_epochs < cfg.train.patience):
             self.stopped_early = False  # a resume with more patience continues
 
@@ -99,8 +103,7 @@ class Trainer:
         if ctx.distributed:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.train.compile:
-            check_compiler(self.device)
+        if cfg.train.compile:  # (a compiler is there: plan_run checked)
             self.train_model = torch.compile(self.train_model)
         self.stop = StopRequest(announce=ctx.is_main)
         self.tb = self.tensorboard() if ctx.is_main else None
@@ -109,24 +112,12 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------
     # Setup helpers
 
-    def build_model(self) -> VisionTransformer:
-        init = self.cfg.model.init
-        if not init:
+    def build_model(self, data_keys: dict) -> VisionTransformer:
+        """The run's model: new, or the ``model.init`` weights (whose architecture then is the run's) made to
+        the data's channels, classes and image size (``data_keys``)."""
+        if not self.cfg.model.init:
             return VisionTransformer(self.model_config)
-        # Fine-tuning: the architecture is the checkpoint's; the data set decides the head and image size.
-        overrides = {k: v for k, v in self.cfg.model.given().items()
-                     if k not in ("name", "init", "num_classes", "img_size", "in_channels")}
-        try:
-            model = VisionTransformer.from_pretrained(init, num_classes=self.model_config.num_classes,
-                                                      img_size=self.model_config.img_size, **overrides)
-        except CheckpointError as e:
-            shaping = {k: v for k, v in overrides.items() if k not in REGULARISATION}
-            if not shaping:
-                raise
-            shown = ", ".join(f"{k}={v!r}" for k, v in shaping.items())
-            raise CheckpointError(f"{e}; the run's model section sets {shown} on top of the weights (a recipe "
-                                  "for training from scratch?): use a finetune-* recipe (finetune-clip, "
-                                  "finetune-dinov2, finetune-dinov3, finetune-siglip) or drop those keys") from None
+        model = model_from_init(self.cfg.model.init, self.cfg.model.given(), **data_keys)
         self.model_config = model.config
         return model
 
@@ -213,8 +204,15 @@ class Trainer:
                 "model_config": self.model_config.to_dict(),
                 "world_size": self.ctx.world_size,
             }, self.ckpt_dir)
+            self.save_pending_config()  # the state it describes is saved
             weights_io.save_weights(self.eval_model, self.ckpt_dir / "last", self.weights_metadata())
         distributed.barrier()
+
+    def save_pending_config(self) -> None:
+        """Write a resumed run's config.yaml once what it describes has happened (see :meth:`run`)."""
+        if self.config_pending and self.ctx.is_main:
+            save_config(self.cfg.to_dict(), self.run_folder.config_path)
+        self.config_pending = False
 
     def wall_time(self) -> float:
         return self.wall_before + time.time() - self.t_start
@@ -227,7 +225,7 @@ class Trainer:
         last = rows[-1] if rows else {}
         best = next((r for r in rows if int(r["epoch"]) == self.best_epoch), {}) if self.data.val else last
         number = lambda row, key: float(row[key]) if row.get(key) not in (None, "") else None  # noqa: E731
-        score = lambda key: float(f"{test[key]:.6g}") if test else None  # noqa: E731  (as metrics.csv rounds)
+        score = lambda key: float(f"{test[key]:.6g}") if test and test[key] is not None else None  # noqa: E731
         d = self.data
         return {
             "model": "checkpoints/best",
@@ -273,9 +271,13 @@ class Trainer:
         cfg, ctx, data = self.cfg, self.ctx, self.data
         self.t_start = self.console.last_progress = time.time()
         self.first_step = self.step
+        # A resumed run's config.yaml (a longer train.epochs, say) is rewritten only once a checkpoint of the
+        # resumed run is saved: until then the folder's files still describe the run as it was.
+        self.config_pending = self.resumed_from is not None and self.run_folder.config_path.is_file()
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg.to_dict(), self.run_folder.config_path)
+            if not self.config_pending:
+                save_config(cfg.to_dict(), self.run_folder.config_path)
             if data.splits.is_folder and not self.run_folder.split_path.is_file():
                 atomic_write_text(self.run_folder.split_path, data.splits.split_file_text())
             self.run_folder.trim_metrics(self.epoch)
@@ -370,6 +372,7 @@ class Trainer:
             return
         if test is not None:
             self.run_folder.write_predictions("test", data.test.sources, test["predictions"], data.classes)
+        self.save_pending_config()  # a resume of a finished run that trained no step
         results = self.results(test, completed=True)
         before = self.run_folder.read_results()
         if self.step == self.first_step and before.get("completed") and before.get("wall_time") is not None:
@@ -394,10 +397,49 @@ class Trainer:
             predictions = self.run_folder.read_predictions(split, self.data.classes) if split else None
             report_module.write_report(self.run_dir, model, eval_set, predictions, device=self.device)
             return ", report.html"
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise  # the disk's fault, said as one sentence like any other writer's
+            warnings.warn(f"the run report could not be written ({e}); the run folder is complete without it",
+                          stacklevel=2)
+            return ""
         except Exception as e:  # the run itself is complete and saved; the report is a bonus
             warnings.warn(f"the run report could not be written ({type(e).__name__}: {e}); "
                           "the run folder is complete without it", stacklevel=2)
             return ""
+
+def plan_run(cfg: RunConfig, ctx, split_file=None):
+    """Every check of a run that allocates nothing, in the order training makes them: a compiler for
+    train.compile, the data's splits
+    (scanned, not decoded), preprocessing and batches per process, the model section against the data, the
+    run's length, and whether a model trained from scratch fits the device's memory. Returns (splits,
+    the data's in_channels, num_classes and img_size, the ViTConfig or None for ``model.init`` weights).
+    Training runs it first; ``vitkit train --print-config`` runs it alone, so it refuses what
+    training refuses."""
+    if cfg.train.compile:
+        check_compiler(ctx.device)
+    splits = open_run_splits(cfg.data, ctx, split_file)
+    preprocess = run_preprocess(cfg.data, splits, cfg.model.img_size)
+    batch = per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size")
+    per_rank_batch(cfg.data.eval_batch_size, ctx, "data.eval_batch_size")
+    h, w = preprocess.img_size
+    data_keys = {"in_channels": preprocess.channels, "num_classes": len(splits.classes),
+                 "img_size": h if h == w else (h, w)}
+    if cfg.model.init:  # the weights decide the architecture, checked when they are loaded (model_from_init)
+        check_data_keys(cfg.model, **data_keys)
+        model_config = None
+    else:
+        model_config = resolve_model_config(cfg.model, **data_keys)
+    batches = samples_per_rank(splits.size("train"), ctx.world_size, True) // batch  # the loaders' drop_last
+    if not batches and not splits.is_folder:  # (a folder's loader then trains one partial batch)
+        raise batch_too_large(cfg.data, splits)
+    if batches:
+        check_run_length(cfg, math.ceil(batches / cfg.optim.accum_steps))
+    if not cfg.model.init:
+        check_fits(model_config, batch, ctx.device, ema=bool(cfg.train.ema_decay),
+                   grad_checkpointing=cfg.train.grad_checkpointing)
+    return splits, data_keys, model_config
+
 
 def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None = None, log=print) -> int:
     """Run training for ``cfg``; returns the exit code. ``resume``: None, "auto" or a run folder or checkpoint.

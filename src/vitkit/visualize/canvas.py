@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..fileio import atomic_path
+
 
 def new_figure(width: float, height: float):
     """A Figure on an Agg canvas (no pyplot, no window), sized in inches."""
@@ -21,11 +23,12 @@ def new_figure(width: float, height: float):
     return fig
 
 def save_figure(fig, save_path: str | Path | None, dpi: int = 110):
-    """Write ``fig`` to ``save_path`` (format from the suffix) when a path is given; return the figure."""
+    """Write ``fig`` to ``save_path`` (format from the suffix) atomically when a path is given (a full disk
+    leaves an earlier file of that name as it was); return the figure."""
     if save_path is not None:
         path = Path(save_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, facecolor="white")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:] or "png", dpi=dpi, facecolor="white")
     return fig
 
 def grid_shape(n: int, max_cols: int) -> tuple[int, int]:

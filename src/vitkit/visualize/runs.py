@@ -44,7 +44,8 @@ def plot_training_curves(metrics, save_path=None, title: str = "Training curves"
     groups = [("loss", [k for k in cols if "loss" in k.lower()]),
               ("accuracy", [k for k in cols if "acc" in k.lower() or "top5" in k.lower()]),
               ("learning rate", [k for k in cols if k.lower() in ("lr", "learning_rate")])]
-    groups = [(name, keys) for name, keys in groups if keys and any(np.isfinite(cols[k]).any() for k in keys)]
+    groups = [(name, [k for k in keys if np.isfinite(cols[k]).any()]) for name, keys in groups]  # an empty
+    groups = [(name, keys) for name, keys in groups if keys]  # column (val_top5 of 5 classes or fewer) is not drawn
     if not groups:
         raise DataError("the metrics have no loss, accuracy or lr column to plot; "
                         f"columns are: {', '.join(cols) or 'none'}")
