@@ -41,3 +41,19 @@ def test_models_lists_presets():
     assert result.returncode == 0
     assert result.stdout.splitlines()[0].startswith("vit_base_patch16_224")
     assert "dim=768" in result.stdout and "vit_tiny" not in result.stdout
+    assert "weights: apache-2.0" in result.stdout.splitlines()[0]
+    dinov3 = run("models", "dinov3").stdout.splitlines()
+    assert len(dinov3) == 12 and all("rope=dinov3" in line and "weights: " in line for line in dinov3)
+    assert "weights: fair-noncommercial-research-license" in next(n for n in dinov3 if n.startswith("vit_tiny"))
+
+
+def test_a_reader_that_goes_away_stops_the_listing_quietly():
+    """`vitkit models | head -1`: the pipe closes before the listing is written; no internal error, nothing on
+    stderr, SIGPIPE's exit code."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err

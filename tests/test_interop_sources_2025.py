@@ -171,7 +171,7 @@ def test_dinov3_original_refusals(tmp_path):
     torch.save(original, tmp_path / "whole.pth")
     data = (tmp_path / "whole.pth").read_bytes()
     (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
-    refused(load_pretrained, tmp_path / "truncated.pth", match="cannot be read as a PyTorch checkpoint")
+    refused(load_pretrained, tmp_path / "truncated.pth", match="is truncated or not a PyTorch checkpoint")
     aimv2 = hf_aimv2(use_head=False).state_dict()
     refused(load_pretrained, aimv2, source="dinov3", match="no vitkit key fits")  # another family's keys
 

@@ -7,8 +7,9 @@ import sys
 
 
 def models(argv: list[str] | None = None) -> int:
-    from ..presets import PRESETS, list_models
-    parser = argparse.ArgumentParser(prog="vitkit models", description="List the named architectures.")
+    from ..presets import PRESETS, licence_of, list_models
+    parser = argparse.ArgumentParser(prog="vitkit models", description="List the named architectures "
+                                     "(with the licence of the weights each name loads by default).")
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'vit_base_*'; a plain "
                         "word (no * ? or [) matches names that contain it, e.g. dinov2")
     args = parser.parse_args(argv)
@@ -21,8 +22,10 @@ def models(argv: list[str] | None = None) -> int:
     width = max(len(n) for n in names)  # the columns line up whatever the longest name
     for name in names:
         p = PRESETS[name]
+        rope = p.get("rope", "none")
         print(f"{name:<{width}}  dim={p['embed_dim']:<5} depth={p['depth']:<3} heads={p['num_heads']:<3} "
-              f"img={p['img_size']}")
+              f"img={p['img_size']:<4} {'rope=' + rope if rope != 'none' else '':<11} "
+              f"weights: {licence_of(name)}".rstrip())
     return 0
 
 

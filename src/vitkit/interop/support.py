@@ -4,9 +4,13 @@ checks it against the library), rendered with the formats' markers and assumptio
 
 from __future__ import annotations
 
+from ..presets import FAMILY_LICENCES, FAMILY_PREPROCESSING, PRESET_FAMILIES
 from .catalog import DETECTION_ORDER, FORMATS
 
 COLUMNS = ("timm", "Hugging Face transformers", "original files", "vit-pytorch", "torch.nn")
+
+FAMILY_TEST = "test_family_matches_timm_at_three_sizes_fused_and_explicit_and_fails_without_its_pieces"
+BY_NAME_TEST = "test_family_state_dict_loads_by_its_timm_name_and_is_refused_without_it"
 
 # family: {column: [(what, format, parity test)]}
 SUPPORT: dict[str, dict[str, list[tuple[str, str, str]]]] = {
@@ -37,8 +41,9 @@ SUPPORT: dict[str, dict[str, list[tuple[str, str, str]]]] = {
                             "test_dinov2_training_checkpoint_chunked")],
     },
     "DINOv3": {
-        "timm": [("vit_*_dinov3* (live, state dict with arch=, folder)", "timm",
-                  "test_live_state_dict_and_folder_match_timm_or_are_refused")],
+        "timm": [("vit_*_dinov3* S, S+ SwiGLU, qkvb (live; three sizes, fused and explicit)", "timm", FAMILY_TEST),
+                 ("state dict with arch=, timm Hub folder", "timm", BY_NAME_TEST),
+                 ("LingBot (vit_*_lingbot)", "timm", FAMILY_TEST)],
         "Hugging Face transformers": [("DINOv3ViTModel, DINOv3ViTBackbone (live, folder; model.layer / layer, "
                                        "q_proj / query names)", "hf_dinov3", "test_hf_dinov3"),
                                       ("state dict without config.json, q/k/v biases", "hf_dinov3",
@@ -50,19 +55,31 @@ SUPPORT: dict[str, dict[str, list[tuple[str, str, str]]]] = {
                             "test_dinov3_original_bf16_periods_other_temperature_and_a_key_bias")],
     },
     "Perception Encoder": {
-        "timm": [("vit_pe_core_*, vit_pe_spatial_*, vit_pe_lang_*", "timm",
-                  "test_live_state_dict_and_folder_match_timm_or_are_refused")],
+        "timm": [("vit_pe_core_*, vit_pe_spatial_*, vit_pe_lang_* (live, state dict with arch=, folder)", "timm",
+                  FAMILY_TEST)],
         "original files": [("perception_models PE-Core .pt (visual.*, attention pool, proj; G without [CLS])", "pe",
                             "test_perception_encoder_original_file"),
                            ("PE-Spatial, PE-Lang towers (no ln_post; layer scale)", "pe_tower",
                             "test_perception_encoder_lang_layer_scale_and_bad_files")],
     },
     "AIMv2": {
-        "timm": [("aimv2_*", "timm", "test_live_state_dict_and_folder_match_timm_or_are_refused")],
+        "timm": [("aimv2_* (live, state dict, folder)", "timm", FAMILY_TEST)],
         "Hugging Face transformers": [("Aimv2VisionModel without its head (live, folder)", "hf_aimv2",
                                        "test_hf_aimv2_vision_model"),
                                       ("at another, non-square size (against timm's AIMv2)", "hf_aimv2",
                                        "test_hf_aimv2_at_a_non_square_size_equals_timms_aimv2")],
+    },
+    "EVA-02": {
+        "timm": [("eva02_* (sub-LN SwiGLU) and the EVA-CLIP towers (live, state dict with arch=, folder)", "timm",
+                  FAMILY_TEST)],
+    },
+    "RoPE-ViT": {
+        "timm": [("vit_*_rope_* (axial, _ape, _mixed, _mixed_ape; live, state dict with arch=, folder)", "timm",
+                  FAMILY_TEST),
+                 ("vit_*_rope_reg*_gap_256 (SBB)", "timm", FAMILY_TEST)],
+    },
+    "TIPSv2": {
+        "timm": [("vit_*_reg1_tipsv2 (live, state dict, folder)", "timm", FAMILY_TEST)],
     },
     "DeiT": {
         "timm": [("deit_*, deit_*_distilled_*", "timm", "test_timm_deit_distilled")],
@@ -101,6 +118,9 @@ SUPPORT: dict[str, dict[str, list[tuple[str, str, str]]]] = {
 
 # What does not load exactly, and why (docs/formats.md lists it).
 UNSUPPORTED = [
+    ("timm's eva02_enormous_patch14_clip_224", "post-norm blocks (EvaBlockPostNorm)"),
+    ("timm models with q/k norms, gated or grouped-query attention, RoPE periods given as min/max or in pixels",
+     "no vitkit equivalent (refused with a sentence naming the piece)"),
     ("open_clip CoCa towers (attentional_pool)", "a cross-attention pooler with its own widths, not a ViT pool"),
     ("Hugging Face CLIP/SigLIP/Dinov2ForImageClassification heads",
      "they read the mean of the tokens (un-normed, for CLIP) or [CLS] and the mean side by side; the backbone "
@@ -144,6 +164,19 @@ def support_table() -> str:
     return "\n".join(lines)
 
 
+def families_table() -> str:
+    """Each preset family's preprocessing and the licence of its default weights (names may differ: see
+    :func:`vitkit.presets.licence_of` and :func:`vitkit.presets.preprocessing_of`)."""
+    lines = ["| family | presets | mean | std | resize | crop_pct | licence of the weights |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for family, prep in FAMILY_PREPROCESSING.items():
+        count = sum(f == family for f in PRESET_FAMILIES.values())
+        mean, std = (", ".join(f"{v:.3g}" for v in prep[k]) for k in ("mean", "std"))
+        lines.append(f"| {family} | {count} | {mean} | {std} | {prep['interpolation']}, "
+                     f"{prep.get('crop_mode', 'center')} | {prep['crop_pct']:g} | {FAMILY_LICENCES[family]} |")
+    return "\n".join(lines)
+
+
 def formats_markdown() -> str:
     """docs/formats.md: the support table, each format's marker keys (in detection order) and what it
     assumes when neither the source nor the caller says."""
@@ -154,6 +187,10 @@ def formats_markdown() -> str:
              "features with the library's (float32, max abs difference <= 1e-5).", "",
              "`VisionTransformer.from_pretrained(src)` finds the format by its keys; `source=` forces one; "
              "`rules=` describes any other layout (examples/load_custom_vit.py).", "", support_table()]
+    lines += ["", "## Families: preprocessing and licence", "",
+              "How each family's default weights want their images (timm's pretrained configs; a source's own "
+              "description wins), and the licence those weights come under. Several are not for commercial use "
+              "(`vitkit.licence_of(name)` for one name).", "", families_table()]
     lines += ["", "## Formats, in the order their keys are tried", "",
               "| format | marker keys | prefixes stripped | documented defaults | assumed (with a warning) |",
               "| --- | --- | --- | --- | --- |"]
