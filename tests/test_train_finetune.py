@@ -133,6 +133,7 @@ def test_finetune_recipe_from_a_backbone_file(recipe, tmp_path, capsys, monkeypa
     code, out, err = cli(capsys, "train", "--config", recipe, *sets_args(sets))
     assert code == 0, err
     assert "the head alone for the first 1 epoch," in out and "layer decay" in out
+    assert ("dinov3 rotary embedding)" in out) == (recipe == "finetune-dinov3")  # the console says what it runs
     assert not [w for w in recwarn if "normalised with mean" in str(w.message)]  # the recipe's are the family's
     run = tmp_path / "runs" / "ft"
     config = yaml.safe_load((run / "config.yaml").read_text())

@@ -94,7 +94,8 @@ class Console:
         if d.splits.is_folder:
             self.log(f"preprocessing: {d.preprocess.describe()}")
         self.log(f"model: ViT {count_parameters(t.model) / 1e6:.2f}M parameters (dim {m.embed_dim}, depth "
-                 f"{m.depth}, heads {m.num_heads}, patch {m.patch_size}, {grid} patches)"
+                 f"{m.depth}, heads {m.num_heads}, patch {m.patch_size}, {grid} patches"
+                 + (f", {m.rope} rotary embedding" if m.rope != "none" else "") + ")"
                  + (f", initialised from {cfg.model.init}" if cfg.model.init else ""))
         self.log(f"train: {cfg.train.epochs} epochs x {t.steps_per_epoch} steps, batch {cfg.data.batch_size}, "
                  f"AdamW lr {cfg.optim.lr:g}"
