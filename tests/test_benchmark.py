@@ -115,3 +115,16 @@ def test_cli_prints_a_table(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| vit_tiny_patch16_224 | infer | 2 | fp32 | no | vitkit |" in out and " threads; torch " in out
     assert calls["args"][:4] == ("vit_tiny_patch16_224", "infer", 2, "fp32")
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_a_headless_rotary_backbone_runs_against_timm_with_the_same_weights(mode):
+    """DINOv3 (no head, timm's Eva keys): vitkit runs timm's weights converted, a headless model trains on the
+    mean square of its features; in inference the two compute the same features to the bit."""
+    pytest.importorskip("timm")
+    report = bm.benchmark("vit_small_patch16_dinov3", mode=mode, batch_size=2, compare="timm", device="cpu",
+                          steps=1, windows=1, warmup=1, peak_tflops=0.1, img_size=32, embed_dim=64, depth=2,
+                          num_heads=2)
+    assert [m.library for m in report.results] == ["vitkit", "timm"]
+    assert all(m.images_per_s > 0 for m in report.results)
+    assert report.max_logit_diff <= (0.0 if mode == "infer" else 1e-5)

@@ -195,8 +195,9 @@ TIMM_OVERRIDES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "
 
 def build_model(library: str, name: str, device: torch.device, state_dict: dict | None = None,
                 **overrides) -> nn.Module:
-    """vitkit's or timm's model of this (timm) name on ``device``, optionally with given weights (the keys match,
-    so both libraries can run the very same network). ``overrides`` change the preset (timm: TIMM_OVERRIDES)."""
+    """vitkit's or timm's model of this (timm) name on ``device``, optionally with given weights (in the
+    library's own keys, so both libraries can run the very same network). ``overrides`` change the preset
+    (timm: TIMM_OVERRIDES)."""
     if library == "vitkit":
         from ..model import create_model
         model = create_model(name, **overrides)
@@ -226,7 +227,8 @@ class Runner:
         self.library, self.mode, self.device, self.dtype = library, mode, device, dtype
         gen = torch.Generator().manual_seed(seed)  # the same images for every library
         self.images = torch.randn(batch_size, 3, img_size, img_size, generator=gen).to(device)
-        self.labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
+        # a headless backbone (num_classes 0) trains on the mean square of its pooled features
+        self.labels = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device) if num_classes else None
         self.model = model.train(mode == "train")
         self.forward = torch.compile(model, mode=compile_mode) if compile else model
         self.optimizer = None
@@ -245,7 +247,8 @@ class Runner:
                 self.forward(self.images)
             return
         with self._autocast():
-            loss = F.cross_entropy(self.forward(self.images), self.labels)
+            out = self.forward(self.images)
+            loss = F.cross_entropy(out, self.labels) if self.labels is not None else out.float().pow(2).mean()
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -302,17 +305,18 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
     torch_dtype = DTYPES[dtype]
 
     libraries = ["vitkit"] + (["timm"] if compare else [])
-    runners, memory = [], {}
-    weights = None
+    runners, memory, weights = [], {}, {}
+    if compare:  # both start from timm's weights (on the CPU), vitkit's converted from its keys (Eva's differ)
+        from ..interop import load_pretrained
+        source = build_model("timm", model, torch.device("cpu"), None, **overrides)
+        weights = {"timm": source.state_dict(), "vitkit": load_pretrained(source, source="timm").state}
     for lib in libraries:
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        net = build_model(lib, model, dev, weights, **overrides)
-        if lib == "vitkit" and compare:  # timm gets the very same weights
-            weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net = build_model(lib, model, dev, weights.get(lib), **overrides)
         runner = Runner(lib, net, mode, batch_size, dev, torch_dtype, compile, cfg.img_size
                         if isinstance(cfg.img_size, int) else cfg.img_size[0], cfg.num_classes,
                         compile_mode=compile_mode)
