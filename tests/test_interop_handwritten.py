@@ -573,19 +573,33 @@ def test_multihead_attention_prenorm_blocks_with_layernorm_linear_head():
     assert max_diff(logits(ours, x), want) <= TOL
 
 
-def test_torch_encoder_with_layernorm_linear_mlp_head():
-    """An nn.TransformerEncoder ViT (pre-norm, with its own final norm) whose head is mlp_head.0 (LayerNorm) +
-    mlp_head.1 (Linear): detected as torch.nn, the head's LayerNorm is head_norm."""
+MLP_HEADS = {  # mlp_head as tutorials write it: (modules, pieces that must matter, whose activation is assumed)
+    "ln_linear": (lambda: [torch.nn.LayerNorm(64), torch.nn.Linear(64, 5)], ["head_norm"], False),
+    "linear_gelu_linear": (lambda: [torch.nn.Linear(64, 32), torch.nn.GELU(), torch.nn.Linear(32, 5)],
+                           ["head_mlp"], True),
+    "linear_gelu_dropout_linear": (lambda: [torch.nn.Linear(64, 32), torch.nn.GELU(), torch.nn.Dropout(0.1),
+                                            torch.nn.Linear(32, 5)], ["head_mlp"], True),
+    "ln_linear_gelu_linear": (lambda: [torch.nn.LayerNorm(64), torch.nn.Linear(64, 32), torch.nn.GELU(),
+                                       torch.nn.Linear(32, 5)], ["head_norm", "head_mlp"], True),
+}
+
+
+@pytest.mark.parametrize("head", MLP_HEADS)
+def test_torch_encoder_with_layernorm_linear_mlp_head(head):
+    """An nn.TransformerEncoder ViT (pre-norm, with its own final norm) whose head is an nn.Sequential mlp_head:
+    detected as torch.nn; its LayerNorm is head_norm, its first Linear pre_logits.fc (GELU assumed and said)."""
     from test_interop_torchnn import EncoderViT
+    modules, pieces, act_assumed = MLP_HEADS[head]
     ref = EncoderViT(True, "gelu")
     del ref.classifier
-    ref.mlp_head = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 5))
+    ref.mlp_head = torch.nn.Sequential(*modules())
     ref.forward = lambda x: ref.mlp_head(ref.forward_features(x)[:, 0])
     ref = randomize(ref)
     x = images(2, 32)
     want, toks = logits(ref, x), tokens(ref, x)
-    ours = silent(from_pretrained, ref)
-    assert ours.config.head_norm and ours.config.final_norm
+    ours, said = assumed(from_pretrained, ref)
+    assert ("assumed head_act='gelu'" in said) == act_assumed and said.count("assumed") == act_assumed
+    assert ours.config.head_norm == ("head_norm" in pieces) and ours.config.final_norm
     assert max_diff(tokens(ours, x), toks) <= TOL
     assert max_diff(logits(ours, x), want) <= TOL
-    assert_pieces_matter(ours, x, toks, want, ["head_norm", "final_norm", "norm_order", "head_layout"])
+    assert_pieces_matter(ours, x, toks, want, [*pieces, "final_norm", "norm_order", "head_layout"])

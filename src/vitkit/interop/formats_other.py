@@ -138,9 +138,27 @@ _POS = ("pos_embed", "pos_embedding", "position_embedding", "position_embeddings
         "pos_emb")
 _NORM = ("{enc}norm", "norm", "ln", "layer_norm", "layernorm", "final_norm", "ln_f", "ln_post")
 _HEAD = ("head", "fc", "classifier", "mlp_head", "linear_head", "heads.head", "out")
-# A head of LayerNorm + Linear (mlp_head.0, mlp_head.1): the LayerNorm is vitkit's head_norm, after the final norm
-_LN_HEAD = (*wb("head_norm", "mlp_head.0", when=("mlp_head.1.weight",), unless=("mlp_head.2.weight",)),
-            *wb("head", "mlp_head.1", unless=("mlp_head.2.weight",)))
+# Heads in an nn.Sequential named mlp_head: LayerNorm + Linear (0, 1), Linear-act-Linear (0, 2), Linear-act-
+# Dropout-Linear (0, 3), LayerNorm + Linear-act-Linear (0, 1, 3). A LayerNorm is vitkit's head_norm (after the
+# final norm), the first of two Linears its pre_logits.fc; the activation is code, so it is assumed (GELU).
+_LN_HEAD = (
+    *wb("head_norm", "mlp_head.0", when=("mlp_head.1.weight", "mlp_head.3.weight")),
+    *wb("pre_logits.fc", "mlp_head.1", when=("mlp_head.3.weight",)),
+    *wb("pre_logits.fc", "mlp_head.0", when=("mlp_head.2.weight",), unless=("mlp_head.1.weight",)),
+    *wb("pre_logits.fc", "mlp_head.0", when=("mlp_head.3.weight",), unless=("mlp_head.1.weight",)),
+    *wb("head", "mlp_head.3"),
+    *wb("head", "mlp_head.2", unless=("mlp_head.1.weight",)),
+    *wb("head_norm", "mlp_head.0", when=("mlp_head.1.weight",), unless=("mlp_head.2.weight",)),
+    *wb("head", "mlp_head.1", unless=("mlp_head.2.weight",)))
+
+
+def _mlp_head(raw: dict) -> bool:
+    return any(k.startswith(("mlp_head.2.", "mlp_head.3.")) for k in raw)
+
+
+_HEAD_ACT = Assume("head_act", "gelu", "the activation between the head's two Linears (mlp_head) is not in the "
+                   "weights; assumed head_act='gelu'; pass head_act='relu', 'tanh' ... if it was another",
+                   test=_mlp_head)
 TORCH_NN = Format(
     name="torch_nn", markers=("*layers.0.self_attn.in_proj_weight",), label="nn.TransformerEncoder",
     placeholders={"enc": r"^(.*?)layers\.0\.self_attn\.in_proj_weight$"},
@@ -165,7 +183,7 @@ TORCH_NN = Format(
                    "norm_style='post' (norm_first=False, PyTorch's default); pass norm_style='pre' for "
                    "norm_first=True"),
             Assume("act", "relu", "its activation is not in the weights either; assumed act='relu' (PyTorch's "
-                   "default); pass act='gelu' for activation='gelu'")))
+                   "default); pass act='gelu' for activation='gelu'"), _HEAD_ACT))
 
 # Pre-norm blocks written by hand around nn.MultiheadAttention ({stk}{i}.{attn}.in_proj_weight), as tutorials write
 # them (e.g. the UvA deep-learning course's AttentionBlock: layer_norm_1, attn, layer_norm_2, linear = Linear,
@@ -201,7 +219,7 @@ MHA_PRENORM = Format(
     assume=(Assume("norm_style", "pre", "blocks around nn.MultiheadAttention do not store where their norms sit; "
                    "assumed norm_style='pre' (x + attn(norm1(x))); pass norm_style='post' for x = norm1(x + attn(x))"),
             Assume("act", "gelu", "nor their MLP's activation; assumed act='gelu'; pass act='relu' (or another) if "
-                   "it was not")),
+                   "it was not"), _HEAD_ACT),
     doc="the blocks' norms and MLP are found under common names (norm1 / ln_1 / layer_norm_1 ..., mlp / ff / "
         "linear with indices 0 and 3 or 2, or fc1 / fc2); a Linear patch embedding needs a rule (its patch order "
         "is not in the weights)")
