@@ -14,7 +14,7 @@ import torch
 from mutation import assert_pieces_matter, output_of
 from test_interop import TOL, images, max_diff, randomize
 from test_interop_clip import logits, silent, tokens
-from vitkit import from_pretrained
+from vitkit import CheckpointError, from_pretrained
 
 pytest.importorskip("einops")
 
@@ -384,8 +384,8 @@ SIZES = dict(image_size=40, patch_size=8, num_classes=5, dim=64, depth=2, heads=
 
 
 def release(version: str) -> types.ModuleType:
-    """vit_pytorch/vit_pytorch.py of an old release, as a module."""
-    module = types.ModuleType(f"vit_pytorch_{version.replace('.', '_')}")
+    """vit_pytorch/vit_pytorch.py of an old release, as a module (in the vit_pytorch package, where it lived)."""
+    module = types.ModuleType(f"vit_pytorch.release_{version.replace('.', '_')}")
     exec(compile(RELEASES[version], f"vit_pytorch-{version}/vit_pytorch.py", "exec"), module.__dict__)
     return module
 
@@ -463,8 +463,12 @@ def test_vit_pytorch_0_6_5_attention_wider_than_the_model_scaled_by_dim():
     assert max_diff(tokens(ours, x), toks) <= TOL
     assert max_diff(logits(ours, x), want) <= TOL
     assert_pieces_matter(ours, x, toks, want, ["custom_scale", "final_norm", "head_layout", "pos_embed"])
+    live = silent(from_pretrained, ref)  # live: the heads and the scale from the modules
+    assert live.config.attn_scale == 48 ** -0.5 and max_diff(logits(live, x), want) <= TOL
     other = silent(from_pretrained, ref.state_dict(), num_heads=4, pool="cls", attn_scale=None)
     assert max_diff(logits(other, x), want) > 1e-3  # 0.6.7's scale is not this model's
+    with pytest.raises(CheckpointError, match="pools the mean of all tokens, its"):  # [CLS] in the mean
+        from_pretrained(release("0.6.5").ViT(**sizes, pool="mean"))
 
 
 def test_vit_pytorch_0_6_7_scale_by_dim_head_when_told():
@@ -479,6 +483,8 @@ def test_vit_pytorch_0_6_7_scale_by_dim_head_when_told():
     assert_pieces_matter(ours, x, toks, want, ["attn_dim", "head_layout", "final_norm"])
     _, said = assumed(from_pretrained, ref.state_dict(), num_heads=4, pool="cls")
     assert "pass attn_scale=None for 0.6.7 or 0.6.8" in said
+    live = silent(from_pretrained, ref)  # live: the modules say dim_head ** -0.5
+    assert live.config.attn_scale is None and max_diff(logits(live, x), want) <= TOL
 
 
 def test_vit_pytorch_current_with_dim_head_64_on_dim_48():
@@ -603,3 +609,23 @@ def test_torch_encoder_with_layernorm_linear_mlp_head(head):
     assert max_diff(tokens(ours, x), toks) <= TOL
     assert max_diff(logits(ours, x), want) <= TOL
     assert_pieces_matter(ours, x, toks, want, [*pieces, "final_norm", "norm_order", "head_layout"])
+
+
+def test_timm_state_dict_with_representation_size():
+    """timm before 0.6 saved ViTs with representation_size as pre_logits.fc (Linear -> tanh) before the head: the
+    keys say it, and vitkit computes head(tanh(pre_logits.fc(x))) (reference written by hand on today's timm)."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    trunk = randomize(TimmViT(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, num_classes=0))
+    fc, head = randomize(torch.nn.Linear(48, 24), 1), randomize(torch.nn.Linear(24, 5), 2)
+    state = {**trunk.state_dict(), **{f"pre_logits.fc.{k}": v for k, v in fc.state_dict().items()},
+             **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    x = images(2, 32)
+    with torch.no_grad():
+        toks = trunk.forward_features(x)
+        want = head(torch.tanh(fc(toks[:, 0])))
+    ours = silent(from_pretrained, state, num_heads=4)
+    assert (ours.config.head_hidden_dim, ours.config.head_act, ours.num_features) == (24, "tanh", 24)
+    assert max_diff(tokens(ours, x), toks) <= TOL and max_diff(logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, toks, want, ["head_mlp", "final_norm", "head_layout"])
+    fresh = assumed(from_pretrained, state, num_heads=4, num_classes=0)[0]  # features: the representation layer's
+    assert max_diff(logits(fresh, x), torch.tanh(fc(toks[:, 0])).detach()) <= TOL

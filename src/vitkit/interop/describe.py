@@ -216,10 +216,17 @@ def _vit_pytorch_hints(m) -> dict:
     while not hasattr(attn, "heads") and hasattr(attn, "fn"):  # PreNorm(...), before 0.10 Residual(PreNorm(...))
         attn = attn.fn
     hints = {"num_heads": attn.heads}
+    cls = getattr(m, "cls_token", None)
+    if getattr(m, "pool", None) in ("cls", "mean") and isinstance(cls, torch.Tensor) and cls.ndim == 3:
+        if m.pool == "mean":  # before 1.16 the mean is over all tokens, [CLS] included
+            raise CheckpointError("this vit-pytorch ViT (before 1.16) pools the mean of all tokens, its [CLS] token "
+                                  "included, which vitkit does not compute; it was not loaded")
+        hints["pool"] = "cls"
     scale = getattr(attn, "scale", None)  # dim_head ** -0.5 since 0.6.7; dim ** -0.5 before
-    if isinstance(scale, float) and abs(scale - (attn.to_qkv.out_features // 3 // attn.heads) ** -0.5) > 1e-12:
-        hints["attn_scale"] = scale
-    table, cut = getattr(m, "pos_embedding", None), getattr(m.to_patch_embedding[0], "axes_lengths", {})
+    if isinstance(scale, float):
+        own = abs(scale - (attn.to_qkv.out_features // 3 // attn.heads) ** -0.5) <= 1e-12
+        hints["attn_scale"] = None if own else scale
+    table, cut = getattr(m, "pos_embedding", None), getattr(getattr(m, "to_patch_embedding", [None])[0], "axes_lengths", {})
     if isinstance(table, torch.Tensor) and not isinstance(table, nn.Parameter) and "p1" in cut:
         side = int(table.shape[-2] ** 0.5)  # a square grid
         h, w = side * cut["p1"], side * cut.get("p2", cut["p1"])
