@@ -52,6 +52,11 @@ Pieces (``PIECES``; "act:<name>" replaces every MLP activation by vitkit's ``<na
     attn_pool_heads  the MAP head's attention split into the trunk's head count (or twice its own) instead
                      of its own (the Perception Encoder pools with 8 heads)
     pool_prefix      the MAP head (or mean) reads the patch tokens only, not [CLS] and the registers too (PE)
+    attn_dim         an attention wider or narrower than the model scaled by the head width the model's width
+                     implies (embed_dim / heads) instead of its own (attn_dim / heads)
+    custom_scale     an attention scale other than head_width ** -0.5 (attn_scale) -> the default
+    head_mlp         the activation of the head's hidden layer (pre_logits.act: tanh, GELU) -> Identity
+    head_norm        model.head_norm (the LayerNorm of an LN + Linear head) -> Identity
     act:<name>       every MLP activation (blocks and MAP head) replaced by <name>
 """
 
@@ -235,7 +240,7 @@ def _k_bias(model):
     for blk in model.blocks:
         bias = blk.attn.qkv.bias
         _need(bias is not None, model, "k_bias", "key bias (attn.qkv.bias)")
-        bias[blk.attn.embed_dim:2 * blk.attn.embed_dim].zero_()
+        bias[blk.attn.attn_dim:2 * blk.attn.attn_dim].zero_()
 
 
 def _attn_norm(model):
@@ -283,6 +288,30 @@ def _pool_prefix(model):
     model.config.pool_include_prefix = False
 
 
+def _attn_dim(model):
+    cfg = model.config
+    _need(cfg.attn_dim not in (None, cfg.embed_dim) and cfg.attn_scale is None, model, "attn_dim",
+          "attention wider or narrower than the model, scaled by its head width")
+    for blk in model.blocks:
+        blk.attn.scale = blk.attn.attention.scale = (cfg.embed_dim / cfg.num_heads) ** -0.5
+
+
+def _custom_scale(model):
+    _need(model.config.attn_scale is not None, model, "custom_scale", "attention scale of its own (attn_scale)")
+    for blk in model.blocks:
+        blk.attn.scale = blk.attn.attention.scale = True
+
+
+def _head_mlp(model):
+    _need(isinstance(model.pre_logits, nn.Sequential), model, "head_mlp", "hidden layer in the head (pre_logits)")
+    model.pre_logits.act = nn.Identity()
+
+
+def _head_norm(model):
+    _need(_is_norm(model.head_norm), model, "head_norm", "norm before the head (head_norm)")
+    model.head_norm = nn.Identity()
+
+
 def _act(name: str):
     def fn(model):
         mlps = [blk.mlp for blk in model.blocks] + ([model.attn_pool.mlp] if model.attn_pool is not None else [])
@@ -328,6 +357,10 @@ PIECES = {
     "rmsnorm": (_rmsnorm, "tokens"),
     "attn_pool_heads": (_attn_pool_heads, "head"),
     "pool_prefix": (_pool_prefix, "head"),
+    "attn_dim": (_attn_dim, "tokens"),
+    "custom_scale": (_custom_scale, "tokens"),
+    "head_mlp": (_head_mlp, "head"),
+    "head_norm": (_head_norm, "head"),
     **{f"act:{name}": (_act(name), "tokens") for name in ACTIVATIONS},
 }
 
@@ -372,6 +405,10 @@ def pieces_of(config: ViTConfig) -> list[str]:
     out += ["rmsnorm"] * (config.norm_layer == "rmsnorm")
     out += ["attn_pool_heads"] * (config.pool == "map" and config.attn_pool_heads not in (None, config.num_heads))
     out += ["pool_prefix"] * (config.pool_include_prefix and config.num_prefix_tokens > 0)
+    out += ["attn_dim"] * (config.attn_dim not in (None, config.embed_dim) and config.attn_scale is None)
+    out += ["custom_scale"] * (config.attn_scale is not None)
+    out += ["head_mlp"] * (config.head_hidden_dim is not None)
+    out += ["head_norm"] * config.head_norm
     return out
 
 

@@ -276,12 +276,18 @@ def test_torchvision_old_mlp_keys_and_pre_logits():
     assert max_diff(_tokens(ours, x), tokens) <= TOL
     assert max_diff(_logits(ours, x), want) <= TOL
     assert_pieces_matter(ours, x, tokens, want, PLAIN)
-    # representation_size adds heads.pre_logits + tanh, which vitkit has not: dropped, head starts afresh.
-    with_rep = TvViT(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
-                     num_classes=3, representation_size=32)
-    with pytest.warns(UserWarning, match="pre-logits"):
-        ours = from_pretrained(with_rep)
-    assert ours.head.weight.shape == (3, 64)
+    # representation_size adds heads.pre_logits + tanh before the head: vitkit's head_hidden_dim computes it
+    with_rep = randomize(TvViT(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+                               num_classes=3, representation_size=32))
+    ours = from_pretrained(with_rep)
+    assert (ours.config.head_hidden_dim, ours.config.head_act, ours.head.weight.shape) == (32, "tanh", (3, 32))
+    tokens, want = _torchvision_tokens(with_rep, x), _logits(with_rep, x)
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, ["head_mlp"])
+    ours = from_pretrained(with_rep.state_dict(), num_heads=4, num_classes=5)  # a new head after the layer
+    assert ours.head.weight.shape == (5, 32) and torch.equal(ours.pre_logits.fc.weight,
+                                                             with_rep.heads.pre_logits.weight)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -372,16 +378,25 @@ def test_jax_npz_matches_timm_loader(tmp_path, layout):
     assert_pieces_matter(ours, x, tokens, want, ["head_layout", "pos_embed", "act:gelu", *pooling])
 
 
-def test_jax_pre_logits_is_dropped_with_a_warning(tmp_path):
+def test_jax_pre_logits_representation_layer_is_computed(tmp_path):
+    """The original ViT's in21k checkpoints: head(tanh(pre_logits(x))), as the JAX model computes it."""
     model = randomize(TimmViT(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4, num_classes=6))
+    g = torch.Generator().manual_seed(3)
+    kernel, bias = torch.randn(64, 64, generator=g) * 0.3, torch.randn(64, generator=g) * 0.1  # (D, R), (R,)
     path = tmp_path / "vit.npz"
-    timm_to_npz(model, path, extra={"pre_logits/kernel": np.zeros((64, 64), np.float32),
-                                    "pre_logits/bias": np.zeros(64, np.float32)})
-    with pytest.warns(UserWarning, match="pre-logits"):
-        ours = from_pretrained(path)
-    assert ours.config.num_classes == 6
-    assert torch.equal(ours.blocks[0].norm1.weight.data, model.blocks[0].norm1.weight.data)
-    assert not torch.equal(ours.head.weight.data, model.head.weight.data)
+    timm_to_npz(model, path, extra={"pre_logits/kernel": kernel.numpy(), "pre_logits/bias": bias.numpy()})
+    x = images(2, 32)
+    ours = from_pretrained(path, act="gelu")  # no warning: the layer is computed
+    assert (ours.config.num_classes, ours.config.head_hidden_dim, ours.config.head_act) == (6, 64, "tanh")
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        want = model.head(torch.tanh(tokens[:, 0] @ kernel + bias))
+    assert max_diff(_tokens(ours, x), tokens) <= TOL
+    assert max_diff(_logits(ours, x), want) <= TOL
+    assert_pieces_matter(ours, x, tokens, want, ["head_mlp", "final_norm"])
+    with torch.no_grad():  # pre_logits=True is the representation, as timm's forward_head(pre_logits=True)
+        assert max_diff(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                        torch.tanh(tokens[:, 0] @ kernel + bias)) <= TOL
 
 
 # ------------------------------------------------------------------------------------------------------------

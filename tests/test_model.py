@@ -357,3 +357,39 @@ def test_grad_checkpointing_gives_the_same_gradients_and_recomputes_only_in_trai
     assert len(calls) == 3  # no recomputation
     model.set_grad_checkpointing(False)
     assert torch.equal(out, model(x))
+
+
+def test_attn_dim_scale_and_mlp_head_options():
+    """attn_dim: q, k, v of that width (qkv D -> 3A, proj A -> D), timm's Attention(attn_head_dim=) exactly;
+    attn_scale the q k^T factor, fused and explicit alike; head_hidden_dim / head_act / head_norm a head
+    [LayerNorm] Linear -> act -> Linear whose pre_logits output is the hidden layer's; what contradicts is one
+    sentence."""
+    from timm.models.vision_transformer import Attention
+    kw = dict(img_size=16, patch_size=8, embed_dim=48, depth=1, num_heads=4, num_classes=3)
+    model = randomize(VisionTransformer(**kw, attn_dim=96))
+    attn = model.blocks[0].attn
+    assert (attn.qkv.weight.shape, attn.proj.weight.shape, attn.head_dim) == ((288, 48), (48, 96), 24)
+    ref = Attention(48, num_heads=4, attn_head_dim=24, qkv_bias=True).eval()
+    ref.load_state_dict(attn.state_dict())
+    x = torch.randn(2, 5, 48)
+    with torch.no_grad():
+        assert (attn(x) - ref(x)).abs().max() <= 1e-6
+        scaled = randomize(VisionTransformer(**kw, attn_scale=0.05))
+        explicit = VisionTransformer(scaled.config.replace(attn_impl="explicit")).eval()
+        explicit.load_state_dict(scaled.state_dict())
+        img = torch.randn(2, 3, 16, 16)
+        assert (scaled(img) - explicit(img)).abs().max() <= 1e-5
+    head = VisionTransformer(**kw, representation_size=20, head_act="gelu", head_norm=True)
+    assert head.config.head_hidden_dim == 20 and head.num_features == 20 and head.head.weight.shape == (3, 20)
+    assert {"head_norm.weight", "pre_logits.fc.weight", "pre_logits.fc.bias"} <= set(head.state_dict())
+    assert head.forward_head(head.forward_features(torch.randn(1, 3, 16, 16)), pre_logits=True).shape == (1, 20)
+    assert vitkit.flops_per_image(head.config) == vitkit.flops_per_image(ViTConfig(**kw)) - 2 * 48 * 3 + \
+        2 * 20 * 3 + 2 * 48 * 20
+    plain = VisionTransformer(**kw)
+    assert set(plain.state_dict()) == set(VisionTransformer(**kw, attn_dim=48, attn_scale=None).state_dict())
+    for bad, match in [(dict(attn_dim=50), r"attn_dim \(50\) must be divisible by num_heads"),
+                       (dict(head_act="gelu"), "only head_hidden_dim"),
+                       (dict(distilled=True, head_hidden_dim=8), "two linear heads"),
+                       (dict(attn_scale=0.0), "attn_scale must lie in")]:
+        with pytest.raises(ConfigError, match=match):
+            ViTConfig(**kw, **bad)

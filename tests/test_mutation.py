@@ -21,6 +21,11 @@ NEW_PIECES = {
     "rmsnorm": dict(norm_layer="rmsnorm"),
     "attn_pool_heads": dict(pool="map", attn_pool_heads=4, num_heads=2),
     "pool_prefix": dict(pool="map", pool_include_prefix=True, reg_tokens=1),
+    # issue 29: the pieces of hand-written ViTs
+    "attn_dim": dict(attn_dim=64, num_heads=2),
+    "custom_scale": dict(attn_scale=0.05, attn_dim=48, num_heads=4),
+    "head_mlp": dict(head_hidden_dim=24, head_act="gelu"),
+    "head_norm": dict(head_norm=True, head_hidden_dim=24),
 }
 
 

@@ -32,7 +32,9 @@ def one_sentence(err: str) -> bool:
          pos_embed="none", layer_scale_init=0.1, qkv_bias="qv", pool="mean"),
     dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4, reg_tokens=4, mlp="swiglu", distilled=True,
          no_embed_class=True),
-], ids=["vit-b", "small", "map-headless", "beit-like", "registers-swiglu-distilled"])
+    dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=4, attn_dim=256, head_hidden_dim=96,
+         head_norm=True, num_classes=10),
+], ids=["vit-b", "small", "map-headless", "beit-like", "registers-swiglu-distilled", "wide-attention-mlp-head"])
 def test_the_parameter_count_is_the_models_within_half_a_percent(kw):
     cfg = ViTConfig(**kw)
     assert abs(parameter_count(cfg) / count_parameters(VisionTransformer(cfg)) - 1) < 0.005

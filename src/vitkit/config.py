@@ -35,6 +35,7 @@ RopeType = Literal["none", "dinov3", "axial", "mixed"]
 PosEmbedType = Literal["learn", "sincos2d", "none"]
 AttnImpl = Literal["fused", "explicit"]
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
+HeadActivation = Literal["tanh", "gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
 
 
 @dataclass
@@ -49,6 +50,13 @@ class ViTConfig:
     ``"map"`` without a [CLS] token, DINOv2 has layer scale (and registers, and a ``"swiglu"`` MLP for the
     giant), DeiT's distilled models a ``distilled`` token, BEiT has ``qkv_bias="qv"`` and a relative position
     bias.
+    The attention may be wider or narrower than the tokens: ``attn_dim`` (timm's ``Attention.attn_dim``,
+    vit-pytorch's ``heads * dim_head``) is the width of q, k and v, so ``qkv`` maps D -> 3 ``attn_dim`` and
+    ``proj`` ``attn_dim`` -> D; None is ``embed_dim`` (timm's ViT). ``attn_scale`` multiplies q k^T instead of
+    head_width ** -0.5 (vit-pytorch before 0.6.7 scaled by ``embed_dim ** -0.5``). ``head_hidden_dim`` puts a
+    hidden layer before the classifier, ``head(act(pre_logits.fc(x)))``: with ``head_act="tanh"`` it is the
+    original ViT's representation layer (timm's ``representation_size``, JAX ``pre_logits``), with ``"gelu"``
+    an MLP head; ``head_norm`` is a LayerNorm on the pooled features before it (or before the head).
     ``norm_style="post"`` with ``act="relu"`` and ``final_norm=False`` is the network of vitkit.scratch.
     ``attn_impl="fused"`` runs ``scaled_dot_product_attention``, which is what timm runs, so logits equal
     timm's bit for bit. ``"explicit"`` runs matmul-softmax-matmul (Hugging Face's
@@ -107,6 +115,11 @@ class ViTConfig:
     attn_pool_heads: int | None = None  # heads of the attention pool (pool 'map'); None: num_heads (PE: 8)
     attn_pool_mlp_ratio: float | None = None  # the attention pool's MLP width; None: mlp_ratio
     pool_include_prefix: bool = False  # pool 'map'/'mean' reads the prefix tokens too (timm's Eva MAP head: PE)
+    attn_dim: int | None = None  # width of q, k, v (heads x head width); None: embed_dim (vit-pytorch: heads*dim_head)
+    attn_scale: float | None = None  # what q k^T is multiplied by; None: head width ** -0.5 (old vit-pytorch: D ** -0.5)
+    head_hidden_dim: int | None = None  # a hidden layer pre_logits.fc before the head (timm's representation_size)
+    head_act: HeadActivation = "tanh"  # its activation: tanh (the ViT paper's pre-logits), gelu (an MLP head) ...
+    head_norm: bool = False  # a LayerNorm on the pooled features before the head's layers (LN + Linear heads)
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
@@ -121,8 +134,11 @@ class ViTConfig:
         check_ranges(self, "", {"num_classes": "[0, inf)", "reg_tokens": "[0, inf)", "drop_rate": "[0, 1)",
                                 "attn_drop_rate": "[0, 1)", "drop_path_rate": "[0, 1)", "mlp_ratio": "(0, 64]",
                                 "norm_eps": "(0, 1)", "layer_scale_init": "(0, 1e6]"})
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        check_ranges(self, "", {"attn_dim": "[1, inf)", "attn_scale": "(0, inf)", "head_hidden_dim": "[1, inf)"})
+        if self.attn_width % self.num_heads:
+            what = "embed_dim" if self.attn_dim is None else "attn_dim"
+            raise ConfigError(f"{what} ({self.attn_width}) must be divisible by num_heads ({self.num_heads})")
+        self._check_head()
         if self.mlp_dim < 1:
             raise ConfigError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden unit (embed_dim "
                               f"{self.embed_dim} x mlp_ratio < 1)")
@@ -157,6 +173,13 @@ class ViTConfig:
             raise ConfigError("patch_norm already has a norm after the patch projection; embed_norm adds the "
                               "norm after it alone, so give one of them")
 
+    def _check_head(self) -> None:
+        if self.head_hidden_dim is None and self.head_act != "tanh":
+            raise ConfigError(f"head_act={self.head_act!r} is the activation of the head's hidden layer, which "
+                              "only head_hidden_dim=... adds")
+        if self.distilled and (self.head_hidden_dim is not None or self.head_norm):
+            raise ConfigError("distilled=True has two linear heads; head_hidden_dim and head_norm describe one")
+
     def _check_rope(self) -> None:
         rope_fields = {"rope_temperature": None, "rope_grid_offset": 0.0, "rope_grid_indexing": "ij",
                        "rope_ref_grid": None, "rope_normalize": "separate", "rope_bf16_periods": False}
@@ -166,10 +189,10 @@ class ViTConfig:
                 raise ConfigError(f"{', '.join(said)} set{'s' if len(said) == 1 else ''} a rotary position "
                                   "embedding, but rope is 'none'; give rope='dinov3', 'axial' or 'mixed'")
             return
-        head = self.embed_dim // self.num_heads
+        head = self.head_dim
         if head % 4:
             raise ConfigError(f"rope={self.rope!r} rotates 2-d pairs of the head's channels along two axes, so the "
-                              f"head width (embed_dim / num_heads = {head}) must be divisible by 4")
+                              f"head width (attention width / num_heads = {head}) must be divisible by 4")
         check_ranges(self, "", {"rope_temperature": "(0, inf)"})
         wrong = {"rope_ref_grid": self.rope != "axial" and self.rope_ref_grid is not None,
                  "rope_normalize": self.rope != "dinov3" and self.rope_normalize != "separate",
@@ -229,6 +252,21 @@ class ViTConfig:
     @property
     def mlp_dim(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def attn_width(self) -> int:
+        """The width of q, k and v: ``attn_dim``, else ``embed_dim``."""
+        return self.embed_dim if self.attn_dim is None else self.attn_dim
+
+    @property
+    def head_dim(self) -> int:
+        """The width of one attention head."""
+        return self.attn_width // self.num_heads
+
+    @property
+    def num_features(self) -> int:
+        """The width of what the classifier reads: ``head_hidden_dim``, else ``embed_dim``."""
+        return self.embed_dim if self.head_hidden_dim is None else self.head_hidden_dim
 
     @property
     def attn_pool_dim(self) -> int:
@@ -291,11 +329,13 @@ class ViTConfig:
 
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                    "quick_gelu": "quick_gelu", "silu": "silu", "swish": "silu", "relu": "relu"}
-_ALIASES = {"n_heads": "num_heads", "dropout": "drop_rate", "in_chans": "in_channels"}
+_ALIASES = {"n_heads": "num_heads", "dropout": "drop_rate", "in_chans": "in_channels",
+            "representation_size": "head_hidden_dim"}
 
 
 def apply_aliases(kwargs: dict) -> dict:
-    """Rename the accepted aliases (``n_heads``, ``dropout``, ``in_chans``) to ViTConfig's field names."""
+    """Rename the accepted aliases (``n_heads``, ``dropout``, ``in_chans``, timm's ``representation_size``) to
+    ViTConfig's field names."""
     for alias, name in _ALIASES.items():
         if alias in kwargs:
             value = kwargs.pop(alias)

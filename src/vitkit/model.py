@@ -6,6 +6,7 @@ so timm checkpoints load with no renaming.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import partial
 from typing import Iterable
 
@@ -19,8 +20,8 @@ from .config import ViTConfig
 from .presets import get_preset
 from .configtools import pair
 from .errors import ConfigError
-from .layers import (AttentionPoolLatent, PatchEmbedding, PostNormBlock, RotaryEmbedding, TransformerBlock,
-                     make_norm, resample_pos_embed, sincos_2d_pos_embed)
+from .layers import (HEAD_ACTIVATIONS, AttentionPoolLatent, PatchEmbedding, PostNormBlock, RotaryEmbedding,
+                     TransformerBlock, make_norm, resample_pos_embed, sincos_2d_pos_embed)
 
 
 class VisionTransformer(nn.Module):
@@ -44,7 +45,8 @@ class VisionTransformer(nn.Module):
         self.config = cfg = config
         dim = cfg.embed_dim
         self.num_classes = cfg.num_classes
-        self.embed_dim = self.num_features = dim
+        self.embed_dim = dim
+        self.num_features = cfg.num_features  # what the classifier reads: the head's hidden width, if any
         self.num_prefix_tokens = cfg.num_prefix_tokens
 
         self.grad_checkpointing = False
@@ -69,7 +71,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         # q and k of the patch tokens turn by their grid position in every block (None: no rotary embedding)
         self.rope = None if cfg.rope == "none" else RotaryEmbedding(
-            cfg.rope, dim // cfg.num_heads, num_heads=cfg.num_heads, depth=cfg.depth,
+            cfg.rope, cfg.head_dim, num_heads=cfg.num_heads, depth=cfg.depth,
             temperature=cfg.rope_temperature, grid_offset=cfg.rope_grid_offset, indexing=cfg.rope_grid_indexing,
             ref_grid=pair(cfg.rope_ref_grid) if cfg.rope_ref_grid is not None else None,
             normalize=cfg.rope_normalize, bf16_periods=cfg.rope_bf16_periods)
@@ -85,15 +87,21 @@ class VisionTransformer(nn.Module):
                   qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
                   layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act, mlp=cfg.mlp,
                   fused_attn=cfg.attn_impl == "fused", norm_layer=cfg.norm_layer, attn_norm=cfg.attn_norm,
-                  mlp_norm=cfg.mlp_norm, proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias, rope_half=cfg.rope == "dinov3")
+                  mlp_norm=cfg.mlp_norm, proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias, rope_half=cfg.rope == "dinov3",
+                  attn_dim=cfg.attn_dim, attn_scale=cfg.attn_scale)
             for i in range(cfg.depth))
         use_fc_norm = cfg.use_fc_norm
         self.norm = norm() if cfg.final_norm and not use_fc_norm else nn.Identity()
         self.attn_pool = AttentionPoolLatent(dim, cfg.attn_pool_heads or cfg.num_heads, cfg.attn_pool_dim, cfg.act,
                                              cfg.norm_eps, cfg.norm_layer) if cfg.pool == "map" else None
         self.fc_norm = norm() if cfg.final_norm and use_fc_norm else nn.Identity()
+        # an MLP head: [LayerNorm] [Linear -> act] before the classifier (the ViT paper's pre-logits layer: tanh)
+        self.head_norm = norm() if cfg.head_norm else nn.Identity()
+        self.pre_logits = nn.Identity() if cfg.head_hidden_dim is None else nn.Sequential(OrderedDict(
+            fc=nn.Linear(dim, cfg.head_hidden_dim), act=HEAD_ACTIVATIONS[cfg.head_act]()))
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(dim, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 \
+            else nn.Identity()
         if cfg.distilled:
             self.head_dist = nn.Linear(dim, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 \
                 else nn.Identity()
@@ -227,11 +235,12 @@ class VisionTransformer(nn.Module):
         return self.encode(x)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, T, D) -> logits (B, classes), or the pooled representation (B, D) with ``pre_logits``."""
+        """Tokens (B, T, D) -> logits (B, classes), or the representation the classifier reads (B, num_features)
+        with ``pre_logits``: the pooled token, through ``head_norm`` and the hidden layer where the model has them."""
         if self.dist_token is not None:  # DeiT: a head on [CLS] and one on the distillation token, averaged
             x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])  # (B, D) each
             return (x + x_dist) / 2 if pre_logits else (self.head(x) + self.head_dist(x_dist)) / 2
-        x = self.head_drop(self.fc_norm(self.pool(x)))
+        x = self.head_drop(self.pre_logits(self.head_norm(self.fc_norm(self.pool(x)))))
         return x if pre_logits else self.head(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -379,15 +388,16 @@ def count_parameters(model: nn.Module) -> int:
 
 def flops_per_image(cfg: ViTConfig) -> float:
     """Forward FLOPs of one image (2 per multiply-add), counting the matmuls: patch projection, qkv, attention
-    (q k^T and attn v), output projection, MLP, attention pooling and head(s)."""
+    (q k^T and attn v), output projection, MLP, attention pooling, the head's hidden layer and head(s)."""
     n = cfg.num_patches
     t = n + cfg.num_prefix_tokens
-    d, m = cfg.embed_dim, cfg.mlp_dim
+    d, m, a = cfg.embed_dim, cfg.mlp_dim, cfg.attn_width
     m_out = m // 2 if cfg.mlp == "swiglu" else m  # a gated MLP's fc2 reads half of fc1's width
     patch = 2 * n * (cfg.in_channels * cfg.patch_size**2) * d
-    per_block = 2 * t * (3 * d * d + d * d + d * m + m_out * d) + 2 * 2 * t * t * d
+    per_block = 2 * t * (3 * d * a + a * d + d * m + m_out * d) + 2 * 2 * t * t * a
     read = t if cfg.pool_include_prefix else n  # the tokens the attention pool attends over
     pool = 2 * (d * d + read * 2 * d * d + 2 * read * d + d * d + 2 * d * cfg.attn_pool_dim) \
         if cfg.pool == "map" else 0
-    heads = 2 * d * cfg.num_classes * (2 if cfg.distilled else 1)
+    heads = 2 * cfg.num_features * cfg.num_classes * (2 if cfg.distilled else 1)
+    heads += 2 * d * cfg.head_hidden_dim if cfg.head_hidden_dim is not None else 0
     return float(patch + cfg.depth * per_block + pool + heads)

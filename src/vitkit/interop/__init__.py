@@ -31,7 +31,7 @@ import torch
 from ..config import ViTConfig, apply_aliases
 from ..errors import CheckpointError, ConfigError
 from ..layers.position import resample_pos_embed
-from .architecture import infer_config
+from .architecture import infer_config, representation_layer
 from .catalog import FORMATS, SOURCE_ALIASES
 from .convert import convert_state_dict, detect_format, source_keys, unplaced_keys, unwrap
 from .rules import TRANSFORMS, Assume, Format, Profile, Rule, custom_format
@@ -111,13 +111,10 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
     hints = {k: v(state) if callable(v) else v for k, v in hints.items()}
     if assumed:
         warnings.warn(f"{read.name}: " + "; ".join(a.why for a in assumed), stacklevel=3)
-    fresh_head = bool(pre_logits)
-    if pre_logits:  # head(tanh(pre_logits(x))) cannot be reproduced: keep the features, drop both layers
-        if "head.weight" in state:
-            hints.setdefault("num_classes", state["head.weight"].shape[0])  # (C, R)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        warnings.warn(f"{read.name} has a pre-logits (representation) layer, which vitkit does not have; it "
-                      "was dropped and the head after it starts from scratch", stacklevel=3)
+    fresh_head = False
+    if pre_logits:  # the representation layer: head(tanh(pre_logits.fc(x))) (the ViT paper's in21k models)
+        state.update(representation_layer(pre_logits, spec.pre_logits))
+        hints.setdefault("head_act", "tanh")
     if foreign:  # e.g. a classifier on the mean of un-normed tokens: keep the backbone, start a new head
         hints.setdefault("num_classes", next(iter(foreign.values())).shape[0])
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}

@@ -45,6 +45,8 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
         final_norm=fc_norm or "norm.weight" in state,
         layer_scale_init=1e-5 if "blocks.0.ls1.gamma" in state else None)  # any value: gamma is loaded
     fields.update(_mlp(state, dim))
+    fields.update(_attention_width(state, dim))
+    fields.update(_head(state))
     freqs = state.get("rope.freqs")
     if isinstance(freqs, Tensor) and freqs.ndim == 4:
         fields["num_heads"] = freqs.shape[2]
@@ -65,10 +67,6 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
     if fields["num_heads"] is None:
         raise ConfigError(f"cannot tell the number of attention heads of a width-{dim} model from its weights; "
                           "pass num_heads=...")
-    qkv = state.get("blocks.0.attn.qkv.weight")  # (3D, D)
-    if isinstance(qkv, Tensor) and qkv.shape[0] != 3 * dim:
-        raise CheckpointError(f"the attention projects width {dim} to {qkv.shape[0] // 3} per query/key/value "
-                              "(heads x head width differs from the width), which vitkit's attention cannot hold")
     prefix = int(fields["class_token"]) + fields["reg_tokens"] + int(bool(fields.get("distilled")))
     pos = state.get("pos_embed")  # (1, L, D)
     if isinstance(pos, Tensor) and pos.ndim == 3 and fields.get("pos_embed", "learn") == "learn":
@@ -100,6 +98,45 @@ def _options(state: dict) -> list[tuple[str, object, bool]]:
         ("mlp_bias", False, "blocks.0.mlp.fc1.weight" in state and "blocks.0.mlp.fc1.bias" not in state),
         ("rope", "mixed", "rope.freqs" in state),  # RoPE-Mixed's learned frequencies (2, depth, heads, d/2)
     ]
+
+
+def _attention_width(state: dict, dim: int) -> dict:
+    """``attn_dim`` when q, k, v are wider or narrower than the tokens: ``qkv`` (3A, D), ``proj`` (D, A)."""
+    qkv, proj = state.get("blocks.0.attn.qkv.weight"), state.get("blocks.0.attn.proj.weight")
+    if not isinstance(qkv, Tensor):
+        return {}
+    if qkv.shape[0] % 3 or (isinstance(proj, Tensor) and proj.shape[1] * 3 != qkv.shape[0]):
+        raise CheckpointError(f"the attention's qkv {tuple(qkv.shape)} and proj "
+                              f"{tuple(getattr(proj, 'shape', ()))} do not fit one width of q, k and v")
+    width = qkv.shape[0] // 3
+    return {} if width == dim else {"attn_dim": width}
+
+
+def _head(state: dict) -> dict:
+    """An MLP head: a hidden layer ``pre_logits.fc`` (R, D) before the classifier, a ``head_norm`` before it."""
+    fc = state.get("pre_logits.fc.weight")
+    out = {"head_norm": True} if "head_norm.weight" in state else {}
+    if isinstance(fc, Tensor):
+        out["head_hidden_dim"] = fc.shape[0]
+    return out
+
+
+def representation_layer(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """A format's pre-logits (representation) layer, the tensors under ``prefix`` (timm's ``pre_logits.fc.*``,
+    torchvision's ``heads.pre_logits.*``, JAX's ``pre_logits/kernel`` (D, R) and ``bias``), as vitkit's
+    ``pre_logits.fc`` Linear; the model computes ``head(tanh(pre_logits.fc(x)))`` with it, as they do."""
+    out = {}
+    for key, t in tensors.items():
+        part = key[len(prefix):]
+        if part in ("kernel", "fc.weight", "weight"):
+            out["pre_logits.fc.weight"] = t.T if part == "kernel" else t  # (R, D)
+        elif part in ("fc.bias", "bias"):
+            out["pre_logits.fc.bias"] = t
+        else:
+            raise CheckpointError(f"the pre-logits layer holds {key!r}, which is no part of a Linear")
+    if "pre_logits.fc.weight" not in out:
+        raise CheckpointError(f"the pre-logits layer ({', '.join(tensors)}) has no weight")
+    return out
 
 
 def _mlp(state: dict, dim: int) -> dict:

@@ -18,7 +18,7 @@ Tensor = torch.Tensor
 
 # Top-level names of a vitkit model: a converted key outside them was not placed by any rule.
 VITKIT_MODULES = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed.", "norm_pre.", "blocks.",
-                  "norm.", "fc_norm.", "attn_pool.", "head.", "head_dist.", "rope.")
+                  "norm.", "fc_norm.", "attn_pool.", "head.", "head_dist.", "rope.", "head_norm.", "pre_logits.")
 
 
 def unwrap(state: dict) -> dict:

@@ -193,6 +193,10 @@ def module_hints(m: nn.Module) -> tuple[dict, str | None, dict | None]:
     if layer is not None:
         return {"num_heads": layer.self_attn.num_heads, "norm_style": "pre" if layer.norm_first else "post",
                 "norm_eps": layer.norm1.eps, "act": _encoder_act(layer)}, None, None
+    mha = next((x for x in m.modules() if isinstance(x, nn.MultiheadAttention)), None)
+    if mha is not None:  # blocks written around nn.MultiheadAttention: their heads (norms and act are code)
+        norm = next((x for x in m.modules() if isinstance(x, nn.LayerNorm)), None)
+        return {"num_heads": mha.num_heads, **({"norm_eps": norm.eps} if norm is not None else {})}, None, None
     return {}, None, None
 
 
@@ -209,8 +213,20 @@ def _vit_pytorch_hints(m) -> dict:
     """Heads from the attention module; SimpleViT's image size from its sin-cos table (a plain attribute, not
     in the state dict) and the patch size its einops Rearrange cuts."""
     attn = m.transformer.layers[0][0]
-    hints = {"num_heads": getattr(attn, "fn", attn).heads}
-    table, cut = getattr(m, "pos_embedding", None), getattr(m.to_patch_embedding[0], "axes_lengths", {})
+    while not hasattr(attn, "heads") and hasattr(attn, "fn"):  # PreNorm(...), before 0.10 Residual(PreNorm(...))
+        attn = attn.fn
+    hints = {"num_heads": attn.heads}
+    cls = getattr(m, "cls_token", None)
+    if getattr(m, "pool", None) in ("cls", "mean") and isinstance(cls, torch.Tensor) and cls.ndim == 3:
+        if m.pool == "mean":  # before 1.16 the mean is over all tokens, [CLS] included
+            raise CheckpointError("this vit-pytorch ViT (before 1.16) pools the mean of all tokens, its [CLS] token "
+                                  "included, which vitkit does not compute; it was not loaded")
+        hints["pool"] = "cls"
+    scale = getattr(attn, "scale", None)  # dim_head ** -0.5 since 0.6.7; dim ** -0.5 before
+    if isinstance(scale, float):
+        own = abs(scale - (attn.to_qkv.out_features // 3 // attn.heads) ** -0.5) <= 1e-12
+        hints["attn_scale"] = None if own else scale
+    table, cut = getattr(m, "pos_embedding", None), getattr(getattr(m, "to_patch_embedding", [None])[0], "axes_lengths", {})
     if isinstance(table, torch.Tensor) and not isinstance(table, nn.Parameter) and "p1" in cut:
         side = int(table.shape[-2] ** 0.5)  # a square grid
         h, w = side * cut["p1"], side * cut.get("p2", cut["p1"])

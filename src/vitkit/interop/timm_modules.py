@@ -169,8 +169,11 @@ def _attention(a: nn.Module, prefix: int) -> list[str]:
         out.append("a gated attention")
     if getattr(a, "num_kv_heads", a.num_heads) != a.num_heads:
         out.append("grouped-query attention")
-    if a.proj.in_features != a.proj.out_features:  # heads x head width (BEiT's Attention keeps no head_dim)
-        out.append("an attention wider or narrower than the model")
+    # q, k, v wider or narrower than the model (attn_head_dim): vitkit's attn_dim, inferred from the shapes, when
+    # the heads split it evenly (timm's Attention keeps attn_dim, Eva's head_dim, BEiT's Attention neither)
+    width = getattr(a, "attn_dim", None) or a.num_heads * getattr(a, "head_dim", a.proj.in_features // a.num_heads)
+    if width != a.proj.in_features or a.proj.in_features % a.num_heads:
+        out.append("an attention whose heads do not split its width evenly")
     if getattr(a, "num_prefix_tokens", prefix) != prefix:
         out.append("a rotary embedding that skips another number of tokens than the prefix")
     return out

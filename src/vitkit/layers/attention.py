@@ -17,19 +17,22 @@ from .rope import rotate
 class ScaledDotProductAttention(nn.Module):
     """softmax(q k^T / sqrt(d) + bias) v, computed explicitly so that the weights can be returned.
 
-    ``scale=False`` leaves out the 1/sqrt(d). Inputs are (B, H, N, d); ``relative_position_bias`` is (H, N, N)
+    ``scale=False`` leaves out the 1/sqrt(d); a number multiplies q by it instead (an attention scaled by
+    another width, old vit-pytorch's). Inputs are (B, H, N, d); ``relative_position_bias`` is (H, N, N)
     or anything broadcastable to (B, H, N, N). Returns ``(output (B, H, N, d), attn (B, H, N, N))``; ``attn``
     is taken before dropout, so it is the distribution the model actually computed.
     """
 
-    def __init__(self, scale: bool = True, dropout: float = 0.0):
+    def __init__(self, scale: bool | float = True, dropout: float = 0.0):
         super().__init__()
         self.scale = scale
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, query, key, value, relative_position_bias=None):
-        if self.scale:
+        if self.scale is True:
             query = query * query.shape[-1] ** -0.5
+        elif self.scale is not False:
+            query = query * self.scale
         logits = query @ key.transpose(-2, -1)  # (B, H, N, N)
         if relative_position_bias is not None:
             logits = logits + relative_position_bias
@@ -51,30 +54,36 @@ class MultiHeadAttention(nn.Module):
     :mod:`vitkit.layers.rope`) rotates q and k of the last N' tokens; the prefix tokens before them stay as
     they are. ``attn_norm`` normalises the heads' merged output before ``proj`` (EVA-CLIP's inner norm,
     timm's ``attn.norm``); ``proj_bias=False`` leaves out the output projection's bias (AIMv2).
+    ``attn_dim`` (default ``embed_dim``) is the width of q, k and v, as timm's ``Attention.attn_dim``:
+    ``qkv`` maps D -> 3 attn_dim, ``proj`` attn_dim -> D, each head is ``attn_dim / num_heads`` wide.
+    ``scale`` True multiplies q k^T by head_width ** -0.5, False by 1, a number by that number.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, use_relative_position: bool = False,
                  rpb_kwargs: dict | None = None, *, qkv_bias: bool | str = True, attn_drop: float | None = None,
                  proj_drop: float | None = None, scale: bool = True, fused: bool = True, rope_half: bool = False,
-                 attn_norm: str | None = None, norm_eps: float = 1e-6, proj_bias: bool = True):
+                 attn_norm: str | None = None, norm_eps: float = 1e-6, proj_bias: bool = True,
+                 attn_dim: int | None = None):
         super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        inner = embed_dim if attn_dim is None else attn_dim
+        if inner % num_heads:
+            raise ValueError(f"attention width {inner} must be divisible by num_heads ({num_heads})")
         self.embed_dim = embed_dim
+        self.attn_dim = inner
         self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
+        self.head_dim = inner // num_heads
         self.attn_drop = dropout if attn_drop is None else attn_drop
         self.scale = scale
         self.fused = fused
         if qkv_bias not in (True, False, "qv"):
             raise ValueError(f"qkv_bias must be True, False or 'qv', got {qkv_bias!r}")
-        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias is True)
-        self.q_bias = nn.Parameter(torch.zeros(embed_dim)) if qkv_bias == "qv" else None
-        self.v_bias = nn.Parameter(torch.zeros(embed_dim)) if qkv_bias == "qv" else None
+        self.qkv = nn.Linear(embed_dim, 3 * inner, bias=qkv_bias is True)
+        self.q_bias = nn.Parameter(torch.zeros(inner)) if qkv_bias == "qv" else None
+        self.v_bias = nn.Parameter(torch.zeros(inner)) if qkv_bias == "qv" else None
         self.attention = ScaledDotProductAttention(scale=scale, dropout=self.attn_drop)
         self.rope_half = rope_half
-        self.norm = make_norm(attn_norm, embed_dim, norm_eps) if attn_norm else nn.Identity()
-        self.proj = nn.Linear(embed_dim, embed_dim, bias=proj_bias)
+        self.norm = make_norm(attn_norm, inner, norm_eps) if attn_norm else nn.Identity()
+        self.proj = nn.Linear(inner, embed_dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(dropout if proj_drop is None else proj_drop)
         self.relative_position_bias = None
         if use_relative_position:
@@ -89,8 +98,12 @@ class MultiHeadAttention(nn.Module):
             return self.attend(x, rope)[0]
         q, k, v, bias = self._qkv(x, rope)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
-                                             scale=None if self.scale else 1.0)  # (B, H, N, d)
+                                             scale=self._sdpa_scale())  # (B, H, N, d)
         return self._merge(out)
+
+    def _sdpa_scale(self) -> float | None:
+        """``scaled_dot_product_attention``'s scale: None (its own head_width ** -0.5, timm's call), 1 or ours."""
+        return None if self.scale is True else 1.0 if self.scale is False else float(self.scale)
 
     def attend(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, C) -> (output (B, N, C), attention weights (B, H, N, N)), computed explicitly."""
@@ -121,5 +134,5 @@ class MultiHeadAttention(nn.Module):
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = out.shape
-        out = out.transpose(1, 2).reshape(b, n, self.embed_dim)  # (B, H, N, d) -> (B, N, H*d)
+        out = out.transpose(1, 2).reshape(b, n, self.attn_dim)  # (B, H, N, d) -> (B, N, H*d)
         return self.proj_drop(self.proj(self.norm(out)))

@@ -52,7 +52,8 @@ class TransformerBlock(nn.Module):
     ``fc1`` is ``int(embed_dim * mlp_ratio)`` wide); ``qkv_bias="qv"`` gives the attention BEiT's biases.
     ``norm_layer`` ("layernorm" or "rmsnorm") is every norm of the block; ``attn_norm`` / ``mlp_norm`` add the
     inner norms of EVA-02 (see :class:`MultiHeadAttention` and :class:`Mlp`). ``rope`` given to :meth:`forward`
-    rotates q and k of the patch tokens (``rope_half``: the half layout of DINOv3).
+    rotates q and k of the patch tokens (``rope_half``: the half layout of DINOv3). ``attn_dim`` is the
+    attention's inner width (default the block's), ``attn_scale`` its q k^T factor (default head_width ** -0.5).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
@@ -60,13 +61,15 @@ class TransformerBlock(nn.Module):
                  attn_drop: float | None = None, drop_path: float = 0.0, layer_scale_init: float | None = None,
                  norm_eps: float = 1e-6, act: str = "gelu", mlp: str = "mlp", fused_attn: bool = True,
                  norm_layer: str = "layernorm", attn_norm: bool = False, mlp_norm: bool = False, proj_bias: bool = True,
-                 mlp_bias: bool = True, rope_half: bool = False):
+                 mlp_bias: bool = True, rope_half: bool = False, attn_dim: int | None = None,
+                 attn_scale: float | None = None):
         super().__init__()
         self.norm1 = make_norm(norm_layer, embed_dim, norm_eps)
         self.attn = MultiHeadAttention(embed_dim, num_heads, dropout, use_relative_position, rpb_kwargs,
                                        qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=dropout, fused=fused_attn,
                                        rope_half=rope_half, attn_norm=norm_layer if attn_norm else None,
-                                       norm_eps=norm_eps, proj_bias=proj_bias)
+                                       norm_eps=norm_eps, proj_bias=proj_bias, attn_dim=attn_dim,
+                                       scale=True if attn_scale is None else attn_scale)
         self.ls1 = LayerScale(embed_dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path1 = drop_path_layer(drop_path)
         self.norm2 = make_norm(norm_layer, embed_dim, norm_eps)

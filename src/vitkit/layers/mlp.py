@@ -25,6 +25,8 @@ ACTIVATIONS = {
     "relu": nn.ReLU,
 }
 
+HEAD_ACTIVATIONS = {"tanh": nn.Tanh, **ACTIVATIONS}  # the head's hidden layer (the ViT paper's pre-logits: tanh)
+
 
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:

@@ -25,7 +25,8 @@ def parameter_count(cfg: ViTConfig) -> int:
     a few norms and biases are approximated), without building it."""
     d, m, t = cfg.embed_dim, cfg.mlp_dim, cfg.num_patches + cfg.num_prefix_tokens
     m_out = m // 2 if cfg.mlp == "swiglu" else m
-    per_block = 4 * d * d + 4 * d + d * m + m + m_out * d + d + 4 * d  # attention, MLP, two norms
+    a = cfg.attn_width  # q, k, v's width (attn_dim)
+    per_block = 4 * d * a + 3 * a + d + d * m + m + m_out * d + d + 4 * d  # attention, MLP, two norms
     if cfg.layer_scale_init is not None:
         per_block += 2 * d
     if cfg.use_relative_position:
@@ -33,7 +34,8 @@ def parameter_count(cfg: ViTConfig) -> int:
     patch = cfg.in_channels * cfg.patch_size ** 2 * d + d
     position = t * d if cfg.pos_embed == "learn" else 0
     pool = (4 * d * d + 2 * d * m + 6 * d) if cfg.pool == "map" else 0
-    head = (d + 1) * cfg.num_classes * (2 if cfg.distilled else 1)
+    head = (cfg.num_features + 1) * cfg.num_classes * (2 if cfg.distilled else 1) + 2 * d * cfg.head_norm
+    head += (d + 1) * cfg.head_hidden_dim if cfg.head_hidden_dim is not None else 0
     return cfg.depth * per_block + patch + position + cfg.num_prefix_tokens * d + pool + head + 4 * d
 
 
@@ -43,7 +45,7 @@ def activation_bytes(cfg: ViTConfig, batch: int, grad_checkpointing: bool = Fals
     activation), plus the attention weights where they are materialised (``attn_impl: explicit``). With
     gradient checkpointing, each block's input plus one block's worth."""
     d, m, t = cfg.embed_dim, cfg.mlp_dim, cfg.num_patches + cfg.num_prefix_tokens
-    per_block = t * (8 * d + 2 * m)
+    per_block = t * (4 * d + 4 * cfg.attn_width + 2 * m)  # q, k, v and the heads' output are attn_dim wide
     if cfg.attn_impl == "explicit":
         per_block += 2 * cfg.num_heads * t * t
     blocks = cfg.depth * t * d + per_block if grad_checkpointing else cfg.depth * per_block
