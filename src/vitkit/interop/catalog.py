@@ -29,4 +29,4 @@ SOURCE_ALIASES = {
     "mae": "timm", "vit_pytorch": "vit_pytorch", "vit-pytorch": "vit_pytorch",
     "vit_pytorch_simple": "vit_pytorch_simple", "simple_vit": "vit_pytorch_simple", "torch_nn": "torch_nn",
     "torch": "torch_nn", "dinov3": "dinov3", "hf_dinov3": "hf_dinov3", "hf_aimv2": "hf_aimv2", "pe": "pe",
-    "perception_encoder": "pe", "pe_tower": "pe_tower"}
+    "perception_encoder": "pe", "pe_tower": "pe_tower", "rules": "rules"}  # rules: the rules= table alone
