@@ -145,14 +145,17 @@ def rule_table(keys: list[str], spec: Format | None = None, shapes: dict | None 
                      + more + ["}"])
 
 
-def _error(sentence: str, keys: list[str], spec: Format | None, shapes: dict, nearest: str | None
+def _error(sentence: str, how: str, keys: list[str], spec: Format | None, shapes: dict, nearest: str | None
            ) -> CheckpointError:
-    """The sentence, then (next lines) the nearest layout, the tensors by block and the table; the YAML form of
-    the details is kept as ``yaml_details`` for the command line."""
+    """The sentence (``HOW`` standing for ``how``), then (next lines) the nearest layout, the tensors by block
+    and the table. For the command line the error also keeps ``cli_sentence`` (HOW: a rules file) and
+    ``yaml_details`` (the table in YAML)."""
     near = f"\nthe nearest known layout: {nearest}" if nearest else ""
     listed = f"{near}\nunplaced:\n" + "\n".join(grouped_lines(keys, spec, shapes)) + "\n"
-    err = CheckpointError(sentence + listed + rule_table(keys, spec, shapes))
-    err.sentence, err.yaml_details = sentence, listed + rule_table(keys, spec, shapes, yaml=True)
+    err = CheckpointError(sentence.replace("\0HOW\0", how) + listed + rule_table(keys, spec, shapes))
+    err.sentence = sentence.replace("\0HOW\0", how)
+    err.cli_sentence = sentence.replace("\0HOW\0", "a rules file (--rules RULES.yaml; source='NAME' below is --source NAME)")
+    err.yaml_details = listed + rule_table(keys, spec, shapes, yaml=True)
     return err
 
 
@@ -167,9 +170,9 @@ def unplaced_error(name: str, spec: Format, lost: list[str], state: dict, raw: d
     else:
         nearest = f"{spec.label or spec.name} (source={spec.name!r}), which places the other {placed}"
     return _error(f"{name} read as the {spec.label or spec.name} layout leaves {len(lost)} tensor(s) no "
-                           f"vitkit key fits ({_few(lost)}); give just those a vitkit key with from_pretrained(..., "
-                           "rules={vitkit key: their key(s)}), starting from the table below, as examples/"
-                  "load_custom_vit.py shows", lost, spec, shapes, nearest)
+                           f"vitkit key fits ({_few(lost)}); give just those a vitkit key with \0HOW\0, starting from the table "
+                  "below, as examples/load_custom_vit.py shows", "from_pretrained(..., rules={vitkit key: their "
+                  "key(s)})", lost, spec, shapes, nearest)
 
 
 def undetected_error(state: dict) -> CheckpointError:
@@ -180,7 +183,6 @@ def undetected_error(state: dict) -> CheckpointError:
     nearest = (f"{FORMATS[near].label or near} (source={near!r} places {count} of the {total} tensors; rules= "
                "then need only name the rest)") if near else None
     return _error(f"cannot tell the format of these weights: no layout vitkit knows (docs/formats.md) "
-                           f"places {_few(keys) or 'them'}; map them to vitkit's keys with from_pretrained(..., "
-                           "rules={'blocks.{i}.attn.qkv.weight': ('enc.{i}.q.weight', 'enc.{i}.k.weight', "
-                           "'enc.{i}.v.weight'), ...}), starting from the table below, as examples/"
-                  "load_custom_vit.py shows", keys, None, {k: v.shape for k, v in tensors.items()}, nearest)
+                           f"places {_few(keys) or 'them'}; map them to vitkit's keys with \0HOW\0, starting from the table "
+                  "below, as examples/load_custom_vit.py shows", "from_pretrained(..., rules={'blocks.{i}.attn."
+                  "qkv.weight': ('enc.{i}.q.weight', 'enc.{i}.k.weight', 'enc.{i}.v.weight'), ...})", keys, None, {k: v.shape for k, v in tensors.items()}, nearest)

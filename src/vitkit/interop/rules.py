@@ -286,8 +286,7 @@ def extend_format(base: Format, rules) -> Format:
     extra = custom_format(rules)
     if extra is base or not isinstance(rules, (Mapping, list, tuple)):
         return extra  # a Format given as rules= is a complete layout
-    return replace(base, rules=extra.rules + base.rules, label=f"{base.label or base.name} layout with the rules= "
-                   "table", name=base.name)
+    return replace(base, rules=extra.rules + base.rules, label=f"{base.label or base.name} + rules=")
 
 
 def _rule(ours: str, theirs) -> Rule:
