@@ -163,12 +163,12 @@ def unplaced_error(name: str, spec: Format, lost: list[str], state: dict, raw: d
     """The tensors no rule placed, in one sentence, then grouped, with the nearest layout and a table."""
     shapes = {k: v.shape for k, v in state.items() if isinstance(v, Tensor)}
     placed = len(_tensors(raw)) - len(lost)
-    if spec.name == "custom":
+    nearest = f"{spec.label or spec.name} (source={spec.name!r}), which places the other {placed}"
+    if spec.name == "custom" or placed < len(lost):  # another layout may do better
         near, count, total = nearest_layout(raw)
-        nearest = (f"{FORMATS[near].label or near} (source={near!r} places {count} of the {total} tensors; "
-                   "rules= then need only name the rest)") if near else None
-    else:
-        nearest = f"{spec.label or spec.name} (source={spec.name!r}), which places the other {placed}"
+        if near != spec.name:
+            nearest = (f"{FORMATS[near].label or near} (source={near!r} places {count} of the {total} tensors; "
+                       "rules= then need only name the rest)") if near else None
     return _error(f"{name} read as the {spec.label or spec.name} layout leaves {len(lost)} tensor(s) no "
                            f"vitkit key fits ({_few(lost)}); give just those a vitkit key with \0HOW\0, starting from the table "
                   "below, as examples/load_custom_vit.py shows", "from_pretrained(..., rules={vitkit key: their "
