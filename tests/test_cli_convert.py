@@ -77,6 +77,18 @@ def test_convert_writes_a_checkpoint_predict_and_from_pretrained_read(files, cap
     ranked = json.loads(capsys.readouterr().out)
     assert len(ranked) == 2 and len(ranked[0]["top_k"]) == 5
 
+    for c in "ab":  # and it starts a fine-tuning run as model.init
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(tmp_path / "data" / c / f"{i}.png")
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump({"name": "ft", "out_dir": str(tmp_path / "runs"), "model": {"init": str(out)},
+                                      "data": {"dataset": f"imagefolder:{tmp_path / 'data'}", "batch_size": 3,
+                                               "workers": 0},
+                                      "train": {"epochs": 1}, "optim": {"warmup_epochs": 0}}))
+    assert cli.main(["train", "--config", str(config)]) == 0
+    assert (tmp_path / "runs" / "ft" / "checkpoints" / "best.safetensors").is_file()
+
 
 def test_rules_files_and_settings_are_checked(files, capsys, tmp_path):
     _, tmp = files
