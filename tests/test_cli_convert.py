@@ -38,8 +38,9 @@ def test_inspect_shows_placements_unplaced_and_the_architecture(files, capsys):
     assert "  cls_token <- token(cls_token)" in lines and "unplaced (4 of 32):" in lines
     table = out[out.index("# rules.yaml"):]
     assert yaml.safe_load(table) == {f"?{k}": k for k in HEAD_RULES.values()}  # valid YAML, to edit
-    assert err.strip().splitlines() == [f"vitkit inspect: {tmp / 'tutorial.pth'} would not load as it is: 4 tensor(s) no "
-                                        "rule places; add them to a rules file (the table above) and pass --rules"]
+    assert err.strip().splitlines() == [f"vitkit inspect: {tmp / 'tutorial.pth'} would not load as it is: 4 "
+                                        "tensor(s) no rule places; add them to a rules file (the table above) and "
+                                        "pass --rules"]
 
     assert cli.main(["inspect", str(tmp / "tutorial.pth"), "--rules", str(tmp / "rules.yaml")]) == 1
     out, err = capsys.readouterr()
@@ -59,7 +60,8 @@ def test_convert_writes_a_checkpoint_predict_and_from_pretrained_read(files, cap
     assert cli.main(["convert", str(tmp / "tutorial.pth"), "--out", str(out), *SETS]) == 2
     err = capsys.readouterr().err
     first, *rest = err.splitlines()
-    assert first.startswith(f"vitkit convert: error: {tmp / 'tutorial.pth'} read as the nn.TransformerEncoder layout leaves 4")
+    assert first.startswith(f"vitkit convert: error: {tmp / 'tutorial.pth'} read as the nn.TransformerEncoder "
+                            "layout leaves 4")
     assert "--rules RULES.yaml" in first and '"?mlp_head.1.bias": "mlp_head.1.bias"  # (5,)' in rest
 
     assert cli.main(["convert", str(tmp / "tutorial.pth"), "--rules", str(tmp / "rules.yaml"), "--out", str(out),
@@ -99,3 +101,29 @@ def test_rules_files_and_settings_are_checked(files, capsys, tmp_path):
     assert err.count("\n") == 1 and "a callable rule needs Python" in err
     assert cli.main(["inspect", str(tmp / "tutorial.pth"), "--set", "model.nrm_style=pre"]) == 2
     assert "did you mean 'model.norm_style'?" in capsys.readouterr().err
+
+
+def test_a_full_yaml_table_converts_an_unknown_layout(capsys, tmp_path):
+    """examples/load_custom_vit.py's MyViT, which no layout detects: inspect lists every tensor by block (exit
+    1); its full table in YAML (lists for the fused qkv, transforms by name) converts it exactly."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "load_custom_vit.py"),
+                             run_name="example")
+    torch.manual_seed(0)
+    theirs = example["MyViT"]().eval()
+    torch.save(theirs.state_dict(), tmp_path / "my_vit.pth")
+    assert cli.main(["inspect", str(tmp_path / "my_vit.pth")]) == 1
+    out = capsys.readouterr().out
+    assert "  blocks 0-2: enc.{i}.q.weight, enc.{i}.q.bias" in out
+    assert '"blocks.{i}.?ff_out.bias": "enc.{i}.ff_out.bias"  # (64,)' in out
+    rules = {k: list(v) if isinstance(v, tuple) else v for k, v in example["RULES"].items()}
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    out = tmp_path / "my_vit.safetensors"
+    assert cli.main(["convert", str(tmp_path / "my_vit.pth"), "--rules", str(tmp_path / "rules.yaml"), "--source",
+                     "rules", "--out", str(out), "--set", "model.num_heads=4", "model.norm_style=post",
+                     "model.act=relu", "model.norm_eps=1e-5"]) == 0
+    capsys.readouterr()
+    x = images(2, 32)
+    assert max_diff(logits(VisionTransformer.from_pretrained(out), x), logits(theirs, x)) <= TOL

@@ -26,7 +26,7 @@ COMMANDS = {  # name: (module:function, one-line help)
     "eval": ("vitkit.commands.eval:main", "evaluate a checkpoint on its run's splits: loss, top-1/top-5, confusion"),
     "predict": ("vitkit.commands.predict:main", "top-k classes of images and folders with a checkpoint"),
     "visualize": ("vitkit.commands.visualize:main", "attention, rollout and patch views; run curves and mistakes"),
-    "inspect": ("vitkit.commands.inspect:main", "how vitkit reads a weights file: layout, placements, what is unplaced"),
+    "inspect": ("vitkit.commands.inspect:main", "how vitkit reads weights: layout, placements, what is unplaced"),
     "convert": ("vitkit.commands.convert:main", "write a foreign weights file (with --rules) as a vitkit checkpoint"),
     "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
     "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),

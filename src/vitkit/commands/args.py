@@ -55,10 +55,13 @@ def model_settings(sets: list[str]) -> dict:
     """``--set model.KEY=VALUE`` (YAML values) -> keyword arguments of ``from_pretrained``: a ViTConfig field
     for what the weights cannot tell (``model.num_heads=4``, ``model.norm_style=pre``), or ``num_classes`` /
     ``img_size``."""
+    import typing
+
     from ..config import ViTConfig, apply_aliases
-    from ..configtools import did_you_mean, parse_override
+    from ..configtools import _coerce, did_you_mean, parse_override
     from ..errors import ConfigError
 
+    types = typing.get_type_hints(ViTConfig)
     fields = set(ViTConfig.__dataclass_fields__)
     out = {}
     for text in sets:
@@ -66,7 +69,8 @@ def model_settings(sets: list[str]) -> dict:
         if len(path) != 2 or path[0] != "model":
             raise ConfigError(f"--set takes model.KEY=VALUE here (a ViTConfig field), got {text!r}")
         key = path[1]
-        if next(iter(apply_aliases({key: value}))) not in fields:
+        name = next(iter(apply_aliases({key: value})))
+        if name not in fields:
             raise ConfigError(f"--set {text}: {key!r} is not a model key{did_you_mean(key, fields, 'model.')}")
-        out[key] = value
+        out[key] = _coerce(value, types[name], f"model.{key}")  # 1e-5 is text to YAML 1.1
     return out

@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = choose_format(read, args.source, rules)
     except CheckpointError as e:  # no layout, no rules: every tensor, and the table, in YAML
         if getattr(e, "yaml_details", None):
-            print(f"{read.name}: no layout vitkit knows{e.yaml_details}")
-            print(f"vitkit inspect: {read.name} would not load as it is: {e.cli_sentence}", file=sys.stderr)
+            print(f"{read.name}: no layout vitkit knows{e.listed}" + rule_table(e.unplaced, None, e.shapes, yaml=True,
+                                                                                limit=None))
+            print(f"vitkit inspect: {read.name} would not load as it is: no layout vitkit knows places its tensors; "
+                  "write the table above to a rules file and pass --rules", file=sys.stderr)
             return 1
         raise
     trace: dict = {}
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = {k: v.shape for k, v in converted.items() if isinstance(v, torch.Tensor)}
         print(f"unplaced ({len(lost)} of {n}):")
         print("\n".join(grouped_lines(lost, spec, shapes)))
-        print(rule_table(lost, spec, shapes, yaml=True))
+        print(rule_table(lost, spec, shapes, yaml=True, limit=None))
         print(f"vitkit inspect: {read.name} would not load as it is: {len(lost)} tensor(s) no rule places; add "
               "them to a rules file (the table above) and pass --rules", file=sys.stderr)
         return 1

@@ -123,9 +123,11 @@ def grouped_lines(keys: list[str], spec: Format | None = None, shapes: dict | No
     return lines + (["  not in a block: " + ", ".join(f"{k}{shape(k)}" for k in other)] if other else [])
 
 
-def rule_table(keys: list[str], spec: Format | None = None, shapes: dict | None = None, yaml: bool = False) -> str:
+def rule_table(keys: list[str], spec: Format | None = None, shapes: dict | None = None, yaml: bool = False,
+               limit: int | None = MAX_ROWS) -> str:
     """A ready-to-edit table placing ``keys``: each row maps a placeholder (``?`` and their key's name, to be
-    replaced by the vitkit key that tensor is) to their key, with its shape as a comment."""
+    replaced by the vitkit key that tensor is) to their key, with its shape as a comment; at most ``limit``
+    rows (None: all)."""
     templates, other = group_keys(keys, spec)
     rows = []
     for t, idx in templates.items():
@@ -134,8 +136,9 @@ def rule_table(keys: list[str], spec: Format | None = None, shapes: dict | None 
         rows.append((f"blocks.{{i}}.?{rest}", t, first))
     rows += [(f"?{k}", k, k) for k in other]
     shape = (lambda k: f"  # {tuple(shapes[k])}" if shapes and k in shapes else "")
-    more = [f"    # ... and {len(rows) - MAX_ROWS} more (vitkit inspect lists them all)"] if len(rows) > MAX_ROWS else []
-    rows = rows[:MAX_ROWS]
+    more = []
+    if limit is not None and len(rows) > limit:
+        more, rows = [f"    # ... and {len(rows) - limit} more (vitkit inspect lists them all)"], rows[:limit]
     if yaml:
         head = "# rules.yaml: vitkit key: their key(s); replace each '?...' key with the vitkit key that tensor is"
         return "\n".join([head] + [f"{json.dumps(o)}: {json.dumps(t)}{shape(f)}" for o, t, f in rows]
@@ -154,8 +157,10 @@ def _error(sentence: str, how: str, keys: list[str], spec: Format | None, shapes
     listed = f"{near}\nunplaced:\n" + "\n".join(grouped_lines(keys, spec, shapes)) + "\n"
     err = CheckpointError(sentence.replace("\0HOW\0", how) + listed + rule_table(keys, spec, shapes))
     err.sentence = sentence.replace("\0HOW\0", how)
-    err.cli_sentence = sentence.replace("\0HOW\0", "a rules file (--rules RULES.yaml; source='NAME' below is --source NAME)")
+    err.cli_sentence = sentence.replace("\0HOW\0", "a rules file (--rules RULES.yaml; source='NAME' below is "
+                                        "--source NAME)")
     err.yaml_details = listed + rule_table(keys, spec, shapes, yaml=True)
+    err.listed, err.unplaced, err.shapes = listed, keys, shapes
     return err
 
 
@@ -169,10 +174,10 @@ def unplaced_error(name: str, spec: Format, lost: list[str], state: dict, raw: d
         if near != spec.name:
             nearest = (f"{FORMATS[near].label or near} (source={near!r} places {count} of the {total} tensors; "
                        "rules= then need only name the rest)") if near else None
-    return _error(f"{name} read as the {spec.label or spec.name} layout leaves {len(lost)} tensor(s) no "
-                           f"vitkit key fits ({_few(lost)}); give just those a vitkit key with \0HOW\0, starting from the table "
-                  "below, as examples/load_custom_vit.py shows", "from_pretrained(..., rules={vitkit key: their "
-                  "key(s)})", lost, spec, shapes, nearest)
+    return _error(f"{name} read as the {spec.label or spec.name} layout leaves {len(lost)} tensor(s) no vitkit "
+                  f"key fits ({_few(lost)}); give just those a vitkit key with \0HOW\0, starting from the table "
+                  "below, as examples/load_custom_vit.py shows",
+                  "from_pretrained(..., rules={vitkit key: their key(s)})", lost, spec, shapes, nearest)
 
 
 def undetected_error(state: dict) -> CheckpointError:
@@ -182,7 +187,8 @@ def undetected_error(state: dict) -> CheckpointError:
     near, count, total = nearest_layout(state)
     nearest = (f"{FORMATS[near].label or near} (source={near!r} places {count} of the {total} tensors; rules= "
                "then need only name the rest)") if near else None
-    return _error(f"cannot tell the format of these weights: no layout vitkit knows (docs/formats.md) "
-                           f"places {_few(keys) or 'them'}; map them to vitkit's keys with \0HOW\0, starting from the table "
-                  "below, as examples/load_custom_vit.py shows", "from_pretrained(..., rules={'blocks.{i}.attn."
-                  "qkv.weight': ('enc.{i}.q.weight', 'enc.{i}.k.weight', 'enc.{i}.v.weight'), ...})", keys, None, {k: v.shape for k, v in tensors.items()}, nearest)
+    return _error(f"cannot tell the format of these weights: no layout vitkit knows (docs/formats.md) places "
+                  f"{_few(keys) or 'them'}; map them to vitkit's keys with \0HOW\0, starting from the table below, "
+                  "as examples/load_custom_vit.py shows",
+                  "from_pretrained(..., rules={'blocks.{i}.attn.qkv.weight': ('enc.{i}.q.weight', 'enc.{i}.k.weight', "
+                  "'enc.{i}.v.weight'), ...})", keys, None, {k: v.shape for k, v in tensors.items()}, nearest)
