@@ -9,7 +9,7 @@ transformers / torchvision / open_clip / vit-pytorch / ``nn.TransformerEncoder``
 1. reads the tensors and whatever the source says about its architecture (``config.json``,
    ``open_clip_config.json``, the live modules: heads, eps, activation, pooling ...),
 2. finds the format by its keys (docs/formats.md lists them) and renames the tensors to vitkit's keys with
-   that format's declarative table (:data:`FORMATS`; a caller's own table with ``rules=``),
+   that format's declarative table (:data:`FORMATS`), which a caller's ``rules=`` extend or replace,
 3. infers the :class:`ViTConfig` from the shapes, the source's description and the caller's overrides; what
    none of them tells takes the family's documented default, with a warning naming it,
 4. resamples the position embedding for another ``img_size`` and re-initialises the head for another
@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError
 from ..layers.position import resample_pos_embed
 from .architecture import infer_config
 from .catalog import FORMATS, SOURCE_ALIASES
-from .convert import convert_state_dict, detect_format, source_keys, unplaced_keys, unwrap
+from .convert import convert_state_dict, detect_format, source_keys, unplaced_keys
 from .placement import choose_format, unplaced_error
 from .rules import TRANSFORMS, Assume, Format, Profile, Rule, custom_format, extend_format
 from .sources import Source, read_source
