@@ -54,13 +54,14 @@ def rope_matters(model, x, their_tokens, their_out) -> None:
 
 
 def refused(fn, *args, match: str = "", **kwargs) -> str:
-    """fn(...) raises one CheckpointError of one sentence (no traceback, no newline)."""
+    """fn(...) raises one CheckpointError of one sentence (no traceback, no newline), or, for tensors no rule
+    places, one sentence on its first line with the tensors and a rule table on the next."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(CheckpointError) as e:
             fn(*args, **kwargs)
-    message = str(e.value)
-    assert "\n" not in message and re.search(match, message), message
+    message = getattr(e.value, "sentence", str(e.value))
+    assert "\n" not in message and str(e.value).startswith(message) and re.search(match, message), message
     return message
 
 

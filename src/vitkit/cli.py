@@ -4,7 +4,9 @@ Sub-command modules are imported only when used, so ``vitkit --help`` is instant
 here is either a person's error or a bug. A :class:`VitkitError` (bad config, file, image or checkpoint), a
 full disk, a denied permission, a read-only folder or memory running out is printed as one sentence and
 exits 2, without a traceback. Anything else is a bug: one line says so and where its traceback was saved, and the exit code is 1.
-A warning (a resume falling back to the previous checkpoint, say) is one line too.
+A warning (a resume falling back to the previous checkpoint, say) is one line too. An error's first line is
+its sentence; a few carry details on the lines after it (tensors no rule places, grouped by block, and a
+ready-to-edit rules table), printed as they are.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ COMMANDS = {  # name: (module:function, one-line help)
     "eval": ("vitkit.commands.eval:main", "evaluate a checkpoint on its run's splits: loss, top-1/top-5, confusion"),
     "predict": ("vitkit.commands.predict:main", "top-k classes of images and folders with a checkpoint"),
     "visualize": ("vitkit.commands.visualize:main", "attention, rollout and patch views; run curves and mistakes"),
+    "inspect": ("vitkit.commands.inspect:main", "how vitkit reads weights: layout, placements, what is unplaced"),
+    "convert": ("vitkit.commands.convert:main", "write a foreign weights file (with --rules) as a vitkit checkpoint"),
     "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
     "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
     "benchmark": ("vitkit.commands.benchmark:main", "measure training or inference throughput (vs timm)"),

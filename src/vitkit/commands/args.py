@@ -30,3 +30,47 @@ def load_predictor(checkpoint: str, device: str):
     from ..predictor import Predictor
     from ..train.distributed import pick_device
     return Predictor.load(checkpoint, pick_device(device, no_gpu="use --device cpu (or auto)"))
+
+
+def read_rules(path: str | None) -> dict | None:
+    """A rules YAML file (``vitkit inspect`` / ``convert --rules``): ``vitkit key: their key``, a list of their
+    keys (concatenated) or ``"transform(key, ...)"``, ``{i}`` for the block index; None without a file. A
+    callable rule cannot be written in YAML (that needs ``from_pretrained(rules=)`` in Python)."""
+    if path is None:
+        return None
+    from ..configtools import load_config
+    from ..errors import ConfigError
+
+    data = load_config(path)
+    for key, value in data.items():
+        if not isinstance(key, str) or not (isinstance(value, str) or (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value))):
+            raise ConfigError(f"rules file {path}: entry {key!r} must map a vitkit key to their key, a list of their "
+                              f"keys or 'transform(key, ...)', got {value!r} (a callable rule needs Python: "
+                              "from_pretrained(..., rules={key: fn}))")
+    return data
+
+
+def model_settings(sets: list[str]) -> dict:
+    """``--set model.KEY=VALUE`` (YAML values) -> keyword arguments of ``from_pretrained``: a ViTConfig field
+    for what the weights cannot tell (``model.num_heads=4``, ``model.norm_style=pre``), or ``num_classes`` /
+    ``img_size``."""
+    import typing
+
+    from ..config import ViTConfig, apply_aliases
+    from ..configtools import _coerce, did_you_mean, parse_override
+    from ..errors import ConfigError
+
+    types = typing.get_type_hints(ViTConfig)
+    fields = set(ViTConfig.__dataclass_fields__)
+    out = {}
+    for text in sets:
+        path, value = parse_override(text)
+        if len(path) != 2 or path[0] != "model":
+            raise ConfigError(f"--set takes model.KEY=VALUE here (a ViTConfig field), got {text!r}")
+        key = path[1]
+        name = next(iter(apply_aliases({key: value})))
+        if name not in fields:
+            raise ConfigError(f"--set {text}: {key!r} is not a model key{did_you_mean(key, fields, 'model.')}")
+        out[key] = _coerce(value, types[name], f"model.{key}")  # 1e-5 is text to YAML 1.1
+    return out

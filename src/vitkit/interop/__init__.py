@@ -9,7 +9,7 @@ transformers / torchvision / open_clip / vit-pytorch / ``nn.TransformerEncoder``
 1. reads the tensors and whatever the source says about its architecture (``config.json``,
    ``open_clip_config.json``, the live modules: heads, eps, activation, pooling ...),
 2. finds the format by its keys (docs/formats.md lists them) and renames the tensors to vitkit's keys with
-   that format's declarative table (:data:`FORMATS`; a caller's own table with ``rules=``),
+   that format's declarative table (:data:`FORMATS`), which a caller's ``rules=`` extend or replace,
 3. infers the :class:`ViTConfig` from the shapes, the source's description and the caller's overrides; what
    none of them tells takes the family's documented default, with a warning naming it,
 4. resamples the position embedding for another ``img_size`` and re-initialises the head for another
@@ -33,8 +33,9 @@ from ..errors import CheckpointError, ConfigError
 from ..layers.position import resample_pos_embed
 from .architecture import infer_config, representation_layer
 from .catalog import FORMATS, SOURCE_ALIASES
-from .convert import convert_state_dict, detect_format, source_keys, unplaced_keys, unwrap
-from .rules import TRANSFORMS, Assume, Format, Profile, Rule, custom_format
+from .convert import convert_state_dict, detect_format, source_keys, unplaced_keys
+from .placement import choose_format, unplaced_error
+from .rules import TRANSFORMS, Assume, Format, Profile, Rule, custom_format, extend_format
 from .sources import Source, read_source
 from .support import SUPPORT, formats_markdown
 
@@ -42,7 +43,7 @@ Tensor = torch.Tensor
 
 __all__ = ["Pretrained", "load_pretrained", "read_source", "Source", "detect_format", "convert_state_dict",
            "infer_config", "FORMATS", "Format", "Rule", "Profile", "Assume", "TRANSFORMS", "custom_format",
-           "SUPPORT", "formats_markdown"]
+           "extend_format", "SUPPORT", "formats_markdown"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -72,18 +73,15 @@ class Pretrained:
 def load_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None, rules=None,
                     **overrides) -> Pretrained:
     """Read ``src`` (see :meth:`vitkit.VisionTransformer.from_pretrained`) and convert it to vitkit's keys and
-    architecture. ``source`` forces the format (a name of :data:`SOURCE_ALIASES`); ``rules`` describes a layout
-    vitkit does not know (see :func:`custom_format`). ``overrides`` are ViTConfig fields, e.g. ``num_heads``,
+    architecture. ``source`` forces the format (a name of :data:`SOURCE_ALIASES`); ``rules`` (see
+    :func:`custom_format`) adds to and overrides what the detected or forced layout places, so only the tensors
+    no layout places need a rule; with no layout found, or ``source='rules'``, the table alone is the layout. ``overrides`` are ViTConfig fields, e.g. ``num_heads``,
     ``act``, ``norm_style`` for facts the weights cannot tell, ``drop_path_rate`` for fine-tuning. A head for
     another ``num_classes`` starts fresh (with a warning)."""
     if source not in SOURCE_ALIASES:
         raise ConfigError(f"unknown weights source {source!r}; expected one of: {', '.join(SOURCE_ALIASES)}")
     read = read_source(src)
-    if rules is not None:
-        spec = custom_format(rules)
-    else:
-        name = SOURCE_ALIASES[source]
-        spec = FORMATS[read.format or detect_format(unwrap(read.state)) if name == "auto" else name]
+    spec = choose_format(read, source, rules)
     state, pre_logits, facts = convert_state_dict(read.state, spec)
     foreign = {k: v for k, v in state.items() if spec.foreign_head and k.startswith(spec.foreign_head)}
     state = {k: v for k, v in state.items() if k not in foreign}
@@ -93,11 +91,7 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
         raise CheckpointError(f"{read.name} holds the tensors of a rotary position embedding ({', '.join(rope[:3])}) "
                               "that vitkit does not compute; it was not loaded")
     if lost:
-        few = ", ".join(lost[:4]) + (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
-        raise CheckpointError(f"{read.name} read as the {spec.label or spec.name} layout leaves {len(lost)} "
-                              f"tensor(s) no vitkit key fits ({few}); describe its layout with "
-                              "from_pretrained(..., rules={vitkit key: their key(s)}), as examples/"
-                              "load_custom_vit.py shows")
+        raise unplaced_error(read.name, spec, lost, state, read.state)
     profile = spec.profile(state)
     hints = {**spec.defaults, **profile.defaults, **facts, **read.hints}
     said = set(hints) | set(apply_aliases(dict(overrides))) | ({"img_size"} if img_size is not None else set())

@@ -29,4 +29,5 @@ SOURCE_ALIASES = {
     "mae": "timm", "vit_pytorch": "vit_pytorch", "vit-pytorch": "vit_pytorch",
     "vit_pytorch_0": "vit_pytorch_0", "vit_pytorch_simple": "vit_pytorch_simple", "simple_vit": "vit_pytorch_simple",
     "torch_nn": "torch_nn", "torch": "torch_nn", "mha_prenorm": "mha_prenorm", "dinov3": "dinov3",
-    "hf_dinov3": "hf_dinov3", "hf_aimv2": "hf_aimv2", "pe": "pe", "perception_encoder": "pe", "pe_tower": "pe_tower"}
+    "hf_dinov3": "hf_dinov3", "hf_aimv2": "hf_aimv2", "pe": "pe", "perception_encoder": "pe", "pe_tower": "pe_tower",
+    "rules": "rules"}  # rules: the rules= table alone

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -109,13 +109,47 @@ def source_keys(state: dict, fmt: Format) -> dict:
     return _strip(state, fmt) or dict(state)
 
 
-def convert_state_dict(state: dict, fmt: str | Format) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+class _Reading(Mapping):
+    """A user's callable rule sees the whole state dict through this: what it reads counts as placed."""
+
+    def __init__(self, state: dict):
+        self._state, self.read = state, set()
+
+    def __getitem__(self, key):
+        value = self._state[key]
+        self.read.add(key)
+        return value
+
+    def __contains__(self, key):
+        return key in self._state
+
+    def __iter__(self):
+        return iter(self._state)
+
+    def __len__(self):
+        return len(self._state)
+
+
+def _call(rule, state: dict, i, used: set):
+    view = _Reading(state)
+    try:
+        value = rule.fn(view) if i is None else rule.fn(view, i)
+    except KeyError as e:
+        raise CheckpointError(f"rules= entry {rule.ours!r} (a callable) reads {e.args[0]!r}, which the weights do "
+                              "not have (their keys are listed by vitkit inspect)") from None
+    used.update(view.read)
+    return value, tuple(sorted(view.read))
+
+
+def convert_state_dict(state: dict, fmt: str | Format, trace: dict | None = None
+                       ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
     """Rename ``state`` (a ``fmt`` checkpoint) to vitkit's keys with the format's table.
 
     Returns ``(converted, dropped_pre_logits, facts)``: tensors no rule consumed stay in ``converted`` under
     their own names (the load check reports them), the optional representation layer is split off, and
     ``facts`` holds architecture facts only the raw layout shows (JAX: heads). Half-precision tensors are
-    widened to float32 first, so the rules' arithmetic is exact."""
+    widened to float32 first, so the rules' arithmetic is exact. ``trace``, when given, is filled with
+    ``{vitkit key: (their keys, transform name)}`` for what the rules made."""
     spec = FORMATS[fmt] if isinstance(fmt, str) else fmt
     state = {k: v.float() if isinstance(v, Tensor) and v.dtype in (torch.float16, torch.bfloat16) else v
              for k, v in source_keys(state, spec).items()}
@@ -125,6 +159,7 @@ def convert_state_dict(state: dict, fmt: str | Format) -> tuple[dict[str, Tensor
         state = {re.sub(pattern, repl, k): v for k, v in state.items()}
     raw_facts = spec.facts(state) if spec.facts else {}
     pre_logits = {k: v for k, v in state.items() if spec.pre_logits and k.startswith(spec.pre_logits)}
+    whole = state
     state = {k: v for k, v in state.items()
              if k not in pre_logits and not any(re.search(p, k) for p in spec.ignore)}
     fields = _placeholders(state, spec)
@@ -136,14 +171,20 @@ def convert_state_dict(state: dict, fmt: str | Format) -> tuple[dict[str, Tensor
             target = rule.ours.format(i=i)
             if target in done:
                 continue
-            keys = [t.format(i=i, **fields) for t in rule.theirs]
-            if all(k in state for k in keys) and all(w.format(i=i, **fields) in state for w in rule.when) \
-                    and not any(u.format(i=i, **fields) in state for u in rule.unless):
+            if rule.whole:
+                value, keys = _call(rule, whole, i, used)
+            else:
+                keys = [t.format(i=i, **fields) for t in rule.theirs]
+                if not (all(k in state for k in keys) and all(w.format(i=i, **fields) in state for w in rule.when)
+                        and not any(u.format(i=i, **fields) in state for u in rule.unless)):
+                    continue
                 value = rule.fn(*(state[k] for k in keys))
                 used.update(keys)
-                done.add(target)
-                if value is not None:
-                    out[target] = value
+            done.add(target)
+            if value is not None:
+                out[target] = value
+            if trace is not None:
+                trace[target] = (tuple(keys), getattr(rule.fn, "__name__", "callable"))
     leftover = {k: v for k, v in state.items() if k not in used and k not in done}
     return {**leftover, **out}, pre_logits, facts
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -143,13 +143,16 @@ class Rule:
     """``ours`` (a vitkit key) is ``fn(*theirs)``. ``{i}`` stands for the block index, other ``{name}``s for
     the format's placeholders. A rule applies when all of ``theirs`` and ``when`` are present and none of
     ``unless``; the first rule that applies to a key wins, so alternatives are listed in order of preference.
-    ``fn`` returning None drops the key (an empty token)."""
+    ``fn`` returning None drops the key (an empty token). ``whole``: ``fn`` is a user's callable that receives
+    the source's whole state dict (unwrapped, prefix stripped; and the block index for a ``{i}`` key) and
+    returns the tensor; the tensors it reads count as placed, and ``theirs`` is empty."""
 
     ours: str
     theirs: tuple[str, ...]
     fn: Callable[..., Tensor | None] = same
     when: tuple[str, ...] = ()
     unless: tuple[str, ...] = ()
+    whole: bool = False
 
 
 def wb(ours: str, *theirs: str, fn: Callable[..., Tensor] = same, **conditions) -> list[Rule]:
@@ -255,9 +258,11 @@ _CALL = re.compile(r"^\s*(\w+)\((.*)\)\s*$")
 def custom_format(rules) -> Format:
     """A :class:`Format` from a user's table: a ``Format``; a list of :class:`Rule`; or a mapping
     ``{vitkit key: theirs}`` where ``theirs`` is one key (renamed), a tuple/list of keys (concatenated along
-    the first axis, e.g. separate q, k, v into the fused qkv) or ``"transform(key, ...)"`` with a name of
-    :data:`TRANSFORMS` (``patches``, ``patches_cpp``, ``token``, ``pos``, ``transpose``, ``zeros`` ...).
-    ``{i}`` stands for the block index on both sides. Keys the table does not name keep theirs."""
+    the first axis, e.g. separate q, k, v into the fused qkv), ``"transform(key, ...)"`` with a name of
+    :data:`TRANSFORMS` (``patches``, ``patches_cpp``, ``token``, ``pos``, ``transpose``, ``zeros`` ...), or a
+    callable ``fn(state)`` (``fn(state, i)`` for a ``{i}`` key) of the source's whole state dict returning the
+    tensor (folding two Linears, scaling, slicing). ``{i}`` stands for the block index on both sides. Keys the
+    table does not name keep theirs."""
     if isinstance(rules, Format):
         return rules
     if isinstance(rules, Mapping):
@@ -267,12 +272,28 @@ def custom_format(rules) -> Format:
     if bad:
         raise ConfigError(f"rules= takes a mapping {{vitkit key: their key(s)}}, a list of Rule or a Format; "
                           f"got a {type(bad[0]).__name__} in the list")
-    return Format(name="custom", markers=(), rules=rules, label="the rules= table")
+    for r in rules:
+        if "?" in r.ours:
+            raise ConfigError(f"rules= entry {r.ours!r} is still a placeholder: replace it with the vitkit key "
+                              "that tensor is (docs/formats.md lists vitkit's keys)")
+    return Format(name="custom", markers=(), rules=rules, label="rules= table")
+
+
+def extend_format(base: Format, rules) -> Format:
+    """``base`` with a user's table (see :func:`custom_format`) in front: a rule for a vitkit key replaces the
+    layout's rule for that key, and the layout still places everything else (the tensors a user's rule reads
+    stay available to the layout's other rules)."""
+    extra = custom_format(rules)
+    if extra is base or not isinstance(rules, (Mapping, list, tuple)):
+        return extra  # a Format given as rules= is a complete layout
+    return replace(base, rules=extra.rules + base.rules, label=f"{base.label or base.name} + rules=")
 
 
 def _rule(ours: str, theirs) -> Rule:
     if isinstance(theirs, Rule):
         return theirs
+    if callable(theirs):
+        return Rule(ours, (), theirs, whole=True)
     if isinstance(theirs, (tuple, list)) and theirs and all(isinstance(t, str) for t in theirs):
         return Rule(ours, tuple(theirs), cat if len(theirs) > 1 else same)
     if isinstance(theirs, str):
@@ -286,8 +307,8 @@ def _rule(ours: str, theirs) -> Rule:
         if not args:
             raise ConfigError(f"rules= entry {ours!r} gives transform {name!r} no key to read")
         return Rule(ours, tuple(args), TRANSFORMS[name])
-    raise ConfigError(f"rules= entry {ours!r} must be a key, a tuple of keys or 'transform(key, ...)', "
-                      f"got {theirs!r}")
+    raise ConfigError(f"rules= entry {ours!r} must be a key, a tuple of keys, 'transform(key, ...)' or a "
+                      f"callable of the state dict, got {theirs!r}")
 
 
 def heads_of(dim_head: int) -> Callable[[dict], int]:

@@ -37,7 +37,10 @@ class Source:
 
 
 def read_source(src: Any) -> Source:
-    """Tensors, architecture hints and a display name of a file, folder, state dict or live model."""
+    """Tensors, architecture hints and a display name of a file, folder, state dict or live model (a
+    :class:`Source` already read is itself)."""
+    if isinstance(src, Source):
+        return src
     if isinstance(src, (str, Path)):
         return _read_path(Path(src))
     if isinstance(src, dict):

@@ -6,6 +6,15 @@ from __future__ import annotations
 
 from ..presets import FAMILY_LICENCES, FAMILY_PREPROCESSING, PRESET_FAMILIES
 from .catalog import DETECTION_ORDER, FORMATS
+from .rules import TRANSFORMS
+
+# The keys a rule may make (one model has some of them), for docs/formats.md.
+VITKIT_KEYS = ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "reg_token", "dist_token",
+               "pos_embed", "norm_pre.weight", "blocks.{i}.norm1.weight", "blocks.{i}.attn.qkv.weight",
+               "blocks.{i}.attn.qkv.bias", "blocks.{i}.attn.proj.weight", "blocks.{i}.attn.proj.bias",
+               "blocks.{i}.ls1.gamma", "blocks.{i}.norm2.weight", "blocks.{i}.mlp.fc1.weight",
+               "blocks.{i}.mlp.fc2.weight", "blocks.{i}.ls2.gamma", "norm.weight", "fc_norm.weight", "head.weight",
+               "head.bias", "head_dist.weight")
 
 COLUMNS = ("timm", "Hugging Face transformers", "original files", "vit-pytorch", "torch.nn")
 
@@ -202,7 +211,26 @@ def formats_markdown() -> str:
              "parity test that loads the library's model with random weights and compares vitkit's logits or "
              "features with the library's (float32, max abs difference <= 1e-5).", "",
              "`VisionTransformer.from_pretrained(src)` finds the format by its keys; `source=` forces one; "
-             "`rules=` describes any other layout (examples/load_custom_vit.py).", "", support_table()]
+             "`rules=` adds to and overrides what that layout places (examples/load_custom_vit.py).", "",
+             support_table()]
+    lines += ["", "## Your own layout: rules", "",
+              "The short path: a file in a known layout but for a few tensors needs a rule for those only. "
+              "Loading names them in its error (grouped by block, with the nearest known layout and a "
+              "ready-to-edit table); `vitkit inspect FILE` prints the same table in YAML. An nn.TransformerEncoder "
+              "ViT whose head is `mlp_head.0` (LayerNorm) and `mlp_head.1` (Linear):", "",
+              "```python", "rules = {\"norm.weight\": \"mlp_head.0.weight\", \"norm.bias\": \"mlp_head.0.bias\",",
+              "         \"head.weight\": \"mlp_head.1.weight\", \"head.bias\": \"mlp_head.1.bias\"}",
+              "model = VisionTransformer.from_pretrained(\"tutorial.pth\", rules=rules, num_heads=4, "
+              "norm_style=\"pre\", act=\"gelu\")", "```", "",
+              "The full table, for a layout vitkit does not know (no layout detected, or `source=\"rules\"`): "
+              "one rule per vitkit key, `{i}` for the block index, e.g. `\"blocks.{i}.attn.qkv.weight\": "
+              "(\"enc.{i}.q.weight\", \"enc.{i}.k.weight\", \"enc.{i}.v.weight\")` (a tuple is "
+              "concatenated), `\"patch_embed.proj.weight\": \"patches(stem.weight)\"` (a named transform: "
+              + ", ".join(f"`{t}`" for t in TRANSFORMS) + "), or a callable of the whole state dict "
+              "(`fn(state)`, `fn(state, i)` for a block key; Python only: YAML rules files for `vitkit inspect` "
+              "and `vitkit convert --rules` hold keys, lists and transforms). A rule for a vitkit key replaces "
+              "the layout's rule for it; the tensors it reads stay available to the layout's other rules.", "",
+              "vitkit's keys (timm's): " + ", ".join(f"`{k}`" for k in VITKIT_KEYS) + "."]
     lines += ["", "## Families: preprocessing and licence", "",
               "How each family's default weights want their images (timm's pretrained configs; a source's own "
               "description wins), and the licence those weights come under. Several are not for commercial use "
