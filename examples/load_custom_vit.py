@@ -39,8 +39,8 @@ from vitkit import VisionTransformer
 
 
 class TutorialViT(nn.Module):
-    """nn.TransformerEncoder (a layout vitkit detects) with a head it does not place: mlp_head.0 (LayerNorm)
-    and mlp_head.1 (Linear)."""
+    """nn.TransformerEncoder (a layout vitkit detects) with a head it does not place: to_logits.0 (LayerNorm)
+    and to_logits.1 (Linear)."""
 
     def __init__(self, img=32, patch=8, dim=64, heads=4, depth=3, classes=10):
         super().__init__()
@@ -50,19 +50,19 @@ class TutorialViT(nn.Module):
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, classes))
+        self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, classes))
 
     def forward(self, img):
         x = self.patch_embed(img).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embedding
-        return self.mlp_head(self.encoder(x)[:, 0])
+        return self.to_logits(self.encoder(x)[:, 0])
 
 
 HEAD_RULES = {  # only what nn.TransformerEncoder's layout does not place
-    "norm.weight": "mlp_head.0.weight",  # a LayerNorm of [CLS] is vitkit's final norm
-    "norm.bias": "mlp_head.0.bias",
-    "head.weight": "mlp_head.1.weight",
-    "head.bias": "mlp_head.1.bias",
+    "norm.weight": "to_logits.0.weight",  # a LayerNorm of [CLS] is vitkit's final norm
+    "norm.bias": "to_logits.0.bias",
+    "head.weight": "to_logits.1.weight",
+    "head.bias": "to_logits.1.bias",
 }
 
 

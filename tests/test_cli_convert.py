@@ -44,7 +44,7 @@ def test_inspect_shows_placements_unplaced_and_the_architecture(files, capsys):
 
     assert cli.main(["inspect", str(tmp / "tutorial.pth"), "--rules", str(tmp / "rules.yaml")]) == 1
     out, err = capsys.readouterr()
-    assert "unplaced: none" in out and "  head.weight <- mlp_head.1.weight" in out
+    assert "unplaced: none" in out and "  head.weight <- to_logits.1.weight" in out
     assert "pass num_heads" in err  # the width does not tell the heads: one line
 
     assert cli.main(["inspect", str(tmp / "tutorial.pth"), "--rules", str(tmp / "rules.yaml"),
@@ -62,7 +62,7 @@ def test_convert_writes_a_checkpoint_predict_and_from_pretrained_read(files, cap
     first, *rest = err.splitlines()
     assert first.startswith(f"vitkit convert: error: {tmp / 'tutorial.pth'} read as the nn.TransformerEncoder "
                             "layout leaves 4")
-    assert "--rules RULES.yaml" in first and '"?mlp_head.1.bias": "mlp_head.1.bias"  # (5,)' in rest
+    assert "--rules RULES.yaml" in first and '"?to_logits.1.bias": "to_logits.1.bias"  # (5,)' in rest
 
     assert cli.main(["convert", str(tmp / "tutorial.pth"), "--rules", str(tmp / "rules.yaml"), "--out", str(out),
                      *SETS]) == 0

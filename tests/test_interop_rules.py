@@ -16,7 +16,7 @@ DIM, HEADS, DEPTH, PATCH, IMG, CLASSES = 64, 4, 2, 8, 32, 5
 
 class TutorialViT(nn.Module):
     """The ViT of many tutorials: conv patches, [CLS], learned positions, a pre-norm nn.TransformerEncoder
-    without a final norm, and ``mlp_head = Sequential(LayerNorm, Linear)`` (or ``head`` given)."""
+    without a final norm, and ``to_logits = Sequential(LayerNorm, Linear)`` (or ``head`` given)."""
 
     def __init__(self, head: nn.Module | None = None):
         super().__init__()
@@ -27,7 +27,7 @@ class TutorialViT(nn.Module):
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, DEPTH, enable_nested_tensor=False)
         if head is None:
-            self.mlp_head = nn.Sequential(nn.LayerNorm(DIM), nn.Linear(DIM, CLASSES))
+            self.to_logits = nn.Sequential(nn.LayerNorm(DIM), nn.Linear(DIM, CLASSES))
         else:
             self.head = head
 
@@ -35,7 +35,7 @@ class TutorialViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embedding
         cls = self.encoder(x)[:, 0]
-        return self.mlp_head(cls) if hasattr(self, "mlp_head") else self.head(cls)
+        return self.to_logits(cls) if hasattr(self, "to_logits") else self.head(cls)
 
 
 def trained(model: nn.Module, steps: int = 5) -> nn.Module:
@@ -51,8 +51,8 @@ def trained(model: nn.Module, steps: int = 5) -> nn.Module:
     return model.eval()
 
 
-HEAD_RULES = {"norm.weight": "mlp_head.0.weight", "norm.bias": "mlp_head.0.bias",
-              "head.weight": "mlp_head.1.weight", "head.bias": "mlp_head.1.bias"}
+HEAD_RULES = {"norm.weight": "to_logits.0.weight", "norm.bias": "to_logits.0.bias",
+              "head.weight": "to_logits.1.weight", "head.bias": "to_logits.1.bias"}
 FACTS = {"num_heads": HEADS, "norm_style": "pre", "act": "gelu"}  # what a state dict does not say
 
 
@@ -82,8 +82,8 @@ def test_partial_rules_extend_the_detected_layout(tutorial):
 
 def test_a_rule_overrides_what_the_layout_places(tutorial):
     state = tutorial.state_dict()
-    rules = {**HEAD_RULES, "head.weight": lambda sd: 2 * sd["mlp_head.1.weight"],
-             "head.bias": lambda sd: 2 * sd["mlp_head.1.bias"],
+    rules = {**HEAD_RULES, "head.weight": lambda sd: 2 * sd["to_logits.1.weight"],
+             "head.bias": lambda sd: 2 * sd["to_logits.1.bias"],
              "blocks.{i}.mlp.fc2.bias": lambda sd, i: sd[f"encoder.layers.{i}.linear2.bias"]}
     ours = silent(from_pretrained, state, rules=rules, **FACTS)
     x = images(2, IMG)
@@ -117,19 +117,19 @@ def test_the_unplaced_error_groups_by_block_and_prints_a_table_that_loads(tutori
                                                             "layout leaves 6 tensor(s) no vitkit key fits (")
     assert "the nearest known layout: nn.TransformerEncoder (source='torch_nn'), which places the other 28" in rest
     assert "  blocks 0-1: encoder.layers.{i}.adapter.scale" in rest
-    assert "  not in a block: mlp_head.0.weight (64,), mlp_head.0.bias (64,), mlp_head.1.weight (5, 64), " \
-           "mlp_head.1.bias (5,)" in rest
+    assert "  not in a block: to_logits.0.weight (64,), to_logits.0.bias (64,), to_logits.1.weight (5, 64), " \
+           "to_logits.1.bias (5,)" in rest
     table = text[text.index("rules = {"):]
     assert '    "blocks.{i}.?adapter.scale": "encoder.layers.{i}.adapter.scale",  # (64,)' in table
-    assert '    "?mlp_head.1.weight": "mlp_head.1.weight",  # (5, 64)' in table
+    assert '    "?to_logits.1.weight": "to_logits.1.weight",  # (5, 64)' in table
     assert "blocks.{i}.?adapter.scale: " not in err.value.yaml_details  # YAML, keys quoted
-    assert '"?mlp_head.1.bias": "mlp_head.1.bias"  # (5,)' in err.value.yaml_details
+    assert '"?to_logits.1.bias": "to_logits.1.bias"  # (5,)' in err.value.yaml_details
     scope = {}
     exec(table, scope)  # the table is Python; unedited, its placeholders are refused
     with pytest.raises(ConfigError, match=r"'blocks.\{i\}.\?adapter.scale' is still a placeholder"):
         from_pretrained(state, rules=scope["rules"], **FACTS)
-    named = {"?mlp_head.0.weight": "norm.weight", "?mlp_head.0.bias": "norm.bias",
-             "?mlp_head.1.weight": "head.weight", "?mlp_head.1.bias": "head.bias"}
+    named = {"?to_logits.0.weight": "norm.weight", "?to_logits.0.bias": "norm.bias",
+             "?to_logits.1.weight": "head.weight", "?to_logits.1.bias": "head.bias"}
     edited = {named.get(k, k): v for k, v in scope["rules"].items() if "adapter" not in k}
     edited["blocks.{i}.mlp.fc2.weight"] = lambda sd, i: (sd[f"encoder.layers.{i}.adapter.scale"][:, None]
                                                          * sd[f"encoder.layers.{i}.linear2.weight"])

@@ -66,7 +66,7 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
     fields.setdefault("num_heads", _HEADS_BY_WIDTH.get(dim))
     if fields["num_heads"] is None:
         raise ConfigError(f"cannot tell the number of attention heads of a width-{dim} model from its weights; "
-                          "pass num_heads=...")
+                          "pass num_heads=... (on the command line: --set model.num_heads=...)")
     prefix = int(fields["class_token"]) + fields["reg_tokens"] + int(bool(fields.get("distilled")))
     pos = state.get("pos_embed")  # (1, L, D)
     if isinstance(pos, Tensor) and pos.ndim == 3 and fields.get("pos_embed", "learn") == "learn":

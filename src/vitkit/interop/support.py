@@ -217,9 +217,9 @@ def formats_markdown() -> str:
               "The short path: a file in a known layout but for a few tensors needs a rule for those only. "
               "Loading names them in its error (grouped by block, with the nearest known layout and a "
               "ready-to-edit table); `vitkit inspect FILE` prints the same table in YAML. An nn.TransformerEncoder "
-              "ViT whose head is `mlp_head.0` (LayerNorm) and `mlp_head.1` (Linear):", "",
-              "```python", "rules = {\"norm.weight\": \"mlp_head.0.weight\", \"norm.bias\": \"mlp_head.0.bias\",",
-              "         \"head.weight\": \"mlp_head.1.weight\", \"head.bias\": \"mlp_head.1.bias\"}",
+              "ViT whose head is `to_logits.0` (LayerNorm) and `to_logits.1` (Linear):", "",
+              "```python", "rules = {\"norm.weight\": \"to_logits.0.weight\", \"norm.bias\": \"to_logits.0.bias\",",
+              "         \"head.weight\": \"to_logits.1.weight\", \"head.bias\": \"to_logits.1.bias\"}",
               "model = VisionTransformer.from_pretrained(\"tutorial.pth\", rules=rules, num_heads=4, "
               "norm_style=\"pre\", act=\"gelu\")", "```", "",
               "The full table, for a layout vitkit does not know (no layout detected, or `source=\"rules\"`): "
