@@ -3,7 +3,8 @@ arguments: vit-pytorch 0.x (``patch_to_embedding``, ``Residual(PreNorm(...))`` k
 scaled by the model width before 0.6.7), an attention wider than the model (vit-pytorch's default dim_head=64
 on dim=48, timm's ``attn_head_dim``). The old releases' ``vit_pytorch/vit_pytorch.py`` are kept below verbatim
 (MIT licence, Phil Wang; ``git show TAG:vit_pytorch/vit_pytorch.py`` of lucidrains/vit-pytorch) and are the
-reference for theirs; 0.6.7 is 0.6.5 with commit 85314cf's one-line fix of the scale."""
+reference for theirs; 0.2.0 is 0.1.0 with one line more (a LayerNorm before the MLP head), 0.6.7 is 0.6.5 with
+commit 85314cf's one-line fix of the scale."""
 
 import types
 import warnings
@@ -112,119 +113,6 @@ class ViT(nn.Module):
         self.to_cls_token = nn.Identity()
 
         self.mlp_head = nn.Sequential(
-            nn.Linear(dim, mlp_dim),
-            nn.GELU(),
-            nn.Linear(mlp_dim, num_classes)
-        )
-
-    def forward(self, img, mask = None):
-        p = self.patch_size
-
-        x = rearrange(img, 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)', p1 = p, p2 = p)
-        x = self.patch_to_embedding(x)
-
-        cls_tokens = self.cls_token.expand(img.shape[0], -1, -1)
-        x = torch.cat((cls_tokens, x), dim=1)
-        x += self.pos_embedding
-        x = self.transformer(x, mask)
-
-        x = self.to_cls_token(x[:, 0])
-        return self.mlp_head(x)
-""",
-    "0.2.0": r"""
-import torch
-import torch.nn.functional as F
-from einops import rearrange
-from torch import nn
-
-class Residual(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-    def forward(self, x, **kwargs):
-        return self.fn(x, **kwargs) + x
-
-class PreNorm(nn.Module):
-    def __init__(self, dim, fn):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.fn = fn
-    def forward(self, x, **kwargs):
-        return self.fn(self.norm(x), **kwargs)
-
-class FeedForward(nn.Module):
-    def __init__(self, dim, hidden_dim):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, dim)
-        )
-    def forward(self, x):
-        return self.net(x)
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads = 8):
-        super().__init__()
-        self.heads = heads
-        self.scale = dim ** -0.5
-
-        self.to_qkv = nn.Linear(dim, dim * 3, bias = False)
-        self.to_out = nn.Linear(dim, dim)
-    def forward(self, x, mask = None):
-        b, n, _, h = *x.shape, self.heads
-        qkv = self.to_qkv(x)
-        q, k, v = rearrange(qkv, 'b n (qkv h d) -> qkv b h n d', qkv = 3, h = h)
-
-        dots = torch.einsum('bhid,bhjd->bhij', q, k) * self.scale
-
-        if mask is not None:
-            mask = F.pad(mask.flatten(1), (1, 0), value = True)
-            assert mask.shape[-1] == dots.shape[-1], 'mask has incorrect dimensions'
-            mask = mask[:, None, :] * mask[:, :, None]
-            dots.masked_fill_(~mask, float('-inf'))
-            del mask
-
-        attn = dots.softmax(dim=-1)
-
-        out = torch.einsum('bhij,bhjd->bhid', attn, v)
-        out = rearrange(out, 'b h n d -> b n (h d)')
-        out =  self.to_out(out)
-        return out
-
-class Transformer(nn.Module):
-    def __init__(self, dim, depth, heads, mlp_dim):
-        super().__init__()
-        self.layers = nn.ModuleList([])
-        for _ in range(depth):
-            self.layers.append(nn.ModuleList([
-                Residual(PreNorm(dim, Attention(dim, heads = heads))),
-                Residual(PreNorm(dim, FeedForward(dim, mlp_dim)))
-            ]))
-    def forward(self, x, mask = None):
-        for attn, ff in self.layers:
-            x = attn(x, mask = mask)
-            x = ff(x)
-        return x
-
-class ViT(nn.Module):
-    def __init__(self, *, image_size, patch_size, num_classes, dim, depth, heads, mlp_dim, channels = 3):
-        super().__init__()
-        assert image_size % patch_size == 0, 'image dimensions must be divisible by the patch size'
-        num_patches = (image_size // patch_size) ** 2
-        patch_dim = channels * patch_size ** 2
-
-        self.patch_size = patch_size
-
-        self.pos_embedding = nn.Parameter(torch.randn(1, num_patches + 1, dim))
-        self.patch_to_embedding = nn.Linear(patch_dim, dim)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.transformer = Transformer(dim, depth, heads, mlp_dim)
-
-        self.to_cls_token = nn.Identity()
-
-        self.mlp_head = nn.Sequential(
-            nn.LayerNorm(dim),
             nn.Linear(dim, mlp_dim),
             nn.GELU(),
             nn.Linear(mlp_dim, num_classes)
@@ -376,8 +264,11 @@ class ViT(nn.Module):
         return self.mlp_head(x)
 """,
 }
+# 0.2.0 is 0.1.0 with a LayerNorm first in the MLP head; 0.6.7 is 0.6.5 with commit 85314cf's scale
+RELEASES["0.2.0"] = RELEASES["0.1.0"].replace("        self.mlp_head = nn.Sequential(\n",
+                                              "        self.mlp_head = nn.Sequential(\n            nn.LayerNorm(dim),\n")
 RELEASES["0.6.7"] = RELEASES["0.6.5"].replace("self.scale = dim ** -0.5", "self.scale = dim_head ** -0.5")
-assert RELEASES["0.6.7"] != RELEASES["0.6.5"]
+assert RELEASES["0.2.0"] != RELEASES["0.1.0"] and RELEASES["0.6.7"] != RELEASES["0.6.5"]
 
 # 25 patches: 0.3 - 0.6 assert more than 16
 SIZES = dict(image_size=40, patch_size=8, num_classes=5, dim=64, depth=2, heads=4, mlp_dim=96)

@@ -181,8 +181,7 @@ class ViTConfig:
             raise ConfigError("distilled=True has two linear heads; head_hidden_dim and head_norm describe one")
 
     def _check_rope(self) -> None:
-        rope_fields = {"rope_temperature": None, "rope_grid_offset": 0.0, "rope_grid_indexing": "ij",
-                       "rope_ref_grid": None, "rope_normalize": "separate", "rope_bf16_periods": False}
+        rope_fields = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("rope_")}
         if self.rope == "none":
             said = [k for k, v in rope_fields.items() if getattr(self, k) != v]
             if said:

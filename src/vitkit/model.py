@@ -87,7 +87,8 @@ class VisionTransformer(nn.Module):
                   qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
                   layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act, mlp=cfg.mlp,
                   fused_attn=cfg.attn_impl == "fused", norm_layer=cfg.norm_layer, attn_norm=cfg.attn_norm,
-                  mlp_norm=cfg.mlp_norm, proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias, rope_half=cfg.rope == "dinov3",
+                  mlp_norm=cfg.mlp_norm, proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias,
+                  rope_half=self.rope is not None and self.rope.half,
                   attn_dim=cfg.attn_dim, attn_scale=cfg.attn_scale)
             for i in range(cfg.depth))
         use_fc_norm = cfg.use_fc_norm

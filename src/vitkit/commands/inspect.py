@@ -31,14 +31,9 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
                    help="what the weights cannot tell, e.g. --set model.num_heads=4 model.norm_style=pre")
 
 
-def _span(indices: list[int]) -> str:
-    if len(indices) > 1 and indices == list(range(indices[0], indices[-1] + 1)):
-        return f"blocks {indices[0]}-{indices[-1]}"
-    return ("block " if len(indices) == 1 else "blocks ") + ", ".join(map(str, indices))
-
-
 def placed_lines(trace: dict, kept: list[str]) -> list[str]:
     """``vitkit key <- transform(their keys)``, one line per key; a block's keys once for all blocks alike."""
+    from ..interop.placement import block_span
     rows: dict[tuple[str, str], list[int]] = {}
     plain = []
     for ours, (theirs, fn) in trace.items():
@@ -51,7 +46,7 @@ def placed_lines(trace: dict, kept: list[str]) -> list[str]:
             plain.append(f"  {ours} <- {made}")
     by_span: dict[str, list[str]] = {}
     for (ours, made), idx in rows.items():
-        by_span.setdefault(_span(sorted(idx)), []).append(f"    {ours} <- {made}")
+        by_span.setdefault(block_span(sorted(idx)), []).append(f"    {ours} <- {made}")
     lines = [line for span, group in by_span.items() for line in [f"  {span}:", *group]]
     lines += plain
     if kept:
@@ -112,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{read.name}: read as the {spec.label or spec.name} layout ({spec.name})")
     print("placed:")
     print("\n".join(placed_lines(trace, kept)))
-    if pre_logits:
-        print("dropped: " + ", ".join(pre_logits) + " (a pre-logits layer)")
+    if pre_logits:  # load_pretrained places it as pre_logits.fc: head(tanh(pre_logits.fc(x)))
+        print("  pre_logits.fc <- " + ", ".join(pre_logits) + " (the representation layer, computed)")
     if lost:
         shapes = {k: v.shape for k, v in converted.items() if isinstance(v, torch.Tensor)}
         print(f"unplaced ({len(lost)} of {n}):")

@@ -33,8 +33,8 @@ from ..errors import CheckpointError, ConfigError
 from ..layers.position import resample_pos_embed
 from .architecture import infer_config, representation_layer
 from .catalog import FORMATS, SOURCE_ALIASES
-from .convert import convert_state_dict, detect_format, source_keys, unplaced_keys
-from .placement import choose_format, unplaced_error
+from .convert import convert_state_dict, source_keys, unplaced_keys
+from .placement import choose_format, detect_format, unplaced_error
 from .rules import TRANSFORMS, Assume, Format, Profile, Rule, custom_format, extend_format
 from .sources import Source, read_source
 from .support import SUPPORT, formats_markdown
@@ -75,9 +75,9 @@ def load_pretrained(src, source: str = "auto", num_classes: int | None = None, i
     """Read ``src`` (see :meth:`vitkit.VisionTransformer.from_pretrained`) and convert it to vitkit's keys and
     architecture. ``source`` forces the format (a name of :data:`SOURCE_ALIASES`); ``rules`` (see
     :func:`custom_format`) adds to and overrides what the detected or forced layout places, so only the tensors
-    no layout places need a rule; with no layout found, or ``source='rules'``, the table alone is the layout. ``overrides`` are ViTConfig fields, e.g. ``num_heads``,
-    ``act``, ``norm_style`` for facts the weights cannot tell, ``drop_path_rate`` for fine-tuning. A head for
-    another ``num_classes`` starts fresh (with a warning)."""
+    no layout places need a rule; with no layout found, or ``source='rules'``, the table alone is the layout.
+    ``overrides`` are ViTConfig fields, e.g. ``num_heads``, ``act``, ``norm_style`` for facts the weights cannot
+    tell, ``drop_path_rate`` for fine-tuning. A head for another ``num_classes`` starts fresh (with a warning)."""
     if source not in SOURCE_ALIASES:
         raise ConfigError(f"unknown weights source {source!r}; expected one of: {', '.join(SOURCE_ALIASES)}")
     read = read_source(src)

@@ -55,19 +55,6 @@ def _strip(state: dict, fmt: Format) -> dict | None:
     return None
 
 
-def detect_format(state: dict[str, Any]) -> str:
-    """The first format (most specific first) whose marker keys the state dict has."""
-    for name in DETECTION_ORDER:
-        if _strip(state, FORMATS[name]) is not None:
-            return name
-    tensors = [k for k, v in state.items() if isinstance(v, Tensor)]
-    few = ", ".join(tensors[:4]) + (f" and {len(tensors) - 4} more" if len(tensors) > 4 else "")
-    raise CheckpointError(f"cannot tell the format of these weights: no layout vitkit knows (docs/formats.md) "
-                          f"places {few or 'them'}; map them to vitkit's keys with from_pretrained(..., "
-                          "rules={'blocks.{i}.attn.qkv.weight': ('enc.{i}.q.weight', 'enc.{i}.k.weight', "
-                          "'enc.{i}.v.weight'), ...}) as examples/load_custom_vit.py shows")
-
-
 def _unscan(state: dict) -> dict:
     """JAX scan layout: one ``Transformer/encoderblock/...`` tensor per parameter with a leading depth axis
     (depth, ...) -> ``Transformer/encoderblock_{i}/...`` tensors (...)."""

@@ -27,6 +27,14 @@ def find_format(state: dict) -> str | None:
     return next((name for name in DETECTION_ORDER if _strip(state, FORMATS[name]) is not None), None)
 
 
+def detect_format(state: dict) -> str:
+    """The first format whose marker keys the state dict has; none: every tensor, grouped, in one error."""
+    name = find_format(state)
+    if name is None:
+        raise undetected_error(state)
+    return name
+
+
 def choose_format(read, source: str = "auto", rules=None) -> Format:
     """The table that reads ``read`` (a :class:`~vitkit.interop.sources.Source`): the layout ``source`` names
     or its keys show, with ``rules`` in front (they add to and override what the layout places); ``rules``
@@ -92,7 +100,8 @@ def _block_patterns(spec: Format | None, keys: list[str]) -> list[re.Pattern]:
     return known
 
 
-def _span(indices: list[int]) -> str:
+def block_span(indices: list[int]) -> str:
+    """``blocks 0-11`` for a run of indices, else ``block 3`` / ``blocks 0, 2, 5``."""
     if len(indices) > 1 and indices == list(range(indices[0], indices[-1] + 1)):
         return f"blocks {indices[0]}-{indices[-1]}"
     return ("block " if len(indices) == 1 else "blocks ") + ", ".join(map(str, indices))
@@ -117,7 +126,7 @@ def grouped_lines(keys: list[str], spec: Format | None = None, shapes: dict | No
     templates, other = group_keys(keys, spec)
     by_span: dict[str, list[str]] = {}
     for t, idx in templates.items():
-        by_span.setdefault(_span(idx), []).append(t)
+        by_span.setdefault(block_span(idx), []).append(t)
     shape = (lambda k: f" {tuple(shapes[k])}" if shapes and k in shapes else "")
     lines = [f"  {span}: " + ", ".join(ts) for span, ts in by_span.items()]
     return lines + (["  not in a block: " + ", ".join(f"{k}{shape(k)}" for k in other)] if other else [])

@@ -11,6 +11,7 @@ from .position import (RelativePositionBias, get_relative_position_index_1d, get
 from .rope import ROPES, RotaryEmbedding, rotate
 
 __all__ = ["MultiHeadAttention", "ScaledDotProductAttention", "LayerScale", "Mlp", "GluMlp", "QuickGELU",
-           "ACTIVATIONS", "HEAD_ACTIVATIONS", "TransformerBlock", "PostNormBlock", "PatchEmbedding", "AttentionPoolLatent",
+           "ACTIVATIONS", "HEAD_ACTIVATIONS", "TransformerBlock", "PostNormBlock", "PatchEmbedding",
+           "AttentionPoolLatent",
            "RelativePositionBias", "get_relative_position_index_1d", "get_relative_position_index_2d",
            "resample_pos_embed", "sincos_2d_pos_embed", "RotaryEmbedding", "rotate", "ROPES", "make_norm", "NORMS"]
