@@ -201,7 +201,7 @@ def test_compile_and_export_match_eager():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(embed_dim=50, num_heads=3), r"embed_dim \(50\) must be divisible by num_heads \(3\)"),
     (dict(img_size=30), r"img_size 30 must be divisible by patch_size 8"),
-    (dict(pool="max"), r"pool must be one of 'cls', 'mean', 'map', got 'max'"),
+    (dict(pool="max"), r"pool must be one of 'cls', 'mean', 'map', 'cls_mean', got 'max'"),
     (dict(use_relative_position=True, rpb_kwargs={"window_size": (7, 7)}),
      r"window_size \(7, 7\) must match the patch grid \(4, 4\)"),
     (dict(num_heads=3, n_heads=4), r"n_heads=4 contradicts num_heads=3"),
@@ -393,3 +393,41 @@ def test_attn_dim_scale_and_mlp_head_options():
                        (dict(attn_scale=0.0), "attn_scale must lie in")]:
         with pytest.raises(ConfigError, match=match):
             ViTConfig(**kw, **bad)
+
+
+def test_pool_cls_mean_is_cls_and_mean_patch_side_by_side():
+    """DINOv2's linear-evaluation input: [CLS] and the mean of the patch tokens after the final norm, (B, 2D)."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3,
+                              reg_tokens=2, pool="cls_mean").eval()
+    x = torch.randn(2, 3, 16, 16)
+    tokens = model.forward_features(x)  # (2, 1 + 2 + 16, 16)
+    expected = torch.cat([tokens[:, 0], tokens[:, 3:].mean(dim=1)], dim=1)
+    assert torch.equal(model.forward_head(tokens, pre_logits=True), expected)
+    assert model.head.weight.shape == (3, 32)
+    assert torch.allclose(model(x), expected @ model.head.weight.T + model.head.bias, atol=1e-6)
+
+
+def test_head_l2norm_and_a_bias_free_projection():
+    """A projection (identity activation, no bias), then unit length, then the classifier: a zero-shot head."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=4,
+                              head_hidden_dim=8, head_act="identity", head_hidden_bias=False, head_l2norm=True,
+                              head_bias=False).eval()
+    assert model.pre_logits.fc.bias is None and "pre_logits.fc.bias" not in model.state_dict()
+    x = torch.randn(3, 3, 16, 16)
+    f = model.forward_features(x)[:, 0] @ model.pre_logits.fc.weight.T  # (3, 8)
+    f = f / f.norm(dim=1, keepdim=True)
+    assert torch.allclose(model.forward_head(model.forward_features(x), pre_logits=True), f, atol=1e-6)
+    assert torch.allclose(model(x), f @ model.head.weight.T, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(pool="cls_mean", class_token=False), "needs class_token"),
+    (dict(pool="cls_mean", fc_norm=True), "takes no fc_norm"),
+    (dict(head_hidden_bias=False), "only head_hidden_dim"),
+    (dict(head_act="identity"), "only head_hidden_dim"),
+])
+def test_head_and_pool_settings_that_describe_nothing_are_refused(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, **kwargs)

@@ -30,12 +30,12 @@ class RelativeBias:
         check_literals(self)
         check_ranges(self, "rpb_kwargs", {"seq_len": "[1, inf)", "num_heads": "[1, inf)", "init_std": "(0, inf)"})
 
-PoolType = Literal["cls", "mean", "map"]
+PoolType = Literal["cls", "mean", "map", "cls_mean"]
 RopeType = Literal["none", "dinov3", "axial", "mixed"]
 PosEmbedType = Literal["learn", "sincos2d", "none"]
 AttnImpl = Literal["fused", "explicit"]
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
-HeadActivation = Literal["tanh", "gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
+HeadActivation = Literal["tanh", "identity", "gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
 
 
 @dataclass
@@ -45,7 +45,8 @@ class ViTConfig:
     Names follow timm and the paper; Hugging Face names (``hidden_size``, ``num_hidden_layers`` ...) are read
     by :meth:`from_hf`. ``pool="cls"`` classifies from the [CLS] token, ``"mean"`` from the average patch
     token (then ``fc_norm`` defaults to on and the final ``norm`` moves after pooling, as in timm), ``"map"``
-    from one learned query attending over the patch tokens (SigLIP; timm's ``attn_pool``). The families
+    from one learned query attending over the patch tokens (SigLIP; timm's ``attn_pool``), ``"cls_mean"`` from
+    [CLS] and the mean patch token side by side (B, 2D), as DINOv2 and DINOv3 evaluate linear probes. The families
     timm names differ by a few switches: CLIP has ``norm_pre`` and no ``patch_bias``, SigLIP pools by
     ``"map"`` without a [CLS] token, DINOv2 has layer scale (and registers, and a ``"swiglu"`` MLP for the
     giant), DeiT's distilled models a ``distilled`` token, BEiT has ``qkv_bias="qv"`` and a relative position
@@ -56,7 +57,9 @@ class ViTConfig:
     head_width ** -0.5 (vit-pytorch before 0.6.7 scaled by ``embed_dim ** -0.5``). ``head_hidden_dim`` puts a
     hidden layer before the classifier, ``head(act(pre_logits.fc(x)))``: with ``head_act="tanh"`` it is the
     original ViT's representation layer (timm's ``representation_size``, JAX ``pre_logits``), with ``"gelu"``
-    an MLP head; ``head_norm`` is a LayerNorm on the pooled features before it (or before the head).
+    an MLP head, with ``"identity"`` and ``head_hidden_bias=False`` a projection (CLIP's); ``head_norm`` is a
+    LayerNorm on the pooled features before it (or before the head). ``head_l2norm`` scales what the classifier
+    reads to unit length, so a head of normalised text embeddings times a logit scale is a zero-shot classifier.
     ``norm_style="post"`` with ``act="relu"`` and ``final_norm=False`` is the network of vitkit.scratch.
     ``attn_impl="fused"`` runs ``scaled_dot_product_attention``, which is what timm runs, so logits equal
     timm's bit for bit. ``"explicit"`` runs matmul-softmax-matmul (Hugging Face's
@@ -78,7 +81,7 @@ class ViTConfig:
     drop_path_rate: float = 0.0  # stochastic depth of the last block (linearly less for earlier blocks)
     use_relative_position: bool = False  # a learned relative position bias in every attention layer
     rpb_kwargs: RelativeBias | None = None  # the bias's settings (a dict of RelativeBias's keys is accepted)
-    pool: PoolType = "cls"  # what the head reads: the [CLS] token, the mean patch token or attention pooling (SigLIP)
+    pool: PoolType = "cls"  # what the head reads: [CLS], the mean patch token, attention pooling (SigLIP) or cls_mean
     class_token: bool = True  # prepend a [CLS] token
     distilled: bool = False  # a distillation token after [CLS] with its own head; the logits average both heads (DeiT)
     reg_tokens: int = 0  # register tokens after [CLS] (Darcet et al. 2023)
@@ -120,6 +123,8 @@ class ViTConfig:
     head_hidden_dim: int | None = None  # a hidden layer pre_logits.fc before the head (timm's representation_size)
     head_act: HeadActivation = "tanh"  # its activation: tanh (the ViT paper's pre-logits), gelu (an MLP head) ...
     head_norm: bool = False  # a LayerNorm on the pooled features before the head's layers (LN + Linear heads)
+    head_hidden_bias: bool = True  # a bias in pre_logits.fc (a CLIP projection has none)
+    head_l2norm: bool = False  # unit-length features into the classifier (a zero-shot head of text embeddings)
 
     def __post_init__(self):
         if isinstance(self.img_size, list):
@@ -142,8 +147,8 @@ class ViTConfig:
         if self.mlp_dim < 1:
             raise ConfigError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden unit (embed_dim "
                               f"{self.embed_dim} x mlp_ratio < 1)")
-        if self.pool == "cls" and not self.class_token:
-            raise ConfigError("pool='cls' needs class_token=True; use pool='mean' for a model without [CLS]")
+        if self.pool in ("cls", "cls_mean") and not self.class_token:
+            raise ConfigError(f"pool={self.pool!r} needs class_token=True; use pool='mean' for a model without [CLS]")
         if not (isinstance(self.qkv_bias, bool) or self.qkv_bias == "qv"):
             raise ConfigError(f"qkv_bias must be true, false or 'qv' (query and value only), got {self.qkv_bias!r}")
         if self.distilled and (not self.class_token or self.pool != "cls" or self.fc_norm):
@@ -166,9 +171,12 @@ class ViTConfig:
         if self.pool != "map" and (self.attn_pool_heads, self.attn_pool_mlp_ratio) != (None, None):
             raise ConfigError("attn_pool_heads and attn_pool_mlp_ratio describe the attention pool, which only "
                               f"pool='map' has (pool is {self.pool!r})")
-        if self.pool_include_prefix and self.pool == "cls":
-            raise ConfigError("pool_include_prefix=True says which tokens pool 'map' or 'mean' reads; pool 'cls' "
-                              "reads the [CLS] token alone")
+        if self.pool_include_prefix and self.pool in ("cls", "cls_mean"):
+            raise ConfigError("pool_include_prefix=True says which tokens pool 'map' or 'mean' reads; pool "
+                              f"{self.pool!r} reads the [CLS] token itself")
+        if self.pool == "cls_mean" and self.use_fc_norm:
+            raise ConfigError("pool='cls_mean' reads [CLS] and the mean patch token after the final norm, so it "
+                              "takes no fc_norm")
         if self.patch_norm and self.embed_norm:
             raise ConfigError("patch_norm already has a norm after the patch projection; embed_norm adds the "
                               "norm after it alone, so give one of them")
@@ -177,8 +185,12 @@ class ViTConfig:
         if self.head_hidden_dim is None and self.head_act != "tanh":
             raise ConfigError(f"head_act={self.head_act!r} is the activation of the head's hidden layer, which "
                               "only head_hidden_dim=... adds")
-        if self.distilled and (self.head_hidden_dim is not None or self.head_norm):
-            raise ConfigError("distilled=True has two linear heads; head_hidden_dim and head_norm describe one")
+        if self.head_hidden_dim is None and not self.head_hidden_bias:
+            raise ConfigError("head_hidden_bias=False describes the head's hidden layer, which only "
+                              "head_hidden_dim=... adds")
+        if self.distilled and (self.head_hidden_dim is not None or self.head_norm or self.head_l2norm):
+            raise ConfigError("distilled=True has two linear heads; head_hidden_dim, head_norm and head_l2norm "
+                              "describe one")
 
     def _check_rope(self) -> None:
         rope_fields = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("rope_")}
@@ -263,9 +275,14 @@ class ViTConfig:
         return self.attn_width // self.num_heads
 
     @property
+    def pooled_dim(self) -> int:
+        """The width of the pooled representation: ``2 embed_dim`` for pool 'cls_mean', else ``embed_dim``."""
+        return 2 * self.embed_dim if self.pool == "cls_mean" else self.embed_dim
+
+    @property
     def num_features(self) -> int:
-        """The width of what the classifier reads: ``head_hidden_dim``, else ``embed_dim``."""
-        return self.embed_dim if self.head_hidden_dim is None else self.head_hidden_dim
+        """The width of what the classifier reads: ``head_hidden_dim``, else the pooled width."""
+        return self.pooled_dim if self.head_hidden_dim is None else self.head_hidden_dim
 
     @property
     def attn_pool_dim(self) -> int:

@@ -97,9 +97,10 @@ class VisionTransformer(nn.Module):
                                              cfg.norm_eps, cfg.norm_layer) if cfg.pool == "map" else None
         self.fc_norm = norm() if cfg.final_norm and use_fc_norm else nn.Identity()
         # an MLP head: [LayerNorm] [Linear -> act] before the classifier (the ViT paper's pre-logits layer: tanh)
-        self.head_norm = norm() if cfg.head_norm else nn.Identity()
+        self.head_norm = make_norm(cfg.norm_layer, cfg.pooled_dim, cfg.norm_eps) if cfg.head_norm else nn.Identity()
         self.pre_logits = nn.Identity() if cfg.head_hidden_dim is None else nn.Sequential(OrderedDict(
-            fc=nn.Linear(dim, cfg.head_hidden_dim), act=HEAD_ACTIVATIONS[cfg.head_act]()))
+            fc=nn.Linear(cfg.pooled_dim, cfg.head_hidden_dim, bias=cfg.head_hidden_bias),
+            act=HEAD_ACTIVATIONS[cfg.head_act]()))
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(self.num_features, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 \
             else nn.Identity()
@@ -242,13 +243,18 @@ class VisionTransformer(nn.Module):
             x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])  # (B, D) each
             return (x + x_dist) / 2 if pre_logits else (self.head(x) + self.head_dist(x_dist)) / 2
         x = self.head_drop(self.pre_logits(self.head_norm(self.fc_norm(self.pool(x)))))
+        if self.config.head_l2norm:  # f / ||f||: the classifier reads directions (a zero-shot head)
+            x = nn.functional.normalize(x, dim=-1)
         return x if pre_logits else self.head(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, D) -> (B, D): the [CLS] token, or the mean of or attention over the patch tokens (all
-        tokens with ``pool_include_prefix``, as timm's Eva MAP head and the Perception Encoder pool)."""
+        tokens with ``pool_include_prefix``, as timm's Eva MAP head and the Perception Encoder pool); pool
+        'cls_mean' -> (B, 2D): [CLS] and the mean patch token concatenated (DINOv2's linear evaluation)."""
         if self.config.pool == "cls":
             return x[:, 0]
+        if self.config.pool == "cls_mean":
+            return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)  # (B, 2D)
         tokens = x if self.config.pool_include_prefix else x[:, self.num_prefix_tokens:]
         return self.attn_pool(tokens) if self.attn_pool is not None else tokens.mean(dim=1)
 
@@ -400,5 +406,5 @@ def flops_per_image(cfg: ViTConfig) -> float:
     pool = 2 * (d * d + read * 2 * d * d + 2 * read * d + d * d + 2 * d * cfg.attn_pool_dim) \
         if cfg.pool == "map" else 0
     heads = 2 * cfg.num_features * cfg.num_classes * (2 if cfg.distilled else 1)
-    heads += 2 * d * cfg.head_hidden_dim if cfg.head_hidden_dim is not None else 0
+    heads += 2 * cfg.pooled_dim * cfg.head_hidden_dim if cfg.head_hidden_dim is not None else 0
     return float(patch + cfg.depth * per_block + pool + heads)

@@ -21,6 +21,9 @@ from .model import VisionTransformer
 from .runs import Run
 
 
+EMBEDDINGS = ("pooled", "head", "cls", "mean", "cls_mean", "dense")  # the kinds Predictor.features computes
+
+
 @dataclass
 class Predictor:
     model: nn.Module
@@ -75,14 +78,33 @@ class Predictor:
 
     @torch.no_grad()
     def features(self, batch: torch.Tensor, kind: str = "pooled") -> torch.Tensor:
-        """Embeddings (B, D) of a preprocessed batch, on the CPU: the pooled representation the head reads
-        (``"pooled"``), or the head's output (``"head"``: for a CLIP tower loaded with its projection as the
-        head, the image embedding)."""
-        if kind not in ("pooled", "head"):
-            raise ConfigError(f"kind of features must be 'pooled' or 'head', got {kind!r}")
-        x = batch.to(self.device)
-        out = self.model(x) if kind == "head" else self.model.forward_head(self.model.forward_features(x),
-                                                                               pre_logits=True)
+        """Embeddings of a preprocessed batch, float32 on the CPU, by ``kind`` (one of :data:`EMBEDDINGS`):
+
+        - ``"pooled"`` (B, F): what the classifier reads (the pooled token, through the head's norm and hidden
+          layer where the model has them);
+        - ``"head"`` (B, classes): the head's output (for a CLIP tower loaded with its projection as the head,
+          the image embedding);
+        - ``"cls"``, ``"mean"`` (B, D): the final normed [CLS] token, the mean of the normed patch tokens;
+          ``"cls_mean"`` (B, 2D) the two side by side, as DINOv2 and DINOv3 evaluate linear probes;
+        - ``"dense"`` (B, D, h, w): the normed patch tokens on their grid.
+        """
+        if kind not in EMBEDDINGS:
+            raise ConfigError(f"kind of features must be one of {', '.join(EMBEDDINGS)}, got {kind!r}")
+        model, x = self.model, batch.to(self.device)
+        if kind in ("cls", "cls_mean") and model.cls_token is None:
+            raise ConfigError(f"{kind!r} features read the [CLS] token, which the model of {self.path} does not "
+                              "have; use 'mean' or 'pooled'")
+        if kind == "head":
+            return model(x).float().cpu()
+        tokens = model.forward_features(x)  # (B, prefix + N, D)
+        if kind == "pooled":
+            return model.forward_head(tokens, pre_logits=True).float().cpu()
+        patches = tokens[:, model.num_prefix_tokens:]  # (B, N, D)
+        if kind == "dense":
+            gh, gw = model.patch_embed.grid_for(*x.shape[-2:])
+            return patches.reshape(x.shape[0], gh, gw, -1).permute(0, 3, 1, 2).float().cpu()  # (B, D, h, w)
+        out = {"cls": lambda: tokens[:, 0], "mean": lambda: patches.mean(dim=1),
+               "cls_mean": lambda: torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)}[kind]()
         return out.float().cpu()
 
     def splits(self, dataset: str | None = None, root: str | None = None):

@@ -25,7 +25,8 @@ ACTIVATIONS = {
     "relu": nn.ReLU,
 }
 
-HEAD_ACTIVATIONS = {"tanh": nn.Tanh, **ACTIVATIONS}  # the head's hidden layer (the ViT paper's pre-logits: tanh)
+HEAD_ACTIVATIONS = {"tanh": nn.Tanh, "identity": nn.Identity, **ACTIVATIONS}  # the head's hidden layer (the ViT
+# paper's pre-logits: tanh; a projection: identity)
 
 
 def activation(name: str) -> nn.Module:
