@@ -189,6 +189,39 @@ def test_predict_writes_embeddings(run, tmp_path, capsys, embedding):
     torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
 
 
+def test_predict_writes_dense_features_and_prefix_tokens(run, tmp_path, capsys):
+    """--features --dense: the final normed patch tokens on their grid (N, D, h, w), the [CLS] apart."""
+    import torch
+    from safetensors import safe_open
+
+    from vitkit.predictor import Predictor
+
+    folder, _, _ = run
+    test = load_dataset("digits", split="test")
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        Image.fromarray(test.images[i, 0].numpy()).save(path)
+    out = tmp_path / "dense.safetensors"
+    ckpt = str(folder / "checkpoints" / "best")
+    assert main(["predict", *map(str, paths), "--checkpoint", ckpt, "--features", str(out), "--dense",
+                 "--batch-size", "2", "--device", "cpu"]) == 0
+    assert f"wrote {out}: 3 patch-feature maps of 32 x 2 x 2 (dense)" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        dense, prefix, meta = f.get_tensor("features"), f.get_tensor("prefix"), f.metadata()
+    assert meta["embedding"] == "dense" and dense.shape == (3, 32, 2, 2) and prefix.shape == (3, 1, 32)
+    predictor = Predictor.load(ckpt)
+    x = torch.stack([predictor.preprocess(p) for p in paths])  # (3, 1, 8, 8)
+    with torch.no_grad():
+        tokens = predictor.model.forward_features(x)  # (3, 1 + 4, 32)
+    torch.testing.assert_close(dense[:, :, 1, 0], tokens[:, 1 + 1 * 2 + 0], rtol=0, atol=1e-6)  # row 1, col 0
+    torch.testing.assert_close(dense[:, :, 0, 1], tokens[:, 1 + 0 * 2 + 1], rtol=0, atol=1e-6)  # row 0, col 1
+    torch.testing.assert_close(prefix[:, 0], tokens[:, 0], rtol=0, atol=1e-6)
+    for extra, words in [([], "give --features OUT.safetensors"),
+                         (["--features", str(out), "--embedding", "cls"], "--embedding cls says nothing")]:
+        assert main(["predict", str(paths[0]), "--checkpoint", ckpt, "--dense", *extra]) == 2
+        one_error_line(capsys, words)
+
+
 def one_error_line(capsys, expected: str) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err

@@ -64,15 +64,15 @@ def report(tmp_path_factory):
 
 def test_report_is_self_contained_and_shows_the_run(report):
     page = report.read_text()
-    assert page.count("<img ") == 5  # curves, confusion, mistakes, attention, bias table
+    assert page.count("<img ") == 6  # curves, confusion, mistakes, attention, patch features, bias table
     pngs = embedded_pngs(page)
-    assert len(pngs) == 5 and all(p.format == "PNG" and p.size[0] > 200 for p in pngs)
+    assert len(pngs) == 6 and all(p.format == "PNG" and p.size[0] > 200 for p in pngs)
     assert not re.search(r'(src|href)="(?!data:)', page) and "<script" not in page  # nothing to fetch or run
     assert "53.21%" in page  # results.json's headline accuracy as a card
     assert "0.00123" in page and "digits" in page  # the config
     assert "all 120 images of the test split" in page and "Accuracy per class" in page
     assert all(page.count(f"<tr><th>{name}</th>") == 1 for name in CLASSES)  # one accuracy row per class
-    assert "Relative position bias" in page and "Where the model looks" in page
+    assert "Relative position bias" in page and "Where the model looks" in page and "What the patch features see" in page
 
 
 def test_report_without_a_test_set_or_results(tmp_path):
@@ -128,7 +128,7 @@ def test_report_renders_in_chromium(report):
     found = re.search(r'<pre id="__checks">(.*?)</pre>', out.stdout)
     assert found, f"chromium printed no check result (rc {out.returncode}): {out.stderr[-2000:]}"
     checks = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert checks["images"] == page.count("<img ") == 5
+    assert checks["images"] == page.count("<img ") == 6
     assert all(w > 0 for w in checks["widths"]), checks["widths"]
     assert checks["errors"] == []
     console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line]

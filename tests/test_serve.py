@@ -238,6 +238,28 @@ def test_attention_arrays_and_pngs(client, checkpoint, images):
         assert (png.format, png.size, png.mode) == ("PNG", (224, 224), "RGB")
 
 
+def test_features_arrays_and_png(client, checkpoint, images):
+    """/features: the final patch tokens as vitkit predict --dense writes them, their PCA colours equal
+    scikit-learn's PCA (min-max scaled), and the PNG is the enlarged input's size with one colour per patch."""
+    from sklearn.decomposition import PCA
+
+    predictor = Predictor.load(checkpoint)
+    x = predictor.preprocess(Image.open(io.BytesIO(images["red.png"])))[None]
+    dense = predictor.features(x, "dense")[0]  # (32, 4, 4)
+    a = client.post("/features", files=multipart({"red.png": images["red.png"]}), data={"format": "array"}).json()
+    assert a["grid"] == [4, 4]
+    torch.testing.assert_close(torch.tensor(a["features"]), dense, rtol=0, atol=1e-6)
+    want = PCA(3, svd_solver="full").fit_transform(dense.permute(1, 2, 0).reshape(16, 32).double().numpy())
+    want = (want - want.min(0)) / (want.max(0) - want.min(0))
+    np.testing.assert_allclose(np.asarray(a["pca"]).reshape(16, 3), want, atol=1e-5)
+    a = client.post("/features", json={"image": b64(images["red.png"])}).json()
+    png = Image.open(io.BytesIO(base64.b64decode(a["features"])))
+    assert (png.format, png.size, png.mode) == ("PNG", (224, 224), "RGB")
+    assert len(set(png.getdata())) <= 16  # a flat colour per patch
+    r = client.post("/features", files=multipart({"red.png": images["red.png"]}), data={"format": "jpeg"})
+    assert r.status_code == 422 and "format must be 'png' or 'array'" in r.json()["error"]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Open Inference Protocol v2
 
@@ -649,8 +671,8 @@ class DevTools:
 
 
 def test_page_in_chromium(server, image_files, tmp_path):
-    """The page loads, an image chosen through its own file input gets its top-1 and three decoded attention
-    images; moving the layer slider shows layer 0; nothing is logged as an error."""
+    """The page loads, an image chosen through its own file input gets its top-1, three decoded attention
+    images and the patch-feature colours; moving the layer slider shows layer 0; nothing is logged as an error."""
     exe = chromium()
     profile, log = tmp_path / "profile", tmp_path / "chromium.log"
     with log.open("w") as err:
@@ -686,12 +708,12 @@ def test_page_in_chromium(server, image_files, tmp_path):
             state: document.body.dataset.state, error: document.getElementById('error').textContent,
             top1: document.getElementById('top1').textContent, bars: document.querySelectorAll('.bar').length,
             fills: [...document.querySelectorAll('.bar .fill')].map(f => f.getBoundingClientRect().width),
-            widths: ['input', 'rollout', 'attention'].map(id => document.getElementById(id).naturalWidth),
+            widths: ['input', 'rollout', 'attention', 'features'].map(id => document.getElementById(id).naturalWidth),
             caption: document.getElementById('attention-caption').textContent})"""))
         assert shown["state"] == "done", shown["error"]
         assert shown["top1"].startswith("red ") and shown["bars"] == 5
         assert shown["fills"][0] > 100 and shown["fills"] == sorted(shown["fills"], reverse=True)  # bars drawn
-        assert shown["widths"] == [224, 224, 224]
+        assert shown["widths"] == [224, 224, 224, 224]  # the patch-feature colours too
         assert shown["caption"] == "[CLS] attention, layer 1, mean of heads"
         page.eval("const l = document.getElementById('layer'); l.value = 0; l.dispatchEvent(new Event('input'))")
         page.wait("document.body.dataset.views === '2' && document.body.dataset.state === 'done'")

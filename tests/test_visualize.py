@@ -282,7 +282,7 @@ def test_cli_image_views(tmp_path, checkpoint, capsys):
     out = tmp_path / "views"
     assert cli(["visualize", "--checkpoint", str(checkpoint), "--image", str(img), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["attention.png", "bias.png", "bias_table.png", "patches.png", "rollout.png"]
+    assert names == ["attention.png", "bias.png", "bias_table.png", "features.png", "patches.png", "rollout.png"]
     with Image.open(out / "patches.png") as im:
         assert im.size[0] > 300
     assert str(out / "attention.png") in capsys.readouterr().out
@@ -317,3 +317,32 @@ def test_cli_needs_a_run_or_an_image(capsys):
         visualize_main([])
     assert e.value.code == 2
     assert "--run RUN_DIR" in capsys.readouterr().err
+
+
+def test_feature_pca_is_scikit_learns_pca_scaled_to_unit_range():
+    """The colours are scikit-learn's PCA of all the patches of all the images (fitted together), each
+    component min-max scaled; signs follow scikit-learn's convention, so the picture does not flip."""
+    from sklearn.decomposition import PCA
+
+    from vitkit.visualize import feature_pca
+
+    dense = torch.randn(2, 12, 3, 5, generator=torch.Generator().manual_seed(0))  # (B, D, h, w)
+    rgb = feature_pca(dense)
+    assert rgb.shape == (2, 3, 5, 3)
+    want = PCA(3, svd_solver="full").fit_transform(dense.permute(0, 2, 3, 1).reshape(30, 12).double().numpy())
+    want = (want - want.min(0)) / (want.max(0) - want.min(0))
+    np.testing.assert_allclose(rgb.reshape(30, 3), want, atol=1e-10)
+    np.testing.assert_allclose(feature_pca(dense[0]), feature_pca(dense[:1])[0])
+    two = feature_pca(torch.randn(2, 4, 1, 1, generator=torch.Generator().manual_seed(1)))  # 2 patches: 1 component
+    assert two.shape == (2, 1, 1, 3) and np.all(two[..., 1:] == 0) and sorted(two[:, 0, 0, 0]) == [0.0, 1.0]
+
+
+def test_visualize_feature_pca_shows_each_image_and_its_colours():
+    from vitkit.visualize import visualize_feature_pca
+
+    model = tiny(img_size=8, patch_size=2, num_classes=3).eval()
+    fig = visualize_feature_pca(model, torch.randn(3, 1, 8, 8), captions=["a", "b", "c"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["a", "features (PCA)", "b", "features (PCA)", "c", "features (PCA)"]
+    shown = [ax.images[0].get_array() for ax in fig.axes if ax.get_title() == "features (PCA)"]
+    assert shown[0].shape == (4, 4, 3)  # one colour per patch of the 4x4 grid

@@ -21,7 +21,7 @@ from .model import VisionTransformer
 from .runs import Run
 
 
-EMBEDDINGS = ("pooled", "head", "cls", "mean", "cls_mean", "dense")  # the kinds Predictor.features computes
+EMBEDDINGS = ("pooled", "head", "cls", "mean", "cls_mean", "dense", "tokens")  # what Predictor.features computes
 
 
 @dataclass
@@ -86,7 +86,8 @@ class Predictor:
           the image embedding);
         - ``"cls"``, ``"mean"`` (B, D): the final normed [CLS] token, the mean of the normed patch tokens;
           ``"cls_mean"`` (B, 2D) the two side by side, as DINOv2 and DINOv3 evaluate linear probes;
-        - ``"dense"`` (B, D, h, w): the normed patch tokens on their grid.
+        - ``"dense"`` (B, D, h, w): the normed patch tokens on their grid (:func:`patch_map`);
+        - ``"tokens"`` (B, P + h w, D): all the normed tokens, the P prefix tokens ([CLS], registers) first.
         """
         if kind not in EMBEDDINGS:
             raise ConfigError(f"kind of features must be one of {', '.join(EMBEDDINGS)}, got {kind!r}")
@@ -99,10 +100,11 @@ class Predictor:
         tokens = model.forward_features(x)  # (B, prefix + N, D)
         if kind == "pooled":
             return model.forward_head(tokens, pre_logits=True).float().cpu()
+        if kind in ("tokens", "dense"):
+            tokens = tokens.float().cpu()
+            return tokens if kind == "tokens" else patch_map(tokens, model.num_prefix_tokens,
+                                                             model.patch_embed.grid_for(*x.shape[-2:]))
         patches = tokens[:, model.num_prefix_tokens:]  # (B, N, D)
-        if kind == "dense":
-            gh, gw = model.patch_embed.grid_for(*x.shape[-2:])
-            return patches.reshape(x.shape[0], gh, gw, -1).permute(0, 3, 1, 2).float().cpu()  # (B, D, h, w)
         out = {"cls": lambda: tokens[:, 0], "mean": lambda: patches.mean(dim=1),
                "cls_mean": lambda: torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)}[kind]()
         return out.float().cpu()
@@ -143,6 +145,12 @@ class Predictor:
         if split is None:
             split = next(s for s in ("val", "test", "train") if s in splits.parts)
         return eval_set(splits, split, self.preprocess, batch_size, device=self.device, workers=workers), splits
+
+
+def patch_map(tokens: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens (B, P + h w, D), the P prefix tokens first, -> the patch tokens on their grid (B, D, h, w)."""
+    b, _, d = tokens.shape
+    return tokens[:, num_prefix:].reshape(b, *grid, d).permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
 
 
 def _few(names: list[str], n: int = 4) -> str:

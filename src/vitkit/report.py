@@ -2,8 +2,9 @@
 
 It shows the results, the training curves, the confusion matrix, per-class accuracy, the most confident mistakes
 (with their files), where the model looks (attention rollout and last-layer [CLS] attention on a few images),
-the relative position bias when the model has one, the model and the config. Images are PNGs embedded as base64 data URIs and the style is
-inline, so the file can be mailed or archived alone; there is no script.
+their patch features in colour (PCA), the relative position bias when the model has one, the model and the
+config. Images are PNGs embedded as base64 data URIs and the style is inline, so the file can be mailed or
+archived alone; there is no script.
 """
 
 from __future__ import annotations
@@ -271,6 +272,14 @@ def _evaluation_sections(model, eval_set, predictions: dict, device, num_attenti
         f"skip connections, to follow what flows into {query}; the last column is the same query's attention "
         "in the last layer, averaged over heads. Brighter is more attention.",
         _img(att_fig, "attention overlays")))
+    pca_fig = viz.visualize_feature_pca(model, x, mean=np.asarray(mean), std=np.asarray(std), title="",
+                                        captions=[classes[k] for k in labels[pick]])
+    sections.append(_section(
+        "What the patch features see",
+        "The final patch tokens of the same images, reduced to their first three principal components (fitted "
+        "on all these images together) and shown as red, green and blue: patches the model represents alike "
+        "share a colour, the view DINO papers show of dense features.",
+        _img(pca_fig, "patch features as colour")))
     return sections
 
 

@@ -51,13 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", metavar="OUT.safetensors",
                         help="write each image's embedding (tensor 'features' (N, D), the files in its metadata) "
                         "instead of printing classes")
-    parser.add_argument("--embedding", choices=("pooled", "head"), default="pooled",
-                        help="with --features: the pooled representation (default), or the head's output (a CLIP "
-                        "tower's projected embedding)")
+    parser.add_argument("--embedding", choices=("pooled", "head", "cls", "mean", "cls_mean"), default="pooled",
+                        help="with --features: the pooled representation the head reads (default), the head's "
+                        "output (a CLIP tower's projected embedding), the final [CLS] token, the mean patch token, "
+                        "or both side by side")
+    parser.add_argument("--dense", action="store_true",
+                        help="with --features: each image's patch features on their grid (tensor 'features' (N, D, "
+                        "h, w)) and its prefix tokens ([CLS], registers: 'prefix' (N, P, D)) instead of one vector")
     parser.add_argument("--batch-size", type=positive, default=64)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
+    if args.dense and not args.features:
+        raise ConfigError("--dense says what --features writes; give --features OUT.safetensors")
+    if args.dense and args.embedding != "pooled":
+        raise ConfigError(f"--dense writes the patch features themselves, so --embedding {args.embedding} says "
+                          "nothing; leave one of them out")
     predictor = load_predictor(args.checkpoint, args.device)
     classes = predictor.classes
     if args.features:
@@ -121,26 +130,39 @@ def report_problems(problems: list, done: int) -> int:
 
 
 def write_features(predictor, args) -> int:
-    """``--features``: every image's embedding into one safetensors file (``features`` (N, D) float32; the files,
-    in order, and the kind in its metadata)."""
+    """``--features``: every image's embedding into one safetensors file (``features`` (N, D) float32, or with
+    ``--dense`` (N, D, h, w) and the prefix tokens ``prefix`` (N, P, D); the files, in order, and the kind in
+    its metadata)."""
     import json
 
     from safetensors.torch import save_file
 
     from ..fileio import atomic_path
 
-    problems, names, rows = [], [], []
+    kind = "dense" if args.dense else args.embedding
+    problems, names, rows, prefixes = [], [], [], []
     for batch_names, batch in batches(predictor, args.images, args.batch_size, problems):
-        rows.append(predictor.features(batch, args.embedding))  # (b, D)
+        if args.dense:
+            from ..predictor import patch_map
+
+            model = predictor.model
+            tokens = predictor.features(batch, "tokens")  # (b, P + h w, D)
+            rows.append(patch_map(tokens, model.num_prefix_tokens, model.patch_embed.grid_for(*batch.shape[-2:])))
+            prefixes.append(tokens[:, :model.num_prefix_tokens])  # (b, P, D)
+        else:
+            rows.append(predictor.features(batch, kind))  # (b, D)
         names += batch_names
     if rows:
-        features = torch.cat(rows)  # (N, D)
+        tensors = {"features": torch.cat(rows).contiguous()}  # (N, D) or (N, D, h, w)
+        if args.dense:
+            tensors["prefix"] = torch.cat(prefixes).contiguous()  # (N, P, D)
         with atomic_path(args.features) as tmp:
-            save_file({"features": features.contiguous()}, str(tmp),
-                      metadata={"images": json.dumps(names), "embedding": args.embedding,
-                                "checkpoint": str(predictor.path)})
-        print(f"wrote {args.features}: {features.shape[0]} embeddings of dimension {features.shape[1]} "
-              f"({args.embedding})")
+            save_file(tensors, str(tmp), metadata={"images": json.dumps(names), "embedding": kind,
+                                                   "checkpoint": str(predictor.path)})
+        shape = tuple(tensors["features"].shape)
+        what = f"{shape[0]} patch-feature maps of {shape[1]} x {shape[2]} x {shape[3]}" if args.dense else \
+            f"{shape[0]} embeddings of dimension {shape[1]}"
+        print(f"wrote {args.features}: {what} ({kind})")
     return report_problems(problems, len(names))
 
 

@@ -14,12 +14,14 @@ from ..errors import ConfigError, DataError
 from ..predictor import scored_split
 from ..visualize import (imshow, overlay, confusion_matrix, mistakes_figure, new_figure, plot_confusion_matrix,
                          plot_training_curves, save_figure, to_display, visualize_attention_on_image,
-                         visualize_bias_table, visualize_patches, visualize_relative_position_bias)
+                         visualize_bias_table, visualize_feature_pca, visualize_patches,
+                         visualize_relative_position_bias)
 
 
 def visualize_image(checkpoint: str | Path, image: str | Path, out_dir: str | Path, layer: int = -1) -> list[Path]:
     """``vitkit visualize --checkpoint --image``: attention.png (per-head [CLS] attention of ``layer``),
-    rollout.png (the input next to the rollout), patches.png, and for a model with a relative position
+    rollout.png (the input next to the rollout), patches.png, features.png (the patch features' first three
+    principal components as colours), and for a model with a relative position
     bias, bias.png and bias_table.png (of ``layer``). The image is preprocessed as the checkpoint's run
     validated its images. Returns the paths written."""
     from ..predictor import Predictor
@@ -47,6 +49,8 @@ def visualize_image(checkpoint: str | Path, image: str | Path, out_dir: str | Pa
     written.append(_save(fig, out / "rollout.png"))
     fig = visualize_patches(x[0], model.patch_embed.patch_size, mean=mean, std=std)
     written.append(_save(fig, out / "patches.png"))
+    written.append(_save(visualize_feature_pca(model, x, mean=mean, std=std, title="Patch features, first three "
+                                               "principal components as RGB"), out / "features.png"))
     rpb = model.blocks[layer].attn.relative_position_bias
     if rpb is not None:
         i = layer % len(model.blocks)
@@ -85,7 +89,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     """``vitkit visualize``: attention, rollout and patch views of one image, or a run's plots."""
     parser = argparse.ArgumentParser(
         prog="vitkit visualize",
-        description="Write attention, rollout and patch views of one image (--checkpoint and --image), or the "
+        description="Write attention, rollout, patch and patch-feature (PCA) views of one image (--checkpoint and "
+                    "--image), or the "
                     "training curves, confusion matrix and mistakes of a run (--run).")
     parser.add_argument("--checkpoint", help="weights file, 'RUN/checkpoints/best' or a run folder")
     parser.add_argument("--image", help="image file to look at (with --checkpoint)")

@@ -1,4 +1,4 @@
-"""The HTTP service: the page, health and model description, predictions and attention, and the Open
+"""The HTTP service: the page, health and model description, predictions, attention and patch features, and the Open
 Inference Protocol routes (:mod:`vitkit.serve.oip`), over one :class:`~vitkit.serve.service.Service`.
 
 Every error is answered as ``{"error": "one sentence"}`` with a 4xx status (a 5xx only for a bug), and the
@@ -22,7 +22,7 @@ from . import oip
 from .inputs import BodyLimit, RequestError, read_request
 from .service import Service, Settings
 
-ROUTES = "GET /, /health, /info, /v2/models/{name}; POST /predict, /attention, /v2/models/{name}/infer"
+ROUTES = "GET /, /health, /info, /v2/models/{name}; POST /predict, /attention, /features, /v2/models/{name}/infer"
 
 
 def create_app(predictor: Predictor, settings: Settings = Settings()) -> FastAPI:
@@ -76,6 +76,15 @@ def create_app(predictor: Predictor, settings: Settings = Settings()) -> FastAPI
             raise RequestError(422, f"/attention takes one image, got {len(uploads)}")
         return await service.attention(uploads[0], opts.get("layer", -1), opts.get("head"),
                                        opts.get("format", "png"))
+
+    @app.post("/features")
+    async def features(request: Request):
+        """One image (multipart or JSON) with ``format`` (png or array) -> its patch features' first three
+        principal components as colours, and with ``array`` the features themselves (see Service.features)."""
+        uploads, opts = await read_request(request, {"format": str})
+        if len(uploads) != 1:
+            raise RequestError(422, f"/features takes one image, got {len(uploads)}")
+        return await service.features(uploads[0], opts.get("format", "png"))
 
     oip.add_routes(app, service)
     return app

@@ -1,4 +1,5 @@
-"""Attention as pictures: the image as the model saw it, and a patch map laid over it, as PNG bytes.
+"""Attention as pictures: the image as the model saw it, a patch map laid over it, and patch features as
+colours, as PNG bytes.
 
 The overlay is :func:`vitkit.visualize._overlay`'s picture without the axes: the image in grey, the map
 bilinearly upsampled to it (:func:`vitkit.visualize.upsample_map`), min-max scaled and coloured with
@@ -52,3 +53,14 @@ def overlay_png(image: torch.Tensor, heat, cmap: str = "inferno", alpha: float =
     up = (up - up.min()) / (up.max() - up.min() + 1e-12)
     colour = colormaps[cmap](up)[..., :3]  # (H', W', 3)
     return _png((1 - alpha) * grey[..., None] + alpha * colour)
+
+
+def patch_colours_png(rgb: np.ndarray, image_hw: tuple[int, int]) -> bytes:
+    """(gh, gw, 3) colours in [0, 1], one per patch, as a PNG the size of the enlarged image: each patch a
+    square block of its colour (no smoothing, so the patch grid stays visible)."""
+    gh, gw = rgb.shape[:2]
+    h, w = image_hw
+    k = _scale(h, w)
+    rows = np.minimum(np.arange(h * k) * gh // (h * k), gh - 1)  # the patch row of each output pixel row
+    cols = np.minimum(np.arange(w * k) * gw // (w * k), gw - 1)
+    return _png(rgb[rows][:, cols])

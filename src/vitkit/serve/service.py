@@ -1,5 +1,5 @@
 """What the routes do, without HTTP: uploads decoded and preprocessed off the event loop, class probabilities
-from the batching model thread, top-k, attention maps and the model's description.
+from the batching model thread, top-k, attention maps, patch features and the model's description.
 
 Every image goes through :class:`vitkit.predictor.Predictor`'s :class:`~vitkit.data.Preprocess`, the path
 ``vitkit predict`` takes, so the service gives the same probabilities for the same file.
@@ -23,7 +23,7 @@ from ..attention_maps import look
 from ..data.images import open_image
 from .batching import ModelWorker
 from .inputs import MAX_IMAGES, RequestError, Upload
-from .render import image_png, overlay_png
+from .render import image_png, overlay_png, patch_colours_png
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,23 @@ class Service:
         pngs = await self.off_loop(lambda: [image_png(image), overlay_png(image, rollout), overlay_png(image, attn)])
         return {**out, **{key: base64.b64encode(png).decode()
                           for key, png in zip(("input", "rollout", "attention"), pngs)}}
+
+    async def features(self, upload: Upload, fmt: str = "png") -> dict[str, Any]:
+        """The image's final patch features: their first three principal components as colours (a base64 PNG
+        as large as the input's), or with ``fmt="array"`` the colours (gh, gw, 3) and the features (D, gh, gw)."""
+        from ..visualize import dense_features, feature_pca
+
+        if fmt not in ("png", "array"):
+            raise RequestError(422, f"format must be 'png' or 'array', got {fmt!r}")
+        image, x = await self.off_loop(self._load, upload)  # uint8 and float32 (C, H, W)
+        model, device = self.predictor.model, self.predictor.device
+        dense = (await self.worker.call(lambda: dense_features(model, x[None].to(device))))[0]  # (D, gh, gw)
+        rgb = feature_pca(dense)  # (gh, gw, 3)
+        out = {"image": upload.name, "grid": list(self.grid), "format": fmt}
+        if fmt == "array":
+            return {**out, "pca": rgb.round(6).tolist(), "features": dense.tolist()}
+        png = await self.off_loop(patch_colours_png, rgb, tuple(image.shape[-2:]))
+        return {**out, "features": base64.b64encode(png).decode()}
 
     def info(self) -> dict[str, Any]:
         p, cfg = self.predictor, self.predictor.model.config
