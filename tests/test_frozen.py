@@ -6,8 +6,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ import torch
 import yaml
 
 from vitkit.cli import main
-from vitkit.frozen import cache as cache_module
 from vitkit.frozen.knn import check_knn, knn_scores, ranked
 from vitkit.frozen.probe import ProbeSettings, fit_probe
 from vitkit.predictor import Predictor
