@@ -109,10 +109,11 @@ class Predictor:
                "cls_mean": lambda: torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)}[kind]()
         return out.float().cpu()
 
-    def splits(self, dataset: str | None = None, root: str | None = None):
+    def splits(self, dataset: str | None = None, root: str | None = None, check_classes: bool = True):
         """The data this model was trained on, split by the rule its run used (``RUN/split.csv`` when the
         checkpoint sits in its run folder), or ``dataset`` split by the same rule. A folder that no longer
-        holds the images it was split from is one DataError."""
+        holds the images it was split from is one DataError; so are classes other than the checkpoint's,
+        unless ``check_classes`` is False (a frozen backbone given a new head)."""
         from .data import open_splits
         from .runs import Run
 
@@ -130,7 +131,7 @@ class Predictor:
             raise DataError(f"{name} no longer holds the images checkpoint {self.path} was trained and validated on "
                             "(its split differs), so its validation split cannot be rebuilt; use the checkpoint "
                             "inside its run folder, whose split.csv lists the files")
-        if splits.classes != self.classes:
+        if check_classes and splits.classes != self.classes:
             raise DataError(f"{name} has the classes {_few(splits.classes)} but the checkpoint predicts "
                             f"{_few(self.classes)}")
         return splits

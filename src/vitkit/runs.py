@@ -78,6 +78,11 @@ class Run:
             (self.path / ".lock").unlink(missing_ok=True)
             self.path.rmdir()
 
+    @property
+    def best_weights(self) -> Path:
+        """``checkpoints/best`` (the weights file is ``best.safetensors``): what eval, predict and serve load."""
+        return self.checkpoints / "best"
+
     def predictions_path(self, split: str) -> Path:
         return self.path / "predictions" / f"{split}.csv"
 
