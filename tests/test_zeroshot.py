@@ -97,18 +97,18 @@ def test_text_tower_gives_open_clips_zero_shot_logits(tiny, capsys):
     cfg = predictor.model.config
     assert cfg.head_l2norm and not cfg.head_bias and (cfg.head_hidden_dim, cfg.head_act) == (24, "identity")
     assert predictor.meta["zeroshot"]["templates"] == TEMPLATES
-    # every piece matters: without the normalisation, or without the projection, the logits differ
-    for broken in (dict(head_l2norm=False),):
-        model = VisionTransformer(cfg.replace(**broken))
-        model.load_state_dict(predictor.model.state_dict())
-        with torch.no_grad():
-            assert rel_diff(model.eval()(x), want) > 1e-2
-    # predict reads it as any checkpoint
+    # the normalisation matters: without it the logits differ
+    unnormed = VisionTransformer(cfg.replace(head_l2norm=False))
+    unnormed.load_state_dict(predictor.model.state_dict())
+    with torch.no_grad():
+        assert rel_diff(unnormed.eval()(x), want) > 1e-2
+    # predict reads it as any checkpoint: its top class is the model's, on its own preprocessing
     from PIL import Image
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "a.png")
-    assert cli.main(["predict", str(root / "a.png"), "--checkpoint", str(out), "--json"]) == 0
-    said = json.loads(capsys.readouterr().out)
-    assert json.dumps(said).count('"class"') >= 1 and any(c in json.dumps(said) for c in CLASSES)
+    assert cli.main(["predict", str(root / "a.png"), "--checkpoint", str(out), "--json", "--top-k", "1"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top_k"][0]["class"]
+    with torch.no_grad():
+        assert top == CLASSES[predictor.model(predictor.inputs([root / "a.png"])).argmax().item()]
 
 
 def test_text_tower_by_architecture_name_and_weights_file(tiny, monkeypatch, capsys):
@@ -165,77 +165,108 @@ def test_a_tower_without_projection_from_named_safetensors_by_hand(tmp_path, cap
     assert rel_diff(ours, want) <= 1e-5 and Predictor.load(out).model.config.head_hidden_dim is None
 
 
+def test_hugging_face_clip_model_folder_and_its_logit_scale(tmp_path, capsys):
+    """A whole CLIPModel (its logit_scale beside the towers) by hand: s * n(visual_projection(pooled)) @ n(T)^T."""
+    from transformers import CLIPConfig, CLIPModel
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=100,
+                max_position_embeddings=8, bos_token_id=0, eos_token_id=1)
+    full = randomize(CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=24)))
+    with torch.no_grad():
+        full.logit_scale.fill_(math.log(SCALE))
+    full.save_pretrained(tmp_path / "hf")
+    text_emb = torch.randn(2, 5, 24)  # (C, K, E)
+    save_file({"text_embeddings": text_emb}, str(tmp_path / "t.safetensors"))
+    (tmp_path / "c.txt").write_text("red\nblue\n")
+    assert run("--checkpoint", tmp_path / "hf", "--classes", tmp_path / "c.txt", "--text-embeddings",
+               tmp_path / "t.safetensors", "--out", tmp_path / "zs") == 0
+    assert "logit scale 37.5 (the checkpoint's exp(logit_scale))" in capsys.readouterr().out
+    x = images(2, 32)
+    with torch.no_grad():
+        image = full.visual_projection(full.vision_model(pixel_values=x).pooler_output)
+    n = torch.nn.functional.normalize
+    want = SCALE * n(image, dim=-1) @ n(n(text_emb, dim=-1).mean(1), dim=-1).T
+    assert rel_diff(logits_of(tmp_path / "zs.safetensors", x), want) <= 1e-5
+
+
+def _embeddings(shape=(3, 24), fill=None):
+    def write(path):
+        array = np.random.default_rng(0).standard_normal(shape).astype("f4")
+        np.save(path, array if fill is None else np.full(shape, fill, "f4"))
+        return path
+    return write
+
+
+def _bytes(name, data):
+    def write(path):
+        (path.parent / name).write_bytes(data)
+        return path.parent / name
+    return write
+
+
+def _two_tensors(path):
+    save_file({"a": torch.zeros(3, 24), "b": torch.zeros(3, 24)}, str(path.with_suffix(".safetensors")))
+    return path.with_suffix(".safetensors")
+
+
+# case: (class names file (None: no file), embeddings file writer or other text flags, the sentence)
+NAMES = "a\nb\nc\n"
+TOWER = ["--text-tower", "open_clip:local-dir:{folder}"]
+BAD = {
+    "no_names": (None, _embeddings(), "a file or folder does not exist for .*c.txt"),
+    "empty": ("\n\n", _embeddings(), "class names file .* is empty"),
+    "duplicate": ("cat\ndog\ndog\n", _embeddings(), "names 'dog' twice \\(lines 2 and 3\\)"),
+    "blank": ("cat\n\ndog\n", _embeddings(), "has an empty line \\(line 2\\)"),
+    "count": (NAMES, _embeddings((4, 24)), "has 4 rows but the class names file names 3 classes"),
+    "transposed": (NAMES, _embeddings((24, 3)), "it looks transposed"),
+    "width": (NAMES, _embeddings((3, 16)), "the text embeddings are 16 wide but the image embedding of .* is 24 wide"),
+    "nan": (NAMES, _embeddings(fill=np.nan), "hold NaN or infinite values"),
+    "zero": (NAMES, _embeddings(fill=0), "hold an all-zero embedding"),
+    "garbage": (NAMES, _bytes("e.npy", b"not numpy at all"), "is not a readable .npy array"),
+    "missing": (NAMES, lambda path: path.parent / "absent.npy", "text embeddings file .* does not exist"),
+    "suffix": (NAMES, _bytes("e.txt", b"1 2 3"), "must be a .npy or .safetensors file"),
+    "several": (NAMES, _two_tensors, "holds 2 tensors \\(a, b\\) and none named 'text_embeddings'"),
+    "templates": (NAMES, ["--templates", "simple"], "--templates fills prompts for --text-tower"),
+    "scale": (NAMES, ["--logit-scale", "-1"], "--logit-scale must be a positive number"),
+    "tower_spec": (NAMES, ["--text-tower", "clip:ViT-B-32"], "--text-tower takes open_clip:ARCH"),
+    "no_weights": (NAMES, ["--text-tower", "open_clip:ViT-B-32"], "say which weights"),
+    "bad_folder": (NAMES, ["--text-tower", "open_clip:local-dir:{tmp}/nowhere"], "open_clip could not load"),
+    "bad_template": (NAMES, [*TOWER, "--templates", "{tmp}/t.txt"], "line 1 \\('a photo'\\) needs one \\{\\}"),
+    "no_open_clip": (NAMES, TOWER, "needs open_clip, which is not installed: pip install 'vitkit\\[clip\\]'"),
+    # checkpoints whose head is not an image embedding
+    "classifier": (NAMES, _embeddings(), "has a head of 24 outputs with a bias, so it is a trained classifier"),
+    "mlp": (NAMES, _embeddings(), "has a hidden layer in its head"),
+}
+
+
 def _classifier(tmp_path, **kw):
+    """A vitkit classifier as wide as the text embeddings, its head trained (a nonzero bias)."""
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=24, **kw)
     with torch.no_grad():
         model.head.bias.fill_(0.1)
     return save_weights(model, tmp_path / "classifier.safetensors", {})
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "class names file .* is empty"),
-    ("duplicate", "names 'dog' twice \\(lines 2 and 3\\)"),
-    ("blank", "has an empty line \\(line 2\\)"),
-    ("count", "has 4 rows but the class names file names 3 classes"),
-    ("transposed", "it looks transposed"),
-    ("width", "the text embeddings are 16 wide but the image embedding of .* is 24 wide"),
-    ("nan", "hold NaN or infinite values"),
-    ("garbage", "is not a readable .npy array"),
-    ("missing", "text embeddings file .* does not exist"),
-    ("suffix", "must be a .npy or .safetensors file"),
-    ("several", "holds 2 tensors \\(a, b\\) and none named 'text_embeddings'"),
-    ("classifier", "has a head of 24 outputs with a bias, so it is a trained classifier"),
-    ("mlp", "has a hidden layer in its head"),
-    ("templates", "--templates fills prompts for --text-tower"),
-    ("scale", "--logit-scale must be a positive number"),
-    ("no_open_clip", "needs open_clip, which is not installed: pip install 'vitkit\\[clip\\]'"),
-    ("tower_spec", "--text-tower takes open_clip:ARCH"),
-    ("no_weights", "say which weights"),
-    ("bad_folder", "open_clip could not load the text tower"),
-    ("bad_template", "line 1 \\('a photo'\\) needs one \\{\\}"),
-])
-def test_bad_input_is_one_sentence(tiny, tmp_path, monkeypatch, capsys, case, message):
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_sentence(tiny, tmp_path, monkeypatch, capsys, case):
     import re
-    root, checkpoint = tiny["root"], tiny["folder"]
-    classes = tmp_path / "c.txt"
-    classes.write_text({"empty": "\n\n", "duplicate": "cat\ndog\ndog\n", "blank": "cat\n\ndog\n"}.get(case, "a\nb\nc\n"))
-    emb = tmp_path / "e.npy"
-    np.save(emb, np.random.default_rng(0).standard_normal({"count": (4, 24), "transposed": (24, 3),
-                                                            "width": (3, 16)}.get(case, (3, 24))).astype("f4"))
-    if case == "nan":
-        np.save(emb, np.full((3, 24), np.nan, "f4"))
-    if case == "garbage":
-        emb.write_bytes(b"not numpy at all")
-    if case == "missing":
-        emb = tmp_path / "absent.npy"
-    if case == "suffix":
-        emb = tmp_path / "e.txt"
-        emb.write_text("1 2 3")
-    if case == "several":
-        emb = tmp_path / "e.safetensors"
-        save_file({"a": torch.zeros(3, 24), "b": torch.zeros(3, 24)}, str(emb))
-    if case == "classifier":
-        checkpoint = _classifier(tmp_path)
-    if case == "mlp":
-        checkpoint = _classifier(tmp_path, head_hidden_dim=24)
-    text = ["--text-embeddings", emb]
-    if case in ("templates",):
-        text += ["--templates", "simple"]
-    if case == "scale":
-        text += ["--logit-scale", "-1"]
+    names, text, message = BAD[case]
+    if names is not None:
+        (tmp_path / "c.txt").write_text(names)
+    (tmp_path / "t.txt").write_text("a photo\n")
+    if callable(text):
+        text = ["--text-embeddings", text(tmp_path / "e.npy")]
+    text = [str(t).format(folder=tiny["folder"], tmp=tmp_path) for t in text]
+    if case in ("templates", "scale"):
+        text = ["--text-embeddings", _embeddings()(tmp_path / "e.npy"), *text]
     if case == "no_open_clip":
-        monkeypatch.setitem(sys.modules, "open_clip", None)
-    if case in ("no_open_clip", "bad_folder"):
-        text = ["--text-tower", f"open_clip:local-dir:{tmp_path / 'nowhere'}"]
-    if case == "tower_spec":
-        text = ["--text-tower", "clip:ViT-B-32"]
-    if case == "no_weights":
-        text = ["--text-tower", "open_clip:ViT-B-32"]
-    if case == "bad_template":
-        (tmp_path / "t.txt").write_text("a photo\n")
-        text = ["--text-tower", f"open_clip:local-dir:{checkpoint}", "--templates", tmp_path / "t.txt"]
-    assert run("--checkpoint", checkpoint, "--classes", classes, *text, "--out", tmp_path / "o.safetensors") == 2
+        monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip raises ImportError
+    checkpoint = {"classifier": lambda: _classifier(tmp_path),
+                  "mlp": lambda: _classifier(tmp_path, head_hidden_dim=24)}.get(case, lambda: tiny["folder"])()
+    out = tmp_path / "o.safetensors"
+    assert run("--checkpoint", checkpoint, "--classes", tmp_path / "c.txt", *text, "--out", out) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(message, err), err
-    assert not (tmp_path / "o.safetensors").exists()
+    assert not out.exists()

@@ -81,8 +81,10 @@ def zero_shot_model(model: nn.Module, weights: torch.Tensor, logit_scale: float,
 
     projection, width = image_projection(model, name)
     if weights.shape[1] != width:
+        head = f" (or its head is a {width}-class classifier, not a projection)" \
+            if projection is not None and not model.config.head_l2norm else ""
         raise DataError(f"the text embeddings are {weights.shape[1]} wide but the image embedding of {name} is "
-                        f"{width} wide: they come from different models (or its head is a {width}-class classifier)")
+                        f"{width} wide: they come from different models{head}")
     cfg = model.config.replace(num_classes=weights.shape[0], head_bias=False, head_l2norm=True,
                                head_hidden_dim=None if projection is None else width,
                                head_act="tanh" if projection is None else "identity",
