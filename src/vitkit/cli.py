@@ -28,6 +28,8 @@ COMMANDS = {  # name: (module:function, one-line help)
     "visualize": ("vitkit.commands.visualize:main", "attention, rollout and patch views; run curves and mistakes"),
     "inspect": ("vitkit.commands.inspect:main", "how vitkit reads weights: layout, placements, what is unplaced"),
     "convert": ("vitkit.commands.convert:main", "write a foreign weights file (with --rules) as a vitkit checkpoint"),
+    "zeroshot-head": ("vitkit.commands.zeroshot:main",
+                      "a CLIP/SigLIP image tower with a zero-shot head for class names"),
     "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
     "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
     "features": ("vitkit.commands.features:main", "write a checkpoint's embeddings of a data set or images (cached)"),
