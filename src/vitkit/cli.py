@@ -24,17 +24,18 @@ import warnings
 COMMANDS = {  # name: (module:function, one-line help)
     "train": ("vitkit.commands.train:main", "train a model from a config (no arguments: the digits recipe)"),
     "eval": ("vitkit.commands.eval:main", "evaluate a checkpoint on its run's splits: loss, top-1/top-5, confusion"),
-    "predict": ("vitkit.commands.predict:main", "top-k classes of images and folders with a checkpoint"),
-    "visualize": ("vitkit.commands.visualize:main", "attention, rollout and patch views; run curves and mistakes"),
-    "inspect": ("vitkit.commands.inspect:main", "how vitkit reads weights: layout, placements, what is unplaced"),
-    "convert": ("vitkit.commands.convert:main", "write a foreign weights file (with --rules) as a vitkit checkpoint"),
-    "zeroshot-head": ("vitkit.commands.zeroshot:main",
-                      "a CLIP/SigLIP image tower with a zero-shot head for class names"),
-    "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
-    "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
+    "predict": ("vitkit.commands.predict:main", "top-k classes of images and folders, or their embeddings"),
     "features": ("vitkit.commands.features:main", "write a checkpoint's embeddings of a data set or images (cached)"),
     "knn": ("vitkit.commands.knn:main", "k-NN accuracy of frozen features (DINO's weighted vote)"),
     "probe": ("vitkit.commands.probe:main", "a linear probe on frozen features, written as a run folder"),
+    "zeroshot-head": ("vitkit.commands.zeroshot:main",
+                      "a CLIP/SigLIP image tower with a zero-shot head for class names"),
+    "visualize": ("vitkit.commands.visualize:main",
+                  "attention, rollout, patch and feature views; run curves and mistakes"),
+    "inspect": ("vitkit.commands.inspect:main", "how vitkit reads weights: layout, placements, what is unplaced"),
+    "convert": ("vitkit.commands.convert:main", "write a foreign weights file (with --rules) as a vitkit checkpoint"),
+    "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
+    "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
     "benchmark": ("vitkit.commands.benchmark:main", "measure training or inference throughput (vs timm)"),
     "scratch": ("vitkit.scratch.runner:main", "train the NumPy ViT of vitkit.scratch from a YAML config"),
     "models": ("vitkit.commands.info:models", "list the named architectures"),
@@ -44,7 +45,7 @@ COMMANDS = {  # name: (module:function, one-line help)
 
 def usage() -> str:
     lines = ["usage: vitkit COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'vitkit COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
