@@ -45,7 +45,7 @@ COMMANDS = {  # name: (module:function, one-line help)
 
 def usage() -> str:
     lines = ["usage: vitkit COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'vitkit COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
