@@ -15,8 +15,8 @@ def add_common(parser: argparse.ArgumentParser, embedding_default: str) -> None:
     """The options features, knn and probe share."""
     parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best, a .safetensors file, a run "
                         "folder or a Hub name")
-    parser.add_argument("--embedding", help=f"default: {embedding_default}. pooled (what the classifier reads), cls, mean (of the normed patch tokens), cls_mean "
-                        "([CLS] and mean side by side) or head")
+    parser.add_argument("--embedding", help=f"default: {embedding_default}. pooled (what the classifier reads), "
+                        "cls, mean (of the normed patch tokens), cls_mean ([CLS] and mean side by side) or head")
     parser.add_argument("--root", help="the data set's folder (default: the run's, $VITKIT_DATA or ~/.cache/vitkit)")
     parser.add_argument("--batch-size", type=positive, default=256)
     parser.add_argument("--device", default="auto")
@@ -34,7 +34,7 @@ def layer_index(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from ..errors import ConfigError
     from ..frozen.cache import split_features
-    from ..frozen.store import FeatureSet, check_kind, open_data
+    from ..frozen.store import FeatureSet, check_kind, default_kind, open_data
 
     parser = argparse.ArgumentParser(
         prog="vitkit features", description="Write every image's embedding to a safetensors file: a data set's "
@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense", action="store_true", help="store the (N, D, h, w) map of normed patch tokens")
     parser.add_argument("--layers", nargs="+", type=layer_index, default=[], metavar="I",
                         help="also store these blocks' outputs through the final norm (layer.<i>)")
-    add_common(parser, "pooled")
+    add_common(parser, "cls (mean for a model without [CLS])")
     args = parser.parse_args(argv)
 
     predictor = load_predictor(args.checkpoint, args.device)
-    args.embedding = args.embedding or "pooled"
+    args.embedding = args.embedding or ("pooled" if args.dense else default_kind(predictor.model))
     check_kind(args.embedding, predictor.model, args.layers, args.dense)
     if args.files or len(args.data) > 1 or Path(args.data[0]).is_file():
         result, problems = file_features(predictor, args)

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import DataError
     from ..frozen.cache import split_features
     from ..frozen.knn import check_knn, evaluate_knn
-    from ..frozen.store import check_kind, open_data
+    from ..frozen.store import check_kind, default_kind, open_data
     from .args import load_predictor, integer
 
     parser = argparse.ArgumentParser(
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     predictor = load_predictor(args.checkpoint, args.device)
-    kind = args.embedding or ("cls" if predictor.model.cls_token is not None else "mean")
+    kind = args.embedding or default_kind(predictor.model)
     check_kind(kind, predictor.model)
     ks = sorted(set(args.k))
     check_knn(ks, args.temperature, 10 ** 12)  # k < 1 and T <= 0 before any image is read

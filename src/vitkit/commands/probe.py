@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..frozen.head import probe_config, probe_model
     from ..frozen.probe import ProbeSettings, fit_probe
     from ..frozen.probe_run import write_probe_run
-    from ..frozen.store import check_kind, open_data
+    from ..frozen.store import check_kind, default_kind, open_data
     from .args import load_predictor
 
     parser = argparse.ArgumentParser(
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         values[path[1]] = value
     settings = from_dict(ProbeSettings, values, "probe")
     predictor = load_predictor(args.checkpoint, args.device)
-    kind = args.embedding or ("cls" if predictor.model.cls_token is not None else "mean")
+    kind = args.embedding or default_kind(predictor.model)
     check_kind(kind, predictor.model)
     probe_config(predictor.model.config, kind, 2)  # what the checkpoint cannot hold is said before any work
     splits, rule = open_data(predictor, args.data, args.root)

@@ -92,6 +92,11 @@ class FeatureSet:
         return sets
 
 
+def default_kind(model) -> str:
+    """The features features, knn and probe use unless told: the final [CLS] token, else the mean patch token."""
+    return "cls" if model.cls_token is not None else "mean"
+
+
 def check_kind(kind: str, model, layers=(), dense: bool = False) -> None:
     """Refuse, in one sentence, an embedding the model cannot give."""
     if kind not in KINDS:
