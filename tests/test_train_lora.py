@@ -189,11 +189,21 @@ def test_two_process_lora_run_matches_one_process(tmp_path, init):
 # Freezing
 
 
-def test_frozen_backbone_trains_the_head_alone(tmp_path, init):
+def test_frozen_backbone_trains_the_head_alone(tmp_path, init, monkeypatch):
     """A linear probe with weight decay, dropout and drop-path: every backbone tensor is the init's bit for
-    bit, the head moved, and the optimizer holds the head's two tensors only."""
+    bit, the blocks ran in eval mode, the head moved, and the optimizer holds the head's two tensors only."""
+    import vitkit.train.trainer as trainer_module
+
+    modes = set()
+
+    def watched(model, *args, **kwargs):
+        model.blocks[1].register_forward_hook(lambda m, i, o: modes.add(m.training))
+        return train_epoch(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", watched)
     run_dir = tmp_path / "probe"
     assert run(recipe(tmp_path, init, freeze="backbone"), run_dir, ["optim.weight_decay=0.1"]) == 0
+    assert modes == {False}
     start, end = load_file(init), load_file(run_dir / "checkpoints" / "last.safetensors")
     assert end.keys() == start.keys()
     for key in start:
@@ -307,3 +317,15 @@ def test_a_resume_that_changes_the_adaptation_is_refused(change, tmp_path, init,
     code, out, err = cli(capsys, "train", "--config", str(path), "--resume", "auto", "--set", change)
     assert code == 2 and one_sentence(err) and "a resume trains with the run's own config" in err, err
     assert change.split("=")[0].split(".")[1] in err.split("changes ")[1], err
+
+
+def test_a_state_of_other_adaptation_settings_is_refused(tmp_path, init, capsys):
+    """A config.yaml edited by hand (train.lora dropped) no longer describes the run's training state."""
+    path = recipe(tmp_path, init, lora={"rank": 4})
+    assert run(path, None) == 0
+    config_path = tmp_path / "runs" / "lora" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["train"]["lora"] = None
+    config_path.write_text(yaml.safe_dump(config))
+    code, out, err = cli(capsys, "train", "--config", str(config_path), "--resume", "auto")
+    assert code == 2 and one_sentence(err) and "written by a run with other train.freeze or train.lora" in err, err
