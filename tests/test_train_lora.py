@@ -270,12 +270,14 @@ REFUSED = [
     (["train.lora={targets: []}"], "train.lora.targets must name at least one of qkv, proj, fc1, fc2"),
     (["train.lora={rank: 4}", "train.freeze=backbone"], "train.freeze=backbone trains the head alone, so the "
                                                         "adapters of train.lora would never train"),
+    (["train.freeze=blocks:1", "train.lora={rank: 4}", "model.init=null"], "train.freeze and train.lora keep the "
+                                                                           "backbone's weights as they start"),
     (["train.freeze=blocks:0"], "train.freeze must be none, backbone or blocks:K"),
     (["train.freeze=head"], "train.freeze must be none, backbone or blocks:K"),
     (["train.freeze=blocks:3"], "train.freeze=blocks:3 freezes 3 blocks, but the model has 2"),
     (["train.freeze=blocks:2", "train.lora={rank: 4}"], "freezes all 2 blocks, so train.lora has no block to adapt"),
     (["train.freeze=backbone", "optim.head_warmup_epochs=1"], "but train.freeze=backbone trains nothing else"),
-    (["train.lora={rank: 4}", "model.init=null"], "train.lora keep the backbone's weights as they start, but "
+    (["train.lora={rank: 4}", "model.init=null"], "train.lora keeps the backbone's weights as they start, but "
                                                   "model.init names no weights"),
 ]
 
@@ -329,3 +331,25 @@ def test_a_state_of_other_adaptation_settings_is_refused(tmp_path, init, capsys)
     config_path.write_text(yaml.safe_dump(config))
     code, out, err = cli(capsys, "train", "--config", str(config_path), "--resume", "auto")
     assert code == 2 and one_sentence(err) and "written by a run with other train.freeze or train.lora" in err, err
+
+
+def test_the_lora_dinov2_recipe_from_a_backbone_file(tmp_path, capsys, monkeypatch):
+    """The packaged recipe on a small timm DINOv2 saved as a state dict: the run trains adapters and a new
+    3-class head, and its best checkpoint is a plain ViT whose backbone moved only by the merged adapters."""
+    from test_train_finetune import SMALL, backbone_file
+    from test_train_imagefolder import make_layout
+
+    _, weights = backbone_file(tmp_path, "vit_small_patch14_dinov2", {"init_values": 1e-5})
+    root = tmp_path / "images"
+    make_layout(root, "split")
+    monkeypatch.chdir(tmp_path)
+    sets = SMALL + [f"model.init={weights}", f"data.dataset=imagefolder:{root}", "train.epochs=2", "name=lo"]
+    code, out, err = cli(capsys, "train", "--config", "lora-dinov2", *sets_args(sets))
+    assert code == 0, err
+    assert "adapt: LoRA rank 8 alpha 16 on qkv, proj" in out
+    tuned = VisionTransformer.from_pretrained(tmp_path / "runs" / "lo" / "checkpoints" / "best")
+    start = VisionTransformer.from_pretrained(weights, img_size=32, num_heads=2)
+    assert tuned.num_classes == 3
+    tuned_state, start_state = tuned.state_dict(), start.state_dict()
+    moved = {k for k in start_state if not k.startswith("head.") and not torch.equal(tuned_state[k], start_state[k])}
+    assert moved == {f"blocks.{i}.attn.{t}.weight" for i in range(2) for t in ("qkv", "proj")}

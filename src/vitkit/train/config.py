@@ -212,7 +212,8 @@ class RunConfig:
         adapted = " and ".join(k for k, on in (("train.freeze", self.train.freeze != "none"),
                                                ("train.lora", self.train.lora is not None)) if on)
         if adapted and not self.model.init:
-            raise ConfigError(f"{adapted} keep the backbone's weights as they start, but model.init names no "
+            keep = "keep" if " and " in adapted else "keeps"
+            raise ConfigError(f"{adapted} {keep} the backbone's weights as they start, but model.init names no "
                               "weights, so they would stay random; set model.init=WEIGHTS (a file, a folder or a "
                               f"Hub name) or drop {adapted}")
         if self.optim.head_warmup_epochs and self.train.freeze == "backbone":
