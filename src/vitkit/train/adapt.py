@@ -101,7 +101,7 @@ def adapt_model(model: nn.Module, train: LoopConfig) -> list[nn.Module]:
         names = [name for name, _ in model.named_children() if name not in CLASSIFIER]
         names += [name for name, _ in model.named_parameters(recurse=False)]
     else:
-        names = list(BEFORE_BLOCKS) + [f"blocks.{i}" for i in range(k)] if k else []
+        names = (list(BEFORE_BLOCKS) + [f"blocks.{i}" for i in range(k)]) if k else []
     frozen = []
     for name in names:
         part = model.get_submodule(name) if "." in name else getattr(model, name, None)
