@@ -52,8 +52,10 @@ def torch_load_error(path: Path, e: Exception, what: str = "checkpoint") -> Chec
     return CheckpointError(f"{what} {path} is truncated or not a PyTorch checkpoint ({reason[:100]})")
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write the model's weights, its ``ViTConfig`` and ``metadata`` (JSON-able) atomically."""
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the model's weights (or ``state_dict`` in their place: a trainer's LoRA-merged weights), its
+    ``ViTConfig`` and ``metadata`` (JSON-able) atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -62,7 +64,8 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
     header = {"format": "vitkit", "metadata": json.dumps(metadata or {})}
     if isinstance(getattr(model, "config", None), ViTConfig):
         header["vitkit_config"] = json.dumps(model.config.to_dict())
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = model.state_dict() if state_dict is None else state_dict
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return path

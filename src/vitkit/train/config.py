@@ -112,6 +112,32 @@ class OptimConfig:
 
 
 @dataclass
+class LoraSettings:
+    """``train.lora``: LoRA adapters (Hu et al. 2021) on the blocks' Linear layers, through Hugging Face peft.
+    The pre-trained weights stay frozen, the adapters and the classifier head train, and every weights file
+    the run writes holds the adapters merged in (a plain ViT)."""
+
+    rank: int = 8  # r: the inner width of each adapter (B A, with A rank x in and B out x rank)
+    alpha: float = 16.0  # lora_alpha: the adapter's update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on each adapter's input, in [0, 1)
+    targets: tuple[Literal["qkv", "proj", "fc1", "fc2"], ...] = ("qkv",)  # Linear layers of every block: attn.qkv (fused q, k, v: one adapter), attn.proj, mlp.fc1, mlp.fc2
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"train.lora.rank must be at least 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError(f"train.lora.alpha must be above 0 (the update is scaled by alpha / rank), got "
+                              f"{self.alpha:g}")
+        check_ranges(self, "train.lora", {"dropout": "[0, 1)"})
+        if not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"train.lora.targets must name at least one of qkv, proj, fc1, fc2, each at most "
+                              f"once, got {list(self.targets)}")
+
+
+FREEZE = re.compile(r"none|backbone|blocks:(\d+)")
+
+
+@dataclass
 class LoopConfig:
     """How long and how the loop runs."""
 
@@ -124,9 +150,19 @@ class LoopConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on the CPU needs nothing more)
     threads: int | None = None  # torch.set_num_threads; None: PyTorch's default
     patience: int | None = None  # stop after this many epochs without a better validation accuracy; None: never
+    freeze: str = "none"  # none | backbone (a linear probe: only head and head_dist train) | blocks:K (the patch embedding, tokens, position embedding and the first K blocks); frozen parts run in eval mode
+    lora: LoraSettings | None = None  # LoRA adapters through peft (the train.lora keys below); null: off
 
     def __post_init__(self):
         check_positive(self, ("epochs",), "train")
+        match = FREEZE.fullmatch(self.freeze)
+        if not match or (match.group(1) is not None and int(match.group(1)) < 1):
+            raise ConfigError(f"train.freeze must be none, backbone or blocks:K (the first K >= 1 blocks and "
+                              f"everything before them), got {self.freeze!r}")
+        if self.lora is not None and self.freeze == "backbone":
+            raise ConfigError("train.freeze=backbone trains the head alone, so the adapters of train.lora would "
+                              "never train; use one of them, or train.freeze=blocks:K to adapt only the blocks "
+                              "after the first K")
         check_ranges(self, "train", {"ema_decay": "(0, 1)", "checkpoint_every_steps": "[0, inf)",
                                      "threads": "[1, 1024]", "patience": "[1, inf)"})
 
@@ -173,6 +209,16 @@ class RunConfig:
             raise ConfigError("optim.head_warmup_epochs trains a new head on a pre-trained backbone, but "
                               "model.init names no weights; set model.init=WEIGHTS (a file, a folder or a Hub "
                               "name) or optim.head_warmup_epochs=0")
+        adapted = " and ".join(k for k, on in (("train.freeze", self.train.freeze != "none"),
+                                               ("train.lora", self.train.lora is not None)) if on)
+        if adapted and not self.model.init:
+            keep = "keep" if " and " in adapted else "keeps"
+            raise ConfigError(f"{adapted} {keep} the backbone's weights as they start, but model.init names no "
+                              "weights, so they would stay random; set model.init=WEIGHTS (a file, a folder or a "
+                              f"Hub name) or drop {adapted}")
+        if self.optim.head_warmup_epochs and self.train.freeze == "backbone":
+            raise ConfigError("optim.head_warmup_epochs trains the head alone first, but train.freeze=backbone "
+                              "trains nothing else; set optim.head_warmup_epochs=0")
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -284,7 +330,9 @@ def resolve_model_config(model: ModelSection, *, in_channels: int, num_classes: 
 SECTIONS = (("", RunConfig, "the run"), ("data", DataConfig, "what to train on, its splits, batches and images"),
             ("model", ViTConfig, "the architecture (ViTConfig); plus `name` (a preset such as "
                                  "vit_tiny_patch16_224) and `init` (weights to fine-tune from)"),
-            ("optim", OptimConfig, "AdamW and the learning-rate schedule"), ("train", LoopConfig, "the loop"))
+            ("optim", OptimConfig, "AdamW and the learning-rate schedule"), ("train", LoopConfig, "the loop"),
+            ("train.lora", LoraSettings, "LoRA adapters through Hugging Face peft, when `train.lora` is set "
+                                         "(`--set train.lora.rank=8`; needs `pip install 'vitkit[peft]'`)"))
 
 
 def field_comments(cls) -> dict[str, str]:
@@ -318,7 +366,9 @@ def reference() -> str:
             shown = "null" if default is None else (list(default) if isinstance(default, tuple) else default)
             if isinstance(shown, bool):
                 shown = str(shown).lower()
-            lines.append(f"| `{key}` | {_type_name(hints[f.name])} | `{shown}` | "
+            kind = "a mapping or null" if any(map(dataclasses.is_dataclass, typing.get_args(hints[f.name]))) \
+                else _type_name(hints[f.name])
+            lines.append(f"| `{key}` | {kind} | `{shown}` | "
                          f"{notes.get(f.name, '').replace('|', chr(92) + '|')} |")
         lines.append("")
     lines += ["## Changing a key when resuming", "",

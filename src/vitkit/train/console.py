@@ -9,6 +9,7 @@ import time
 import warnings
 
 from ..model import count_parameters
+from .adapt import describe
 from .config import RESUMABLE_CHANGES
 
 PROGRESS_SECONDS = 30.0  # without a terminal (logs, CI), a progress line this often
@@ -97,6 +98,8 @@ class Console:
                  f"{m.depth}, heads {m.num_heads}, patch {m.patch_size}, {grid} patches"
                  + (f", {m.rope} rotary embedding" if m.rope != "none" else "") + ")"
                  + (f", initialised from {cfg.model.init}" if cfg.model.init else ""))
+        if cfg.train.freeze != "none" or cfg.train.lora is not None:
+            self.log(f"adapt: {describe(t.model, cfg.train)}")
         self.log(f"train: {cfg.train.epochs} epochs x {t.steps_per_epoch} steps, batch {cfg.data.batch_size}, "
                  f"AdamW lr {cfg.optim.lr:g}"
                  + (f", layer decay {cfg.optim.layer_decay:g}" if cfg.optim.layer_decay is not None else "")

@@ -62,17 +62,20 @@ def train_epoch(model: nn.Module, dataloader, criterion: nn.Module, optimizer: t
                 device, epoch: int, *, scheduler=None, grad_clip: float | None = None, accum_steps: int = 1,
                 amp: bool = False, ema=None, step: int = 0, start_batch: int = 0,
                 running: RunningMetrics | None = None,
-                on_step: Callable[[int, int, RunningMetrics], bool] | None = None) -> dict:
+                on_step: Callable[[int, int, RunningMetrics], bool] | None = None, frozen=()) -> dict:
     """Train ``model`` for one epoch; returns {"loss", "accuracy"} (mean over the epoch's samples).
 
     ``step`` is the global optimizer step count before this epoch; ``start_batch`` and ``running`` resume an
     epoch in the middle (the loader must skip the same number of batches). After each optimizer step
     ``on_step(step, batches_done, running)`` is called; returning True ends the epoch early. A loss that
     is NaN or infinite raises :class:`NonFiniteLossError` naming its step at the end of the epoch, or sooner
-    when ``on_step`` checks ``running.bad_step()``.
+    when ``on_step`` checks ``running.bad_step()``. The modules in ``frozen`` (a frozen backbone's) stay in eval
+    mode: no dropout or drop-path in what does not train.
     """
     device = torch.device(device)
     model.train()
+    for module in frozen:
+        module.eval()
     if hasattr(dataloader, "set_epoch"):
         dataloader.set_epoch(epoch)
     if start_batch and hasattr(dataloader, "skip"):

@@ -34,10 +34,13 @@ def resume_config(cfg: RunConfig, run: Run) -> tuple[RunConfig, list[tuple[str, 
                                                 for k, _, v in changes])), changes
 
 
+WHOLE = ("train.lora",)  # compared as one value: null -> {rank: 8, ...} is a change, not a new key
+
+
 def _leaves(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict) and v and f"{prefix}{k}" not in WHOLE:
             out.update(_leaves(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v

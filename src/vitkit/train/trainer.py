@@ -26,10 +26,11 @@ from ..fileio import atomic_write_text
 from ..model import VisionTransformer, count_parameters
 from ..runs import Run, claim_new_run
 from . import distributed
+from .adapt import adapt_model, adapt_settings, plain_state_dict, require_peft
 from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
                          set_rng_state)
 from ..configtools import from_dict
-from .config import (ModelSection, RunConfig, check_compiler, check_data_keys, check_run_length,
+from .config import (LoopConfig, ModelSection, RunConfig, check_compiler, check_data_keys, check_run_length,
                      resolve_model_config)
 from .console import Console
 from ..data.loader import samples_per_rank
@@ -71,6 +72,7 @@ class Trainer:
             check_fits(self.model_config, per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size"), self.device,
                        ema=bool(cfg.train.ema_decay), grad_checkpointing=cfg.train.grad_checkpointing)
         self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+        self.frozen = adapt_model(self.model, cfg.train)  # train.freeze / train.lora: the modules kept in eval mode
         # The resolved config, for config.yaml (the caller's cfg is left as it was).
         data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
             cfg.data, channels=self.data.in_channels)
@@ -142,6 +144,9 @@ class Trainer:
         if state.get("model_config") != self.model_config.to_dict():
             raise CheckpointError(f"checkpoint {path} was written by a run with another architecture or data set; "
                                   "resume with that run's config.yaml")
+        if state.get("adapt", adapt_settings(LoopConfig())) != adapt_settings(self.cfg.train):
+            raise CheckpointError(f"checkpoint {path} was written by a run with other train.freeze or train.lora "
+                                  "settings; resume with that run's config.yaml")
         weights_io.check_state_dict(self.model, state["model"], str(path))
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
@@ -201,12 +206,17 @@ class Trainer:
                 "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
                 "running": self.running.values() if self.batch else None,
                 "wall_time": self.wall_time(),
-                "model_config": self.model_config.to_dict(),
+                "model_config": self.model_config.to_dict(), "adapt": adapt_settings(self.cfg.train),
                 "world_size": self.ctx.world_size,
             }, self.ckpt_dir)
             self.save_pending_config()  # the state it describes is saved
-            weights_io.save_weights(self.eval_model, self.ckpt_dir / "last", self.weights_metadata())
+            self.save_weights("last")
         distributed.barrier()
+
+    def save_weights(self, name: str) -> None:
+        """``checkpoints/NAME.safetensors``: the evaluated model as a plain ViT (LoRA adapters merged in)."""
+        weights_io.save_weights(self.eval_model, self.ckpt_dir / name, self.weights_metadata(),
+                                state_dict=plain_state_dict(self.eval_model))
 
     def save_pending_config(self) -> None:
         """Write a resumed run's config.yaml once what it describes has happened (see :meth:`run`)."""
@@ -305,7 +315,7 @@ class Trainer:
                 self.train_model, data.train_loader, self.criterion, self.optimizer, self.device, epoch,
                 scheduler=self.scheduler, grad_clip=cfg.optim.grad_clip, accum_steps=cfg.optim.accum_steps,
                 amp=self.amp, ema=self.ema, step=self.step, start_batch=self.batch, running=self.running,
-                on_step=self.after_step)
+                on_step=self.after_step, frozen=self.frozen)
         except NonFiniteLossError:
             self.check_finite(self.running)  # re-raised with the checkpoint named
             raise
@@ -331,7 +341,7 @@ class Trainer:
             if val:
                 self.best_accuracy, self.best_loss = val["accuracy"], val["loss"]
             if self.ctx.is_main:
-                weights_io.save_weights(self.eval_model, self.ckpt_dir / "best", self.weights_metadata())
+                self.save_weights("best")
                 if val:
                     self.run_folder.write_predictions("val", data.val.sources, val["predictions"], data.classes)
         else:
@@ -418,6 +428,8 @@ def plan_run(cfg: RunConfig, ctx, split_file=None):
     training refuses."""
     if cfg.train.compile:
         check_compiler(ctx.device)
+    if cfg.train.lora is not None:
+        require_peft()
     splits = open_run_splits(cfg.data, ctx, split_file)
     preprocess = run_preprocess(cfg.data, splits, cfg.model.img_size)
     batch = per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size")
