@@ -205,7 +205,7 @@ class Trainer:
                 "world_size": self.ctx.world_size,
             }, self.ckpt_dir)
             self.save_pending_config()  # the state it describes is saved
-            weights_io.save_weights(self.eval_model, self.ckpt_dir / "last", self.weights_metadata())
+            weights_io.save_weights(self.eval_model, self.run_folder.last_weights, self.weights_metadata())
         distributed.barrier()
 
     def save_pending_config(self) -> None:
@@ -228,7 +228,7 @@ class Trainer:
         score = lambda key: float(f"{test[key]:.6g}") if test and test[key] is not None else None  # noqa: E731
         d = self.data
         return {
-            "model": "checkpoints/best",
+            "model": self.run_folder.relative(self.run_folder.best_weights),
             "best_epoch": self.best_epoch or None,
             "chosen_on": "val" if d.val else "last epoch (no validation split)",
             "val_accuracy": number(best, "val_accuracy"), "val_loss": number(best, "val_loss"),
@@ -262,7 +262,7 @@ class Trainer:
         bad = running.bad_step()
         if bad is not None:
             raise NonFiniteLossError(f"the training loss became non-finite at step {bad}, so the run stopped "
-                                     f"with its last good checkpoint intact ({self.ckpt_dir / 'last.state.pt'}); "
+                                     f"with its last good checkpoint intact ({self.run_folder.last_state}); "
                                      "lower optim.lr or set optim.grad_clip")
 
     def run(self) -> int:
@@ -331,7 +331,7 @@ class Trainer:
             if val:
                 self.best_accuracy, self.best_loss = val["accuracy"], val["loss"]
             if self.ctx.is_main:
-                weights_io.save_weights(self.eval_model, self.ckpt_dir / "best", self.weights_metadata())
+                weights_io.save_weights(self.eval_model, self.run_folder.best_weights, self.weights_metadata())
                 if val:
                     self.run_folder.write_predictions("val", data.val.sources, val["predictions"], data.classes)
         else:
@@ -357,7 +357,7 @@ class Trainer:
     def best_model(self) -> nn.Module:
         """The model in ``checkpoints/best``, as the file holds it (what eval and predict will load)."""
         model = VisionTransformer(self.model_config)
-        weights_io.load_weights(model, self.ckpt_dir / "best")
+        weights_io.load_weights(model, self.run_folder.best_weights)
         return model.to(self.device).eval()
 
     # ---------------------------------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ class Trainer:
         self.log(f"run folder: {self.run_dir}  (config.yaml, metrics.csv, results.json, "
                  f"checkpoints/best.safetensors{report})")
         split = "" if data.val else " --split " + ("test" if data.test else "train")
-        self.log(f"next: vitkit eval --checkpoint {self.ckpt_dir / 'best'}{split}")
+        self.log(f"next: vitkit eval --checkpoint {self.run_folder.best_weights}{split}")
 
     def write_report(self, model: nn.Module) -> str:
         """The report of the best checkpoint on the split the run scored last (a failure there only warns)."""
