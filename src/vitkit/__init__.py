@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "vitkit.config": ["ViTConfig"],
-    "vitkit.presets": ["PRESETS", "get_preset", "list_models", "preprocessing_of", "licence_of"],
+    "vitkit.presets": ["PRESETS", "get_preset", "list_models", "licence_of"],
+    "vitkit.interop.preprocess": ["preprocessing_of"],
     "vitkit.configtools": ["load_config", "save_config"],
     "vitkit.errors": ["VitkitError", "ConfigError", "DataError", "CheckpointError"],
     "vitkit.layers": ["MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",
