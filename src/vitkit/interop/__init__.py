@@ -1,6 +1,7 @@
 """Other libraries' ViT weights in vitkit's terms, exactly: a state dict in vitkit's (timm's) keys, the
 :class:`ViTConfig` that computes what the source computes, and the preprocessing the model was trained with.
-:meth:`vitkit.VisionTransformer.from_pretrained` builds the model from them; nothing here builds a model.
+:func:`vitkit.pretrained.load` builds the model from them; nothing here builds a model (vitkit's own
+files take a shorter road there: :func:`vitkit.checkpoint.read_own`).
 
 :func:`load_pretrained` takes a file (``.safetensors``, ``.pth``/``.bin``, OpenAI's TorchScript ``.pt``,
 ``.npz``), a Hugging Face / timm / open_clip model folder, a vitkit run folder, a state dict, or a live timm /
@@ -14,7 +15,7 @@ transformers / torchvision / open_clip / vit-pytorch / ``nn.TransformerEncoder``
    none of them tells takes the family's documented default, with a warning naming it,
 4. resamples the position embedding for another ``img_size`` and re-initialises the head for another
    ``num_classes`` (with a warning), and
-5. hands them to the model, which raises one :class:`CheckpointError` listing every missing, unexpected or
+5. hands them to :mod:`vitkit.pretrained`, whose model raises one :class:`CheckpointError` listing every missing, unexpected or
    mis-shaped tensor.
 
 Numerics follow the source: Hugging Face models keep their ``layer_norm_eps`` (1e-12 by default), JAX
@@ -24,8 +25,6 @@ checkpoints default to the tanh GELU that flax computes (pass ``act="gelu"`` to 
 from __future__ import annotations
 
 import warnings
-
-import torch
 
 from ..checkpoint import Pretrained, without_head
 from ..config import apply_aliases
@@ -37,8 +36,6 @@ from .placement import choose_format, detect_format, unplaced_error
 from .rules import TRANSFORMS, Assume, Format, Profile, Rule, custom_format, extend_format
 from .sources import Source, read_source
 from .support import SUPPORT, formats_markdown
-
-Tensor = torch.Tensor
 
 __all__ = ["Pretrained", "load_pretrained", "read_source", "Source", "detect_format", "convert_state_dict",
            "infer_config", "FORMATS", "Format", "Rule", "Profile", "Assume", "TRANSFORMS", "custom_format",
