@@ -85,3 +85,20 @@ def test_weights_files_follow_the_umask_as_every_other_file(tmp_path, umask):
     finally:
         os.umask(before)
     assert oct(weights.stat().st_mode & 0o777) == oct(text.stat().st_mode & 0o777) == oct(0o666 & ~umask)
+
+
+def test_a_distilled_model_with_another_class_count_gets_both_heads_fresh():
+    """A new class count replaces the classifier's tensors, the distillation head's too (it used to be left
+    out, and loading failed with 'missing: head_dist.weight')."""
+    import warnings
+
+    from vitkit import VisionTransformer
+
+    torch.manual_seed(0)
+    m = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3, distilled=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m2 = VisionTransformer.from_pretrained(m.state_dict(), num_classes=5, num_heads=2)
+    assert (m2.head.weight.shape, m2.head_dist.weight.shape) == ((5, 16), (5, 16))
+    assert any("a new 5-class head starts from scratch" in str(w.message) for w in caught)
+    assert torch.equal(m2.blocks[0].attn.qkv.weight, m.blocks[0].attn.qkv.weight)

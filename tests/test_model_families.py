@@ -16,7 +16,8 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from mutation import assert_pieces_matter, output_of, pieces_of
 from test_interop import randomize
 from vitkit import VisionTransformer, create_model
-from vitkit.presets import PRESET_FAMILIES, PRESETS, get_preset, licence_of, preprocessing_of
+from vitkit.interop.preprocess import preprocessing_of
+from vitkit.presets import PRESET_FAMILIES, PRESETS, get_preset, licence_of
 from vitkit.interop import load_pretrained
 
 SIZE = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)

@@ -1,7 +1,9 @@
-"""The package's shape: imports point one way (no circle, counting imports inside functions too), the layers
-import only the config, weights formats never build a model, and no module grows past 500 lines."""
+"""The package's shape: imports point one way (no circle, counting imports inside functions too, but for the
+one declared call-time delegation), the layers import only the config, the model never reads a file and weights
+formats never build a model, only runs.py spells the run-folder layout, and no module grows past 500 lines."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -14,14 +16,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """{module: the vitkit modules it imports anywhere in its source (inside functions too)}."""
+def import_graph(module_level_only: bool = False) -> dict[str, set[str]]:
+    """{module: the vitkit modules it imports anywhere in its source (inside functions too, unless
+    ``module_level_only``)}."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         edges = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _imports(ast.parse(path.read_text(), str(path)), module_level_only):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -39,6 +42,28 @@ def import_graph() -> dict[str, set[str]]:
                 if t and t != name and t != "vitkit":
                     edges.add(t)
         graph[name] = edges
+    return graph
+
+
+def _imports(tree: ast.AST, module_level_only: bool):
+    """The import statements of ``tree``; with ``module_level_only``, none inside a function."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        if not (module_level_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))):
+            yield from _imports(node, module_level_only)
+
+
+# The one import against the floors: VisionTransformer.from_pretrained (the model's public API) hands over to
+# vitkit.pretrained, which builds the model from files, importing it inside the method, when called.
+DELEGATIONS = {("vitkit.model", "vitkit.pretrained")}
+
+
+def floors() -> dict[str, set[str]]:
+    """The import graph less the declared delegations, which must stay inside functions."""
+    graph = import_graph()
+    for module, target in DELEGATIONS:
+        graph[module] = graph[module] - {target}
     return graph
 
 
@@ -68,9 +93,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle():
-    graph = import_graph()
-    cycle = find_cycle(graph)
+    cycle = find_cycle(floors())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_delegations_are_imported_only_when_called():
+    top = import_graph(module_level_only=True)
+    assert not [(m, t) for m, t in DELEGATIONS if t in top[m]]
+    graph = import_graph()
+    assert all(t in graph[m] for m, t in DELEGATIONS), "a declared delegation no longer exists: remove it"
 
 
 def test_the_cycle_finder_finds_cycles():
@@ -78,9 +109,11 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-LAYERS = ["vitkit.layers", "vitkit.layers.attention", "vitkit.layers.block", "vitkit.layers.mlp",
-          "vitkit.layers.norm", "vitkit.layers.patch_embed", "vitkit.layers.pool", "vitkit.layers.position",
-          "vitkit.layers.rope"]
+LAYERS = sorted(module_name(p) for p in (PACKAGE / "layers").rglob("*.py"))
+
+
+def test_the_layer_list_is_the_folder():
+    assert "vitkit.layers" in LAYERS and "vitkit.layers.attention" in LAYERS
 
 
 @pytest.mark.parametrize("module", LAYERS)
@@ -90,16 +123,62 @@ def test_the_layers_import_only_the_config_and_each_other(module):
     assert graph.get(module, set()) <= allowed, graph[module] - allowed
 
 
-def test_the_model_imports_layers_and_weight_formats_and_those_never_build_a_model():
-    """model.py builds itself from files through the weights formats (checkpoint, interop, hub), which turn
-    files into a config and a state dict (with the layers' tensor maths) and never import the model."""
+def test_the_model_never_reads_a_file():
+    """model.py defines the model from its config and the layers; files, the Hub and other libraries' formats
+    become models in vitkit.pretrained (see DELEGATIONS), so model.py imports no reader of weights."""
+    graph = floors()
+    allowed = {"vitkit.config", "vitkit.configtools", "vitkit.errors"} | set(LAYERS)
+    assert graph["vitkit.model"] <= allowed, graph["vitkit.model"] - allowed
+    tree = ast.parse((PACKAGE / "model.py").read_text())
+    outside = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
+        {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    assert not outside & {"safetensors", "huggingface_hub", "timm", "transformers", "open_clip"}, outside
+
+
+def test_weight_formats_never_build_a_model():
+    """checkpoint, hub and interop turn files into a config and a state dict (with the layers' tensor maths);
+    vitkit.pretrained builds the model from them."""
     graph = import_graph()
     formats = {m for m in graph if m in ("vitkit.checkpoint", "vitkit.hub") or m.startswith("vitkit.interop")}
-    allowed = {"vitkit.config", "vitkit.presets", "vitkit.configtools", "vitkit.errors", "vitkit.fileio"} | \
-        set(LAYERS) | formats
-    assert graph["vitkit.model"] <= allowed, graph["vitkit.model"] - allowed
-    for module in (m for m in graph if m in formats or m.startswith("vitkit.interop.")):
-        assert "vitkit.model" not in graph[module], module
+    for module in formats:
+        assert not {"vitkit.model", "vitkit.pretrained"} & graph[module], module
+    assert {"vitkit.model", "vitkit.hub", "vitkit.interop", "vitkit.checkpoint"} <= graph["vitkit.pretrained"]
+
+
+# A run folder's layout: its checkpoints folder, and the names of the weights and training states in it.
+LAYOUT_NAMES = {"best", "last", "previous", "last.state.pt", "previous.state.pt"}
+
+
+def layout_spellings(source: str) -> list[int]:
+    """Lines of ``source`` that spell the run-folder layout: the string "checkpoints" or a path relative to a
+    run starting with it, or a path built with a layout name (``x / "best"``, ``x / f"last{suffix}"``).
+    Docstrings and sentences that mention ``RUN/checkpoints/best`` to a reader are not paths."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                (node.value == "checkpoints" or node.value.startswith("checkpoints/")):
+            found.append(node.lineno)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            right = node.right
+            if isinstance(right, ast.JoinedStr) and right.values and isinstance(right.values[0], ast.Constant):
+                right = right.values[0]
+            if isinstance(right, ast.Constant) and isinstance(right.value, str) and \
+                    (right.value in LAYOUT_NAMES or right.value.split(".")[0] in {"last", "previous"}):
+                found.append(node.lineno)
+    return found
+
+
+def test_only_runs_py_spells_the_run_folder_layout():
+    found = [f"{p.relative_to(PACKAGE)}:{line}" for p in PACKAGE.rglob("*.py") if p.name != "runs.py" or
+             p.parent != PACKAGE for line in layout_spellings(p.read_text())]
+    assert not found, found
+
+
+def test_the_layout_finder_finds_spellings():
+    assert len(layout_spellings('p = run / "checkpoints" / "best"')) == 2
+    assert layout_spellings('x = {"model": "checkpoints/best"}') == [1]
+    assert layout_spellings('p = d / f"last{SUFFIX}"') == [1]
+    assert layout_spellings('print("pass RUN/checkpoints/best")') == []
 
 
 def test_no_module_is_longer_than_500_lines():
@@ -110,8 +189,16 @@ def test_no_module_is_longer_than_500_lines():
 
 def test_the_package_speaks_of_itself():
     """No issue numbers or seed-document history in the package."""
-    import re
     found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
-             for i, line in enumerate(p.read_text().splitlines(), 1)
-             if re.search(r"\bissue \d+|\bseed 0\d\d", line, re.IGNORECASE)]
+             for i, line in enumerate(p.read_text().splitlines(), 1) if HISTORY.search(line)]
     assert not found, found
+
+
+HISTORY = re.compile(r"\bissue \d+|\bseed[- _]?0?\d\d+|\bseed-\d+|\bthe seeds\b", re.IGNORECASE)
+
+
+def test_the_history_pattern_catches_its_spellings():
+    for said in ("issue 26", "seed 003", "seed-003-style code", "seed-12", "the seeds' aliases", "The seeds"):
+        assert HISTORY.search(said), said
+    for fine in ("split_seed", "seed: 0", "the seed of the split", "torch.manual_seed(cfg.seed)"):
+        assert not HISTORY.search(fine), fine

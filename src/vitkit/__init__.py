@@ -13,14 +13,15 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "vitkit.config": ["ViTConfig"],
-    "vitkit.presets": ["PRESETS", "get_preset", "list_models", "preprocessing_of", "licence_of"],
+    "vitkit.presets": ["PRESETS", "get_preset", "list_models", "licence_of"],
+    "vitkit.interop.preprocess": ["preprocessing_of"],
     "vitkit.configtools": ["load_config", "save_config"],
     "vitkit.errors": ["VitkitError", "ConfigError", "DataError", "CheckpointError"],
     "vitkit.layers": ["MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",
                       "TransformerBlock", "PostNormBlock", "get_relative_position_index_1d",
                       "get_relative_position_index_2d"],
-    "vitkit.model": ["ViT", "VisionTransformer", "count_parameters", "create_model", "flops_per_image",
-                     "from_pretrained"],
+    "vitkit.model": ["ViT", "VisionTransformer", "count_parameters", "flops_per_image"],
+    "vitkit.pretrained": ["create_model", "from_pretrained"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -293,7 +293,7 @@ class ViTConfig:
     def use_fc_norm(self) -> bool:
         return self.pool == "mean" if self.fc_norm is None else self.fc_norm
 
-    # Hugging Face names, read-only, so seed-003-style code reads the same config.
+    # Hugging Face names, read-only, so code written against transformers' ViTConfig reads the same config.
     hidden_size = property(lambda self: self.embed_dim)
     num_hidden_layers = property(lambda self: self.depth)
     num_attention_heads = property(lambda self: self.num_heads)
@@ -311,7 +311,7 @@ class ViTConfig:
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "ViTConfig":
-        """Like the constructor, also accepting the seeds' and timm's aliases: ``n_heads`` (num_heads),
+        """Like the constructor, also accepting the older spellings and timm's: ``n_heads`` (num_heads),
         ``dropout`` (drop_rate), ``in_chans`` (in_channels)."""
         return cls(**apply_aliases(kwargs))
 
@@ -359,3 +359,10 @@ def apply_aliases(kwargs: dict) -> dict:
                 raise ConfigError(f"{alias}={value!r} contradicts {name}={kwargs[name]!r}; give one of them")
             kwargs[name] = value
     return kwargs
+
+
+def check_options(fields) -> None:
+    """One ConfigError naming the names in ``fields`` that are no ViTConfig field (after the aliases)."""
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ViTConfig)})
+    if unknown:
+        raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; expected ViTConfig fields")

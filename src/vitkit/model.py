@@ -14,10 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import hub, interop
-from .checkpoint import check_state_dict
 from .config import ViTConfig
-from .presets import get_preset
 from .configtools import pair
 from .errors import ConfigError
 from .layers import (HEAD_ACTIVATIONS, AttentionPoolLatent, PatchEmbedding, PostNormBlock, RotaryEmbedding,
@@ -116,38 +113,11 @@ class VisionTransformer(nn.Module):
     @classmethod
     def from_pretrained(cls, src, source: str = "auto", num_classes: int | None = None, img_size=None, *,
                         arch: str | None = None, **overrides) -> "VisionTransformer":
-        """A model (eval mode) with the weights of ``src``, computing what the source computes.
-
-        ``src``: a ``.safetensors`` / ``.pth`` / ``.bin`` / ``.npz`` file, a Hugging Face model folder, a vitkit
-        run folder or ``run/checkpoints/best``, a state dict, or a live timm / transformers / torchvision /
-        vitkit model, or a Hub name: ``hf-hub:org/name[@revision]`` or timm's tagged name
-        (``vit_small_patch16_224.augreg_in21k``), downloaded through ``huggingface_hub`` (its cache,
-        ``HF_ENDPOINT``, safetensors before pickles); a timm name also fixes the architecture, as
-        :func:`create_model` does (``..._clip_quickgelu_224.openai``: QuickGELU). ``source`` forces the format ('timm', 'hf', 'torchvision', 'jax', 'vitkit'); 'auto'
-        detects it. ``num_classes`` other than the checkpoint's re-initialises the head (with a warning);
-        ``img_size`` other than the checkpoint's resamples the position embedding. ``overrides`` are
-        ViTConfig fields (see :func:`vitkit.interop.load_pretrained`); ``arch`` names the preset the weights are
-        of (``arch="vit_small_patch16_dinov3"`` for a bare timm state dict), for what the keys cannot tell (a
-        rotary embedding is in no timm state dict). A file that does not fit is one
-        CheckpointError listing every missing, unexpected or mis-shaped tensor.
-        """
-        if arch is not None:
-            get_preset(hub.parse_name(arch)[0])  # an unknown name is one sentence, with "did you mean"
-        named = hub.named_architecture(arch if arch is not None else src)  # a timm name fixes the architecture
-        named_size = named.pop("img_size", None)
-        img_size, overrides = named_size if img_size is None else img_size, {**named, **overrides}
-        src = hub.resolve(src)
-        found = interop.load_pretrained(src, source, num_classes, img_size, **overrides)
-        model = cls(found.config)
-        state = found.state
-        if found.fresh_head:  # the new head keeps its fresh initialisation
-            state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("head.")}}
-        check_state_dict(model, state, found.name)
-        model.load_state_dict(state)
-        # How the source's images were prepared (mean, std, interpolation, crop_pct, crop_mode), or None.
-        model.pretrained_preprocess = found.preprocess
-        model.pretrained_classes = found.classes  # the names of the head's outputs, when the source has them
-        return model.eval()
+        """A model (eval mode) with the weights of ``src``: :func:`vitkit.pretrained.from_pretrained`, which
+        documents the arguments. It lives there because reading files is no part of the model; it is imported
+        here when called, so this module imports nothing that reads a file."""
+        from .pretrained import from_pretrained
+        return from_pretrained(src, source, num_classes, img_size, arch=arch, **overrides)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -360,33 +330,6 @@ class VisionTransformer(nn.Module):
 
 
 ViT = VisionTransformer
-
-
-def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTransformer:
-    """A model by timm's name, e.g. ``create_model("vit_base_patch16_224", num_classes=10, img_size=32)``.
-
-    ``pretrained=True`` loads the Hub weights of the name, as timm does: a tagged name
-    (``vit_small_patch16_224.augreg_in21k``) its tag, an untagged one timm's default tag, and
-    ``hf-hub:org/name`` that repository. ``overrides`` are ViTConfig fields (``num_classes`` other than the
-    weights' re-initialises the head; ``img_size`` resamples the position embedding).
-    """
-    arch, _ = hub.parse_name(name)
-    if arch.startswith(hub.HUB_PREFIX):
-        if not pretrained:
-            raise ConfigError(f"{name!r} names weights on the Hub, not an architecture; "
-                              "pass pretrained=True, or an architecture name such as 'vit_base_patch16_224'")
-        return VisionTransformer.from_pretrained(name, **overrides)
-    if not pretrained:
-        return VisionTransformer(get_preset(arch, **overrides))
-    # the weights of the name's repository, built as the name says (an untagged name: timm's default tag)
-    return VisionTransformer.from_pretrained(hub.pretrained_source(name),
-                                             **{**hub.named_architecture(arch), **overrides})
-
-
-def from_pretrained(src, source: str = "auto", num_classes: int | None = None, img_size=None, *,
-                    arch: str | None = None, **overrides) -> VisionTransformer:
-    """``vitkit.from_pretrained``: :meth:`VisionTransformer.from_pretrained`."""
-    return VisionTransformer.from_pretrained(src, source, num_classes, img_size, arch=arch, **overrides)
 
 
 def count_parameters(model: nn.Module) -> int:

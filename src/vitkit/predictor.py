@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from . import hub
-from .checkpoint import read_header, resolve_weights_path
+from .checkpoint import resolve_weights_path
 from .configtools import pair
 from .data.preprocess import Preprocess
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import evaluate
-from .model import VisionTransformer
+from .pretrained import load
 from .runs import Run
 
 
@@ -40,8 +40,8 @@ class Predictor:
         ``device``; a file whose classes or preprocessing do not fit its model is one CheckpointError."""
         device = torch.device(device)
         if hub.is_hub_source(str(checkpoint)):  # hf-hub:org/name or a timm name: weights from the Hub
-            path, meta = hub.resolve(str(checkpoint)), {}  # the folder the download left in the cache
-            model = VisionTransformer.from_pretrained(path, **hub.named_architecture(str(checkpoint))).to(device)
+            path = hub.resolve(str(checkpoint))  # the folder the download left in the cache
+            model, found = load(path, **hub.named_architecture(str(checkpoint)))
         else:
             path = Path(checkpoint)
             try:
@@ -49,8 +49,8 @@ class Predictor:
             except CheckpointError:
                 if not path.exists():
                     raise
-            model = VisionTransformer.from_pretrained(path).to(device)
-            meta = read_header(path)[1] if path.suffix == ".safetensors" else {}
+            model, found = load(path)
+        model, meta = model.to(device), found.metadata  # a vitkit file's own record: classes, preprocessing
         cfg = model.config
         classes = meta.get("classes") or model.pretrained_classes or [str(k) for k in range(cfg.num_classes)]
         if cfg.num_classes and len(classes) != cfg.num_classes:

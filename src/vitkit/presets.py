@@ -228,59 +228,8 @@ def get_preset(name: str, **overrides) -> ViTConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# How each family's weights want their images (timm's pretrained_cfg of the weights a name loads by default)
-
-_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-_INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_OPENAI_CLIP = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
-_SQUASH = dict(crop_mode="squash", crop_pct=1.0)  # both sides resized to the model's size, nothing cut
-FAMILY_PREPROCESSING = {  # resize the short side to img_size / crop_pct (interpolation), take the centre, normalise
-    "vit": dict(_INCEPTION, interpolation="bicubic", crop_pct=0.9),  # Google's augreg weights
-    "mae": dict(_IMAGENET, interpolation="bicubic", crop_pct=0.9),
-    "clip": dict(_OPENAI_CLIP, interpolation="bicubic", crop_pct=1.0),
-    "siglip": dict(_INCEPTION, interpolation="bicubic", crop_pct=0.9),
-    "dinov2": dict(_IMAGENET, interpolation="bicubic", crop_pct=1.0),
-    "deit": dict(_IMAGENET, interpolation="bicubic", crop_pct=0.9),
-    "beit": dict(_INCEPTION, interpolation="bicubic", crop_pct=0.9),
-    "beitv2": dict(_IMAGENET, interpolation="bicubic", crop_pct=0.9),
-    "dinov3": dict(_IMAGENET, interpolation="bicubic", crop_pct=1.0),
-    "lingbot": dict(_IMAGENET, interpolation="bilinear", **_SQUASH),
-    "pe": dict(_INCEPTION, interpolation="bicubic", crop_pct=1.0),
-    "eva02": dict(_OPENAI_CLIP, interpolation="bicubic", crop_pct=0.9),
-    "eva": dict(_OPENAI_CLIP, interpolation="bicubic", crop_pct=0.9),
-    "rope_vit": dict(_IMAGENET, interpolation="bicubic", crop_pct=0.9),
-    "sbb": dict(_INCEPTION, interpolation="bicubic", crop_pct=0.95),
-    "aimv2": dict(_OPENAI_CLIP, interpolation="bicubic", crop_pct=1.0),
-    "tipsv2": dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bicubic", crop_pct=1.0),
-}
-_DEFAULT_WEIGHTS_DIFFER = {  # names whose default weights in timm were trained or fine-tuned otherwise
-    "vit_small_patch8_224": _IMAGENET,  # DINO
-    "vit_large_patch14_clip_224": _INCEPTION,  # LAION-2B, in1k fine-tune
-    "vit_large_patch14_clip_336": dict(_INCEPTION, **_SQUASH),
-    "vit_base_patch16_clip_224": dict(crop_pct=0.95),
-    **{name: dict(crop_pct=0.9) for name in ("vit_base_patch32_clip_224", "vit_base_patch32_clip_quickgelu_224",
-                                             "vit_xsmall_patch16_clip_224", "vit_medium_patch16_clip_224",
-                                             "vit_medium_patch32_clip_224", "vit_betwixt_patch32_clip_224")},
-    "beitv2_large_patch16_224": dict(crop_pct=0.95),
-    **dict.fromkeys(["vit_base_patch16_clip_384", "vit_huge_patch14_clip_336",
-                     "vit_gigantic_patch14_clip_378", "eva02_base_patch14_448", "eva02_large_patch14_448",
-                     "eva_giant_patch14_336", "eva_large_patch14_336"], _SQUASH),
-    "eva_giant_patch14_560": dict(_IMAGENET, **_SQUASH),  # Merged-30M, then ImageNet-22k and -1k
-    "vit_betwixt_patch16_rope_reg4_gap_256": _OPENAI_CLIP,
-}
-
-
-def _preprocessing(name: str, family: str) -> dict:
-    prep = dict(FAMILY_PREPROCESSING[family], crop_mode=FAMILY_PREPROCESSING[family].get("crop_mode", "center"))
-    if family in ("vit", "deit", "beit", "eva02", "eva") and PRESETS[name]["img_size"] > 224:
-        prep["crop_pct"] = 1.0  # fine-tuned at the higher resolution on full images
-    if family == "eva" and PRESETS[name]["img_size"] < 224:
-        prep["crop_pct"] = 1.0
-    return {**prep, **_DEFAULT_WEIGHTS_DIFFER.get(name, {})}
-
-
-PREPROCESSING: dict[str, dict] = {**FAMILY_PREPROCESSING,
-                                  **{name: _preprocessing(name, family) for name, family in PRESET_FAMILIES.items()}}
+# The weights each name loads by default: how their images were prepared is in vitkit.interop.preprocess
+# (preprocessing_of), with what consumes it; their licence is here.
 
 # The licence of the weights each name loads by default (timm's pretrained config says the same): a family's,
 # else the name's own. The architectures themselves are all in permissively licensed code.
@@ -308,11 +257,3 @@ def licence_of(name: str) -> str | None:
     if name in PRESET_FAMILIES:
         return _LICENCE_DIFFERS.get(name, FAMILY_LICENCES[PRESET_FAMILIES[name]])
     return FAMILY_LICENCES.get(name)
-
-
-def preprocessing_of(name: str) -> dict | None:
-    """How the images of a preset's (or a family's: 'vit', 'mae', 'clip', 'siglip', 'dinov2', 'deit', 'beit',
-    'beitv2', 'dinov3', 'pe', 'eva02' ...) weights are prepared: ``mean``, ``std``, ``interpolation``,
-    ``crop_pct`` and (for presets) ``crop_mode``; None if unknown."""
-    prep = PREPROCESSING.get(name)
-    return None if prep is None else dict(prep)

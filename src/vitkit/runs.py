@@ -28,6 +28,8 @@ from .fileio import atomic_write_text
 METRICS_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5", "lr",
                    "images_per_s", "seconds"]
 PREDICTION_COLUMNS = ["source", "label", "pred", "confidence", "loss"]
+CHECKPOINTS = "checkpoints"  # the folder of a run's weights and training states
+LAST_STATE, PREVIOUS_STATE = "last.state.pt", "previous.state.pt"  # in it: the newest training state, the one before
 
 
 class Run:
@@ -35,7 +37,7 @@ class Run:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
+        self.checkpoints = self.path / CHECKPOINTS
         self.config_path = self.path / "config.yaml"
         self.split_path = self.path / "split.csv"
         self.metrics_path = self.path / "metrics.csv"
@@ -51,12 +53,21 @@ class Run:
         or None for a weights file outside a run folder."""
         p = Path(checkpoint)
         for candidate in (p, p.parent.parent):
-            if (candidate / "config.yaml").is_file() and (candidate / "checkpoints").is_dir():
+            if (candidate / "config.yaml").is_file() and cls(candidate).has_checkpoints():
                 return cls(candidate)
         return None
 
+    @classmethod
+    def holding(cls, path) -> "Run | None":
+        """The run whose checkpoints folder ``path`` is in, told by its place alone (no file is read), or None."""
+        p = Path(path)
+        return cls(p.parent.parent) if p.parent.name == CHECKPOINTS else None
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints.is_dir()
+
     def holds_a_run(self) -> bool:
-        return self.config_path.is_file() or self.checkpoints.is_dir()
+        return self.config_path.is_file() or self.has_checkpoints()
 
     def lock(self):
         """Take the run's exclusive lock (a ``filelock.FileLock``, to be released when the run ends), or raise
@@ -82,6 +93,20 @@ class Run:
     def best_weights(self) -> Path:
         """``checkpoints/best`` (the weights file is ``best.safetensors``): what eval, predict and serve load."""
         return self.checkpoints / "best"
+
+    @property
+    def last_weights(self) -> Path:
+        """``checkpoints/last`` (``last.safetensors``): the weights of the newest epoch."""
+        return self.checkpoints / "last"
+
+    @property
+    def last_state(self) -> Path:
+        """``checkpoints/last.state.pt``: everything a resume needs (see :mod:`vitkit.train.checkpoint`)."""
+        return self.checkpoints / LAST_STATE
+
+    def relative(self, path) -> str:
+        """``path`` as the run's own files name it: relative to the run folder, with '/' (``checkpoints/best``)."""
+        return Path(path).relative_to(self.path).as_posix()
 
     def predictions_path(self, split: str) -> Path:
         return self.path / "predictions" / f"{split}.csv"

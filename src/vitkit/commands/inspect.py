@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fit_problem(found) -> str | None:
-    """Whether the converted tensors fit the inferred model (built on the meta device: no memory)."""
+    """Whether the converted tensors fit the inferred model (built on the meta device: no memory), filled as
+    :func:`vitkit.pretrained.load` fills it."""
     import torch
 
     from ..checkpoint import check_state_dict
@@ -145,11 +146,8 @@ def fit_problem(found) -> str | None:
 
     with torch.device("meta"):
         model = VisionTransformer(found.config)
-    state = found.state
-    if found.fresh_head:
-        state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("head.")}}
     try:
-        check_state_dict(model, state, found.name)
+        check_state_dict(model, found.state_for(model), found.label)
     except CheckpointError as e:
         return str(e)
     return None

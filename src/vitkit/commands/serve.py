@@ -110,7 +110,10 @@ def terminated_as_exception():
 def model_name(path: Path) -> str:
     """The model's name in /info and the /v2 routes: the run's folder name for ``RUN/checkpoints/*``, else
     the file's stem; characters other than letters, digits, '.', '_' and '-' become '-'."""
-    name = path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+    from ..runs import Run
+
+    run = Run.holding(path)
+    name = run.path.name if run is not None else path.stem
     return re.sub(r"[^A-Za-z0-9._-]", "-", name) or "vitkit"
 
 

@@ -85,7 +85,6 @@ def load_image_tower(checkpoint: str, settings: dict):
     """(model, metadata to keep, stored exp(logit_scale) or None) of an image tower's weights. The metadata is
     its preprocessing (a vitkit file's own record, else what the source says); a head that loading replaced
     (a classifier on other features) is refused."""
-    from ..checkpoint import read_header
     from ..configtools import pair
     from ..data.preprocess import Preprocess
     from ..errors import CheckpointError
@@ -104,7 +103,7 @@ def load_image_tower(checkpoint: str, settings: dict):
     model.eval()
     cfg, scale = found.config, stored_logit_scale(read.state)
     if read.format == "vitkit" and Path(read.name).is_file():
-        own = read_header(read.name)[1]
+        own = read.metadata  # the file's own record, read with its tensors
         prep = Preprocess.from_metadata(own, cfg.img_size, cfg.in_channels)
         if scale is None:  # a zero-shot head built before, given other classes
             scale = (own.get("zeroshot") or {}).get("logit_scale")

@@ -62,7 +62,7 @@ def write_probe_run(out_dir, name: str, model, probe, sets: dict, splits, rule: 
         six = lambda v: float(f"{v:.6g}") if v is not None else None  # noqa: E731
         get = lambda split, key: six(scored[split][key]) if split in scored else None  # noqa: E731
         results = {
-            "model": "checkpoints/best", "kind": "linear probe", "chosen_on": "val",
+            "model": run.relative(run.best_weights), "kind": "linear probe", "chosen_on": "val",
             "val_accuracy": get("val", "accuracy"), "val_loss": get("val", "loss"), "val_top5": get("val", "top5"),
             "test_accuracy": get("test", "accuracy"), "test_loss": get("test", "loss"),
             "test_top5": get("test", "top5"),

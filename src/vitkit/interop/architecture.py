@@ -3,13 +3,12 @@ and the caller's overrides the rest."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
 import torch
 
-from ..config import ViTConfig, apply_aliases, pair
+from ..config import ViTConfig, apply_aliases, check_options, pair
 from ..presets import VARIANTS
 from ..errors import CheckpointError, ConfigError
 
@@ -71,9 +70,7 @@ def infer_config(state: dict[str, Tensor], hints: dict | None = None, overrides:
     pos = state.get("pos_embed")  # (1, L, D)
     if isinstance(pos, Tensor) and pos.ndim == 3 and fields.get("pos_embed", "learn") == "learn":
         _infer_grid(fields, pos.shape[1], patch, prefix, img_size)
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ViTConfig)})
-    if unknown:
-        raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; expected ViTConfig fields")
+    check_options(fields)
     return ViTConfig(**fields)
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import resolve_weights_path, torch_load_error
+from ..checkpoint import read_safetensors, resolve_weights_path, torch_load_error
 from ..config import ViTConfig
 from ..errors import CheckpointError
 from . import preprocess as pp
@@ -34,6 +34,7 @@ class Source:
     preprocess: dict | None = None
     classes: list[str] | None = None  # the names of the head's outputs, when the source says
     folder: bool = False  # a model folder, whose own files should say how its images were prepared
+    metadata: dict = field(default_factory=dict)  # a vitkit file's own record (classes, preprocessing ...)
 
 
 def read_source(src: Any) -> Source:
@@ -101,18 +102,13 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> Source:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({e})") from None
-    if "vitkit_config" in header:
-        meta = json.loads(header.get("metadata", "{}"))
-        preprocess = meta.get("preprocess") if isinstance(meta, dict) else None
-        return Source(state, json.loads(header["vitkit_config"]), str(path), "vitkit", preprocess)
-    return Source(state, {}, str(path))
+    """A safetensors file; one with vitkit's header (read here only when a caller's ``rules=`` or ``source=``
+    asks for a key table: :func:`vitkit.checkpoint.read_own` reads it directly) brings its config as hints."""
+    state, cfg, meta = read_safetensors(path)
+    meta = meta if isinstance(meta, dict) else {}
+    if cfg is not None:
+        return Source(state, cfg.to_dict(), str(path), "vitkit", meta.get("preprocess"), metadata=meta)
+    return Source(state, {}, str(path), metadata=meta)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -4,7 +4,8 @@ checks it against the library), rendered with the formats' markers and assumptio
 
 from __future__ import annotations
 
-from ..presets import FAMILY_LICENCES, FAMILY_PREPROCESSING, PRESET_FAMILIES
+from ..presets import FAMILY_LICENCES, PRESET_FAMILIES
+from .preprocess import FAMILY_PREPROCESSING
 from .catalog import DETECTION_ORDER, FORMATS
 from .rules import TRANSFORMS
 
@@ -191,7 +192,7 @@ def support_table() -> str:
 
 def families_table() -> str:
     """Each preset family's preprocessing and the licence of its default weights (names may differ: see
-    :func:`vitkit.presets.licence_of` and :func:`vitkit.presets.preprocessing_of`)."""
+    :func:`vitkit.presets.licence_of` and :func:`vitkit.interop.preprocess.preprocessing_of`)."""
     lines = ["| family | presets | mean | std | resize | crop_pct | licence of the weights |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for family, prep in FAMILY_PREPROCESSING.items():

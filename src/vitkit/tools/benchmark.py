@@ -199,7 +199,7 @@ def build_model(library: str, name: str, device: torch.device, state_dict: dict 
     library's own keys, so both libraries can run the very same network). ``overrides`` change the preset
     (timm: TIMM_OVERRIDES)."""
     if library == "vitkit":
-        from ..model import create_model
+        from ..pretrained import create_model
         model = create_model(name, **overrides)
     elif library == "timm":
         try:

@@ -26,6 +26,7 @@ from torch import nn
 from ..checkpoint import check_state_dict, torch_load_error
 from ..errors import CheckpointError
 from ..fileio import atomic_path
+from ..runs import LAST_STATE, PREVIOUS_STATE, Run
 
 STATE_FORMAT = "vitkit-train-state"
 STATE_SUFFIX = ".state.pt"
@@ -82,11 +83,11 @@ def set_rng_state(state: dict) -> None:
 def save_training_state(state: dict, checkpoint_dir: str | Path) -> Path:
     """Write ``last.state.pt``, keeping the one it replaces as ``previous.state.pt``."""
     checkpoint_dir = Path(checkpoint_dir)
-    last = checkpoint_dir / f"last{STATE_SUFFIX}"
+    last = checkpoint_dir / LAST_STATE
     with atomic_path(last) as tmp:
         torch.save({"format": STATE_FORMAT, **state}, tmp)
         if last.exists():  # only once the new state is fully written
-            os.replace(last, checkpoint_dir / f"previous{STATE_SUFFIX}")
+            os.replace(last, checkpoint_dir / PREVIOUS_STATE)
     return last
 
 
@@ -106,7 +107,7 @@ def resolve_state_path(path: str | Path) -> Path:
     """``--resume PATH``: a state file, ``RUN/checkpoints/last`` (or its .safetensors), or a run folder."""
     p = Path(path)
     if p.is_dir():
-        p = (p / "checkpoints" if (p / "checkpoints").is_dir() else p) / f"last{STATE_SUFFIX}"
+        p = Run(p).last_state if Run(p).has_checkpoints() else p / LAST_STATE
     elif p.name.endswith(".safetensors"):
         p = p.with_name(p.name[: -len(".safetensors")] + STATE_SUFFIX)
     elif not p.name.endswith(STATE_SUFFIX) and not p.is_file():
@@ -120,7 +121,7 @@ def find_resumable(checkpoint_dir: str | Path) -> tuple[Path, dict] | None:
     """The newest valid training state of a run (``last``, else ``previous`` with a warning), or None
     when the run has none yet. Both present but unreadable is a CheckpointError."""
     checkpoint_dir = Path(checkpoint_dir)
-    candidates = [checkpoint_dir / f"{name}{STATE_SUFFIX}" for name in ("last", "previous")]
+    candidates = [checkpoint_dir / name for name in (LAST_STATE, PREVIOUS_STATE)]
     problems = []
     for path in candidates:
         if not path.exists():

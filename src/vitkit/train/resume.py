@@ -29,7 +29,7 @@ def resume_config(cfg: RunConfig, run: Run) -> tuple[RunConfig, list[tuple[str, 
     if refused:
         raise ConfigError(f"a resume trains with the run's own config ({run.config_path}), but this one changes "
                           f"{'; '.join(refused)}; start a new run (without --resume), or fine-tune from this one "
-                          f"with --set model.init={run.checkpoints / 'best'}")
+                          f"with --set model.init={run.best_weights}")
     return validate(apply_overrides(saved_raw, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
                                                 for k, _, v in changes])), changes
 
@@ -52,7 +52,7 @@ def resume_folder(cfg: RunConfig, resume: str) -> Path:
     if resume == "auto":
         return Path(cfg.out_dir) / cfg.name
     p = Path(resume)
-    run = Run.of_checkpoint(p) or (Run(p) if (p / "checkpoints").is_dir() else None)
+    run = Run.of_checkpoint(p) or (Run(p) if Run(p).has_checkpoints() else None)
     if run is None:
         run = Run(resolve_state_path(resume).resolve().parent.parent)
     return run.path

@@ -210,12 +210,12 @@ class Trainer:
                 "world_size": self.ctx.world_size,
             }, self.ckpt_dir)
             self.save_pending_config()  # the state it describes is saved
-            self.save_weights("last")
+            self.save_weights(self.run_folder.last_weights)
         distributed.barrier()
 
-    def save_weights(self, name: str) -> None:
-        """``checkpoints/NAME.safetensors``: the evaluated model as a plain ViT (LoRA adapters merged in)."""
-        weights_io.save_weights(self.eval_model, self.ckpt_dir / name, self.weights_metadata(),
+    def save_weights(self, path) -> None:
+        """The evaluated model as a plain ViT (LoRA adapters merged in), at ``path`` (the run's best or last)."""
+        weights_io.save_weights(self.eval_model, path, self.weights_metadata(),
                                 state_dict=plain_state_dict(self.eval_model))
 
     def save_pending_config(self) -> None:
@@ -238,7 +238,7 @@ class Trainer:
         score = lambda key: float(f"{test[key]:.6g}") if test and test[key] is not None else None  # noqa: E731
         d = self.data
         return {
-            "model": "checkpoints/best",
+            "model": self.run_folder.relative(self.run_folder.best_weights),
             "best_epoch": self.best_epoch or None,
             "chosen_on": "val" if d.val else "last epoch (no validation split)",
             "val_accuracy": number(best, "val_accuracy"), "val_loss": number(best, "val_loss"),
@@ -272,7 +272,7 @@ class Trainer:
         bad = running.bad_step()
         if bad is not None:
             raise NonFiniteLossError(f"the training loss became non-finite at step {bad}, so the run stopped "
-                                     f"with its last good checkpoint intact ({self.ckpt_dir / 'last.state.pt'}); "
+                                     f"with its last good checkpoint intact ({self.run_folder.last_state}); "
                                      "lower optim.lr or set optim.grad_clip")
 
     def run(self) -> int:
@@ -341,7 +341,7 @@ class Trainer:
             if val:
                 self.best_accuracy, self.best_loss = val["accuracy"], val["loss"]
             if self.ctx.is_main:
-                self.save_weights("best")
+                self.save_weights(self.run_folder.best_weights)
                 if val:
                     self.run_folder.write_predictions("val", data.val.sources, val["predictions"], data.classes)
         else:
@@ -367,7 +367,7 @@ class Trainer:
     def best_model(self) -> nn.Module:
         """The model in ``checkpoints/best``, as the file holds it (what eval and predict will load)."""
         model = VisionTransformer(self.model_config)
-        weights_io.load_weights(model, self.ckpt_dir / "best")
+        weights_io.load_weights(model, self.run_folder.best_weights)
         return model.to(self.device).eval()
 
     # ---------------------------------------------------------------------------------------------------------
@@ -395,7 +395,7 @@ class Trainer:
         self.log(f"run folder: {self.run_dir}  (config.yaml, metrics.csv, results.json, "
                  f"checkpoints/best.safetensors{report})")
         split = "" if data.val else " --split " + ("test" if data.test else "train")
-        self.log(f"next: vitkit eval --checkpoint {self.ckpt_dir / 'best'}{split}")
+        self.log(f"next: vitkit eval --checkpoint {self.run_folder.best_weights}{split}")
 
     def write_report(self, model: nn.Module) -> str:
         """The report of the best checkpoint on the split the run scored last (a failure there only warns)."""
