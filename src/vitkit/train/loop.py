@@ -22,7 +22,7 @@ from ..evaluation import autocast
 class NonFiniteLossError(VitkitError):
     """The training loss became NaN or infinite; ``step`` is the first optimizer step where it did."""
 
-    def __init__(self, message: str, step: int):
+    def __init__(self, message: str, step: int | None = None):
         super().__init__(message)
         self.step = step
 
