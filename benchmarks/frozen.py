@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 def vitkit(*args: str, env: dict | None = None) -> tuple[str, float]:
     """Run ``python -m vitkit ARGS``; (stdout, wall seconds). A failure stops the benchmark with its stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] vitkit {' '.join(args)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "vitkit", *args], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})

@@ -341,6 +341,17 @@ def test_resume_refuses_a_change_of_the_learning_rate(finished, tmp_path, capsys
     assert (run / "checkpoints" / "last.state.pt").read_bytes() == state
 
 
+def test_print_config_of_a_resume_refuses_what_the_resume_refuses(finished, tmp_path, capsys):
+    """--print-config with --resume prints the config the resume trains with: the run's own, changed only as
+    a resume may change it."""
+    run = copy_run(finished, tmp_path)
+    assert main(["train", "--resume", str(run), "--set", "optim.lr=1e-3", "--print-config"]) == 2
+    assert one_error_line(capsys, "optim.lr 0.003 -> 0.001", "start a new run").out == ""
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=4", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 4 and printed["optim"]["lr"] == 0.003 and printed["name"] == "tiny"
+
+
 def test_resume_with_more_epochs_follows_the_longer_schedule(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path)
     _, recipe = finished

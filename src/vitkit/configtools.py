@@ -127,7 +127,7 @@ def _coerce(value: Any, tp, key: str):
                 return _coerce(value, arm, key)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {_describe(value)}")
+        raise ConfigError(f"config key '{key}' must be {type_name(tp)}, got {_describe(value)}")
     if origin is Literal:
         if value in args:
             return value
@@ -164,16 +164,17 @@ def _coerce(value: Any, tp, key: str):
             return dict(value)
     else:
         return value
-    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {_describe(value)}")
+    raise ConfigError(f"config key '{key}' must be {type_name(tp)}, got {_describe(value)}")
 
 
 _FLOAT_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _type_name(tp) -> str:
+def type_name(tp) -> str:
+    """How a config error and the key reference (``vitkit config``) name a type: "an integer or null"."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
+        return " or ".join(type_name(a) for a in args)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if tp is type(None):

@@ -150,6 +150,30 @@ class Run:
     def write_results(self, results: dict) -> None:
         atomic_write_text(self.results_path, json.dumps(results, indent=2) + "\n")
 
+    def results_from(self, state, test: dict | None, *, completed: bool, validated: bool, facts: dict) -> dict:
+        """results.json: the ``best`` checkpoint's validation numbers (the last epoch's when not
+        ``validated``), its ``test`` scores once scored, the last epoch's training numbers, where ``state``
+        (a :class:`~vitkit.train.state.TrainState`) stands, then the run's ``facts`` (data set, split sizes,
+        device ...). Epoch numbers come from metrics.csv, so a resumed run reports the same numbers as one
+        that never stopped."""
+        rows = self.read_metrics()
+        last = rows[-1] if rows else {}
+        best = next((r for r in rows if int(r["epoch"]) == state.best_epoch), {}) if validated else last
+        number = lambda row, key: float(row[key]) if row.get(key) not in (None, "") else None  # noqa: E731
+        score = lambda key: float(f"{test[key]:.6g}") if test and test[key] is not None else None  # noqa: E731
+        return {
+            "model": self.relative(self.best_weights),
+            "best_epoch": state.best_epoch or None,
+            "chosen_on": "val" if validated else "last epoch (no validation split)",
+            "val_accuracy": number(best, "val_accuracy"), "val_loss": number(best, "val_loss"),
+            "val_top5": number(best, "val_top5"),
+            "test_accuracy": score("accuracy"), "test_loss": score("loss"), "test_top5": score("top5"),
+            "train_loss": number(last, "train_loss"), "train_accuracy": number(last, "train_accuracy"),
+            "images_per_s": number(last, "images_per_s"),
+            "epochs": state.epoch, "steps": state.step, "wall_time": round(state.wall_time, 3),
+            "completed": completed, "stopped_early": state.stopped_early, **facts,
+        }
+
     def write_predictions(self, split: str, sources: list[str], predictions: dict, classes: list[str]) -> Path:
         return write_predictions(self.predictions_path(split), sources, predictions, classes)
 

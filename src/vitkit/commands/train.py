@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+
 def training_recipes() -> list[str]:
     """Names of the packaged recipes that are training configs (the folder also holds other tools' configs)."""
     import dataclasses
@@ -36,7 +37,7 @@ def recipe_path(config: str | None) -> Path | None:
 
 
 def check_config(cfg, split_file=None) -> None:
-    """What training checks before it builds anything (:func:`vitkit.train.trainer.plan_run`), in this
+    """What training checks before it builds anything (:func:`vitkit.train.plan.plan_run`), in this
     single process: ``--print-config`` prints only a config that training would take."""
     import warnings
 
@@ -44,7 +45,7 @@ def check_config(cfg, split_file=None) -> None:
     from ..train.config import resolve_model_config
     from ..train.distributed import NO_GPU_TRAINING, Context, pick_device
     from ..train.memory import check_fits
-    from ..train.trainer import plan_run
+    from ..train.plan import plan_run
 
     ctx = Context(0, 1, 0, pick_device(cfg.device, 0, NO_GPU_TRAINING))
     name = canonical_name(cfg.data.dataset)
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from ..train.config import load_run_config
-    from ..train.trainer import resume_folder, train
+    from ..train.resume import resolve_resume
+    from ..train.trainer import train
 
     parser = argparse.ArgumentParser(
         prog="vitkit train", description="Train a ViT from a YAML recipe. With no arguments: the digits recipe "
@@ -85,13 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_run_config(recipe_path(args.config), args.overrides)
     split_file = None
-    if args.resume is not None:  # a resume starts from the run's own config.yaml
-        folder = resume_folder(cfg, args.resume)
-        saved, split_file = folder / "config.yaml", folder / "split.csv"
-        if saved.is_file():
-            cfg = load_run_config(saved, args.overrides)
+    if args.resume is not None:  # a resume starts from the run's own config, --set applied to it
+        cfg, run, _ = resolve_resume(cfg, args.resume, args.overrides, judge=args.print_config)
+        split_file = run.split_path if run.split_path.is_file() else None
     if args.print_config:  # the model section as given: the rest comes from the preset, the data or the defaults
-        check_config(cfg, split_file if split_file is not None and split_file.is_file() else None)
+        check_config(cfg, split_file)
         print(yaml.safe_dump({**cfg.to_dict(), "model": cfg.model.given()}, sort_keys=False), end="")
         print("# model: keys not listed take the preset's (model.name) or ViTConfig's defaults; in_channels, "
               "num_classes and img_size come from the data")

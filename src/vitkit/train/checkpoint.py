@@ -1,10 +1,10 @@
 """Training checkpoints: the full state needed to resume a run exactly, written so a crash never breaks it.
 
 A run keeps ``checkpoints/last.state.pt`` and ``checkpoints/previous.state.pt``. Each is one file holding the
-model weights, EMA weights, optimizer, scheduler, every RNG state, the epoch, the position in
-the epoch, the global step and the best metric. One file (not weights here and optimizer there) because a
-single file is replaced atomically (write ``*.tmp``, then rename): a kill at any instant leaves either the
-old or the new checkpoint, never a mix of two steps. Resuming takes ``last`` and falls back to ``previous``
+model weights, EMA weights, optimizer, scheduler, every RNG state, and where the run stands (the fields of
+:class:`~vitkit.train.state.TrainState`: epoch, position in the epoch, step, best metric ...). One file (not
+weights here and optimizer there) because a single file is replaced atomically (write ``*.tmp``, then
+rename): a kill at any instant leaves either the old or the new checkpoint, never a mix of two steps. Resuming takes ``last`` and falls back to ``previous``
 (with a warning) if ``last`` is missing or corrupt. The weights people use are exported beside them as
 ``last.safetensors`` and ``best.safetensors`` (see :func:`vitkit.checkpoint.save_weights`).
 

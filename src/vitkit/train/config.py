@@ -1,7 +1,7 @@
 """The training config: typed sections (dataclasses), YAML recipes and ``--set section.key=value`` overrides.
 
 Precedence is defaults < YAML file < command line. Every section is validated with
-:func:`vitkit.config.from_dict`, so an unknown key or a wrong type is one ConfigError naming the key. The
+:func:`vitkit.configtools.from_dict`, so an unknown key or a wrong type is one ConfigError naming the key. The
 ``model`` section is a :class:`~vitkit.ViTConfig` (optionally a preset ``name`` plus overrides, and an
 ``init`` weights file to fine-tune from); its ``in_channels``, ``num_classes`` and ``img_size`` default to the
 data set's, so they are resolved only once the data is known (see :func:`resolve_model_config`).
@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 import os
 import re
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-
 from ..config import ViTConfig, apply_aliases
-from ..presets import PRESETS, get_preset
-from ..configtools import apply_overrides, check_positive, check_ranges, from_dict, load_config, pair, to_dict
+from ..configtools import (apply_overrides, check_positive, check_ranges, from_dict, load_config, pair, to_dict,
+                           type_name)
 from ..errors import ConfigError
+from ..presets import PRESETS, get_preset
 
 
 @dataclass
@@ -338,7 +338,6 @@ SECTIONS = (("", RunConfig, "the run"), ("data", DataConfig, "what to train on, 
 def field_comments(cls) -> dict[str, str]:
     """{field: the comment at the end of its line} of a dataclass, read from its source."""
     import inspect
-    import re
     out = {}
     for line in inspect.getsource(cls).splitlines():
         m = re.match(r"\s{4}(\w+): .*?  # (.*)$", line)
@@ -349,7 +348,6 @@ def field_comments(cls) -> dict[str, str]:
 
 def reference() -> str:
     """Every config key with its type, default and meaning, as Markdown (docs/config.md is this text)."""
-    from ..configtools import _type_name
     lines = ["# Config keys", "",
              "Every key of a `vitkit train` config, generated from the code (`vitkit config` prints this page).",
              "Precedence: defaults < the YAML recipe (`--config`) < `--set section.key=value`. In the model",
@@ -367,7 +365,7 @@ def reference() -> str:
             if isinstance(shown, bool):
                 shown = str(shown).lower()
             kind = "a mapping or null" if any(map(dataclasses.is_dataclass, typing.get_args(hints[f.name]))) \
-                else _type_name(hints[f.name])
+                else type_name(hints[f.name])
             lines.append(f"| `{key}` | {kind} | `{shown}` | "
                          f"{notes.get(f.name, '').replace('|', chr(92) + '|')} |")
         lines.append("")

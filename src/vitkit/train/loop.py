@@ -20,7 +20,11 @@ from ..evaluation import autocast
 
 
 class NonFiniteLossError(VitkitError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite; ``step`` is the first optimizer step where it did."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 class RunningMetrics:
@@ -46,6 +50,14 @@ class RunningMetrics:
         step = int(self.sums[3].item())
         return None if step < 0 else step
 
+    def check_finite(self, epoch: int) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss of epoch ``epoch`` (0-based) was not finite: at the
+        epoch's end, and before a checkpoint saves what such a step did."""
+        bad = self.bad_step()
+        if bad is not None:
+            raise NonFiniteLossError(f"the training loss became non-finite at step {bad} (epoch {epoch + 1}); "
+                                     "lower optim.lr or set optim.grad_clip", bad)
+
     def values(self) -> list[float]:
         return self.sums.tolist()
 
@@ -69,8 +81,8 @@ def train_epoch(model: nn.Module, dataloader, criterion: nn.Module, optimizer: t
     epoch in the middle (the loader must skip the same number of batches). After each optimizer step
     ``on_step(step, batches_done, running)`` is called; returning True ends the epoch early. A loss that
     is NaN or infinite raises :class:`NonFiniteLossError` naming its step at the end of the epoch, or sooner
-    when ``on_step`` checks ``running.bad_step()``. The modules in ``frozen`` (a frozen backbone's) stay in eval
-    mode: no dropout or drop-path in what does not train.
+    when ``on_step`` calls ``running.check_finite(epoch)``. The modules in ``frozen`` (a frozen backbone's)
+    stay in eval mode: no dropout or drop-path in what does not train.
     """
     device = torch.device(device)
     model.train()
@@ -112,10 +124,7 @@ def train_epoch(model: nn.Module, dataloader, criterion: nn.Module, optimizer: t
         step += 1
         if on_step is not None and on_step(step, batch, running):
             break
-    bad = running.bad_step()
-    if bad is not None:
-        raise NonFiniteLossError(f"the training loss became non-finite at step {bad} (epoch {epoch + 1}); "
-                                 "lower optim.lr or set optim.grad_clip")
+    running.check_finite(epoch)
     return running.result()
 
 

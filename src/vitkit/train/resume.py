@@ -1,5 +1,8 @@
 """What a resume trains with: the run's own saved config, changed only where a change has a defined meaning
-mid-run (:data:`~vitkit.train.config.RESUMABLE_CHANGES`), and which run a ``--resume`` names."""
+mid-run (:data:`~vitkit.train.config.RESUMABLE_CHANGES`), which run a ``--resume`` names, and which of its
+training state files it continues from. :func:`resolve_resume` is the entry: ``vitkit train`` (for
+``--print-config`` too) and :func:`vitkit.train.train` both call it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,27 @@ from pathlib import Path
 import yaml
 
 from ..configtools import apply_overrides, load_config
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..runs import Run
-from .checkpoint import resolve_state_path
-from .config import RESUMABLE_CHANGES, RunConfig, validate
+from .checkpoint import find_resumable, load_training_state, resolve_state_path
+from .config import RESUMABLE_CHANGES, RunConfig, load_run_config, validate
+
+
+def resolve_resume(cfg: RunConfig, resume: str, overrides: list[str] | None = None, *, run_dir=None,
+                   judge: bool = True) -> tuple[RunConfig, Run, list[tuple[str, object, object]]]:
+    """A resume's (config, run, changes): the run ``resume`` names (``run_dir`` when given), and the config
+    :func:`resume_config` makes of ``cfg`` with the changes it allows. ``overrides`` are the command line's
+    ``--set`` values: given, they apply to the run's saved config, so a recipe (or none) only names the run.
+    ``judge=False`` returns that config unjudged, and no changes: ``vitkit train`` passes it to
+    :func:`~vitkit.train.trainer.train`, which judges it once it holds the run's lock (a run in use is said
+    before anything about its config). On a config it returned, it returns the same."""
+    run = Run(run_dir) if run_dir is not None else Run(resume_folder(cfg, resume))
+    if overrides is not None and run.config_path.is_file():
+        cfg = load_run_config(run.config_path, overrides)
+    if not judge:
+        return cfg, run, []
+    cfg, changes = resume_config(cfg, run)
+    return cfg, run, changes
 
 
 def resume_config(cfg: RunConfig, run: Run) -> tuple[RunConfig, list[tuple[str, object, object]]]:
@@ -58,3 +78,13 @@ def resume_folder(cfg: RunConfig, resume: str) -> Path:
     return run.path
 
 
+def load_resume_state(resume: str, checkpoint_dir: Path) -> tuple[Path, dict] | None:
+    """The training state a resume continues from, as (its file, its contents): the file ``resume`` names,
+    else (``auto`` or a run folder) the run's newest valid one; None when an ``auto`` run has none yet."""
+    if resume == "auto" or Path(resume).is_dir():
+        found = find_resumable(checkpoint_dir)
+        if found is None and resume != "auto":
+            raise CheckpointError(f"cannot resume from {resume}: {checkpoint_dir} holds no training state")
+        return found
+    path = resolve_state_path(resume)
+    return path, load_training_state(path)

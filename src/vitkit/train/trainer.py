@@ -3,7 +3,9 @@
 Read :meth:`Trainer.run` top to bottom: one epoch is ``train_epoch`` (with a per-step callback that saves
 mid-epoch checkpoints and honours Ctrl-C), then ``evaluate`` on the validation split, one row of
 ``metrics.csv``, and the ``best`` (chosen on validation accuracy) and ``last`` checkpoints. At the end the
-``best`` checkpoint is scored once on the test split. :mod:`vitkit.runs` describes the run folder.
+``best`` checkpoint is scored once on the test split. Where the run stands is one
+:class:`~vitkit.train.state.TrainState`; what a person sees is :class:`~vitkit.train.console.Console`'s, told
+each event; :mod:`vitkit.runs` describes the run folder.
 """
 
 from __future__ import annotations
@@ -20,39 +22,34 @@ import torch
 from torch import nn
 
 from .. import checkpoint as weights_io
-from ..configtools import save_config
+from ..configtools import from_dict, save_config
 from ..errors import CheckpointError
+from ..evaluation import evaluate
 from ..fileio import atomic_write_text
 from ..model import VisionTransformer, count_parameters
 from ..runs import Run, claim_new_run
 from . import distributed
-from .adapt import adapt_model, adapt_settings, plain_state_dict, require_peft
-from .checkpoint import (find_resumable, load_training_state, resolve_state_path, rng_state, save_training_state,
-                         set_rng_state)
-from ..configtools import from_dict
-from .config import (LoopConfig, ModelSection, RunConfig, check_compiler, check_data_keys, check_run_length,
-                     resolve_model_config)
+from .adapt import adapt_model, adapt_settings, describe, plain_state_dict
+from .checkpoint import rng_state, save_training_state, set_rng_state
+from .config import LoopConfig, ModelSection, RunConfig, check_run_length
 from .console import Console
-from ..data.loader import samples_per_rank
-from .data import RunData, batch_too_large, build_data, open_run_splits, per_rank_batch, run_preprocess
-from .finetune import model_from_init
-from .memory import check_fits
-from .resume import resume_config, resume_folder
+from .data import RunData, build_data, per_rank_batch
 from .ema import ModelEma
-from ..evaluation import evaluate
-from .loop import NonFiniteLossError, RunningMetrics, train_epoch
+from .finetune import model_from_init
+from .loop import NonFiniteLossError, train_epoch
+from .memory import check_fits
 from .optim import build_optimizer, build_scheduler, replan
+from .plan import RunPlan, plan_run
+from .resume import load_resume_state, resolve_resume, resume_folder
 from .signals import StopRequest
+from .state import TrainState
 
 
 class Trainer:
     """Builds everything a run needs, optionally restores it from a checkpoint, and runs it."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: str | None = None, log=print, changes=()):
-        self.cfg, self.changes = cfg, list(changes)
         self.run_folder = Run(run_dir)
-        self.run_dir = self.run_folder.path
-        self.ckpt_dir = self.run_folder.checkpoints
         self.ctx = ctx = distributed.setup(cfg.device)
         self.device = ctx.device
         if cfg.train.threads:
@@ -65,11 +62,12 @@ class Trainer:
         # Data (a run that already has a split file keeps its files), then the model it implies; every check
         # that needs no allocation runs first (plan_run), so an impossible run allocates nothing.
         split_file = self.run_folder.split_path if self.run_folder.split_path.is_file() else None
-        splits, data_keys, self.model_config = plan_run(cfg, ctx, split_file)  # model_config: None for init
+        splits, data_keys, model_config = plan_run(cfg, ctx, split_file)  # model_config: None for init
         self.data: RunData = build_data(cfg.data, cfg.seed, ctx, model_img_size=cfg.model.img_size, splits=splits)
-        self.model = self.build_model(data_keys).to(self.device)
+        self.model = build_model(cfg, model_config, data_keys).to(self.device)
+        self.model_config = model_config = self.model.config
         if cfg.model.init:  # the architecture is the weights': now it is known, check the rest fits
-            check_fits(self.model_config, per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size"), self.device,
+            check_fits(model_config, per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size"), self.device,
                        ema=bool(cfg.train.ema_decay), grad_checkpointing=cfg.train.grad_checkpointing)
         self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
         self.frozen = adapt_model(self.model, cfg.train)  # train.freeze / train.lora: the modules kept in eval mode
@@ -77,7 +75,7 @@ class Trainer:
         data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
             cfg.data, channels=self.data.in_channels)
         self.cfg = dataclasses.replace(cfg, data=data_cfg, model=from_dict(ModelSection, {
-            "name": cfg.model.name, "init": cfg.model.init, **self.model_config.to_dict()}, "model"))
+            "name": cfg.model.name, "init": cfg.model.init, **model_config.to_dict()}, "model"))
 
         # Optimisation.
         o = cfg.optim
@@ -90,16 +88,14 @@ class Trainer:
         self.amp = cfg.train.amp and self.device.type == "cuda"
         self.ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
 
-        # Where the run stands: epoch (completed), batch (consumed in the current epoch), optimizer step.
-        self.epoch, self.batch, self.step = 0, 0, 0
-        self.best_accuracy, self.best_loss, self.best_epoch = -1.0, float("inf"), 0
-        self.bad_epochs, self.stopped_early = 0, False
-        self.wall_before = 0.0  # seconds spent in earlier sessions of a resumed run
-        self.running = RunningMetrics(self.device)
+        # Where the run stands (restored by a resume), and this session's part of it.
+        self.state = TrainState()
         self.resumed_from = self.restore(resume) if resume is not None else None
+        if self.state.stopped_early and (not cfg.train.patience or self.state.bad_epochs < cfg.train.patience):
+            self.state.stopped_early = False  # a resume with more patience continues
+        self.first_step = self.state.step
+        self.clock = time.time()  # (re)started by run(): the time since is added to state.wall_time
         self.config_pending = False  # set by run(): a resumed run's config.yaml waits for its first checkpoint
-        if self.stopped_early and (not cfg.train.patience or self.bad_epochs < cfg.train.patience):
-            self.stopped_early = False  # a resume with more patience continues
 
         self.train_model = self.model
         if ctx.distributed:
@@ -109,19 +105,11 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         self.stop = StopRequest(announce=ctx.is_main)
         self.tb = self.tensorboard() if ctx.is_main else None
-        self.console = Console(self, log)
+        self.plan = self.run_plan(changes)
+        self.console = Console(self.plan, log, speaks=ctx.is_main)
 
     # ---------------------------------------------------------------------------------------------------------
     # Setup helpers
-
-    def build_model(self, data_keys: dict) -> VisionTransformer:
-        """The run's model: new, or the ``model.init`` weights (whose architecture then is the run's) made to
-        the data's channels, classes and image size (``data_keys``)."""
-        if not self.cfg.model.init:
-            return VisionTransformer(self.model_config)
-        model = model_from_init(self.cfg.model.init, self.cfg.model.given(), **data_keys)
-        self.model_config = model.config
-        return model
 
     @property
     def eval_model(self) -> nn.Module:
@@ -129,43 +117,32 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def restore(self, resume: str) -> Path | None:
-        """Load the training state to resume from: a state file when one is named, else the run's newest valid
-        one (``last``, or ``previous`` when ``last`` is damaged); None when the run has none yet (``auto``)."""
-        if resume == "auto" or Path(resume).is_dir():
-            found = find_resumable(self.ckpt_dir)
-            if found is None:
-                if resume == "auto":
-                    return None
-                raise CheckpointError(f"cannot resume from {resume}: {self.ckpt_dir} holds no training state")
-            path, state = found
-        else:
-            path = resolve_state_path(resume)
-            state = load_training_state(path)
-        if state.get("model_config") != self.model_config.to_dict():
+        """Load the training state a resume continues from (:func:`~vitkit.train.resume.load_resume_state`)
+        into the model, EMA, optimizer, scheduler, RNG and :attr:`state`; returns its file, or None when an
+        ``auto`` run has none yet."""
+        found = load_resume_state(resume, self.run_folder.checkpoints)
+        if found is None:
+            return None
+        path, saved = found
+        if saved.get("model_config") != self.model_config.to_dict():
             raise CheckpointError(f"checkpoint {path} was written by a run with another architecture or data set; "
                                   "resume with that run's config.yaml")
-        if state.get("adapt", adapt_settings(LoopConfig())) != adapt_settings(self.cfg.train):
+        if saved.get("adapt", adapt_settings(LoopConfig())) != adapt_settings(self.cfg.train):
             raise CheckpointError(f"checkpoint {path} was written by a run with other train.freeze or train.lora "
                                   "settings; resume with that run's config.yaml")
-        weights_io.check_state_dict(self.model, state["model"], str(path))
-        self.model.load_state_dict(state["model"])
+        weights_io.check_state_dict(self.model, saved["model"], str(path))
+        self.model.load_state_dict(saved["model"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+            self.ema.load_state_dict(saved["ema"] if saved.get("ema") is not None else saved["model"])
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"optimizer state in {path} does not fit this run's optimizer ({e}); "
                                   "resume with that run's config.yaml") from None
         replan(self.scheduler, self.steps_per_epoch * self.cfg.train.epochs)  # the new length, after a change
-        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
-        self.best_accuracy, self.best_epoch = state["best_accuracy"], state.get("best_epoch", 0)
-        self.best_loss = state.get("best_loss", float("inf"))
-        self.bad_epochs, self.stopped_early = state.get("bad_epochs", 0), state.get("stopped_early", False)
-        self.wall_before = state.get("wall_time", 0.0)
-        if state.get("running") is not None and self.batch:
-            self.running = RunningMetrics(self.device, state["running"])
-        rngs = state["rng"]
+        self.state = TrainState.from_dict(saved, self.device)
+        rngs = saved["rng"]
         set_rng_state(rngs[self.ctx.rank] if self.ctx.rank < len(rngs) else rngs[0])
         return path
 
@@ -174,10 +151,26 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
+        return SummaryWriter(str(self.run_folder.path / "tensorboard"))
 
-    def log(self, text: str) -> None:
-        self.console.log(text)
+    def run_plan(self, changes) -> RunPlan:
+        """What the console announces and reports, fixed now that the run is built."""
+        cfg, d = self.cfg, self.data
+        theirs = self.model.pretrained_preprocess if d.splits.is_folder else None
+        adapting = cfg.train.freeze != "none" or cfg.train.lora is not None
+        return RunPlan(
+            cfg=cfg, model=self.model_config, parameters=count_parameters(self.model),
+            sizes={s: d.size(s) for s in ("train", "val", "test")},
+            eval_splits=tuple(s for s in ("val", "test") if getattr(d, s)), classes=len(d.classes),
+            channels=d.in_channels, img_size=d.preprocess.img_size, stats=(d.preprocess.mean, d.preprocess.std),
+            split_rule=d.splits.rule, batches_per_epoch=len(d.train_loader), steps_per_epoch=self.steps_per_epoch,
+            device=str(self.device), world_size=self.ctx.world_size,
+            lr=max(g["lr"] for g in self.optimizer.param_groups),
+            run_dir=self.run_folder.path, best_weights=self.run_folder.best_weights,
+            preprocessing=d.preprocess.describe() if d.splits.is_folder else None,
+            weights_stats=(tuple(theirs["mean"]), tuple(theirs["std"])) if theirs else None,
+            adapt=describe(self.model, cfg.train) if adapting else None,
+            resumed_from=self.resumed_from, changes=tuple(changes))
 
     # ---------------------------------------------------------------------------------------------------------
     # Checkpoints and run-folder files
@@ -189,11 +182,12 @@ class Trainer:
         return {"classes": self.data.classes, "preprocess": p.to_dict(), "mean": list(p.mean), "std": list(p.std),
                 "dataset": d.dataset, "data": {"dataset": d.dataset, "root": d.root, "val_fraction": d.val_fraction,
                                                "split_seed": d.split_seed, "digest": self.data.splits.digest()},
-                "epoch": self.epoch, "step": self.step}
+                "epoch": self.state.epoch, "step": self.state.step}
 
     def save_last(self) -> None:
         """``last.state.pt`` (previous one kept) and ``last.safetensors``; rank 0 writes, all ranks wait."""
         rngs = distributed.gather_objects(rng_state())
+        self.count_time()
         if self.ctx.is_main:
             save_training_state({
                 "model": self.model.state_dict(),
@@ -201,14 +195,10 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rngs,
-                "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "best_accuracy": self.best_accuracy, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
-                "running": self.running.values() if self.batch else None,
-                "wall_time": self.wall_time(),
+                **self.state.to_dict(),
                 "model_config": self.model_config.to_dict(), "adapt": adapt_settings(self.cfg.train),
                 "world_size": self.ctx.world_size,
-            }, self.ckpt_dir)
+            }, self.run_folder.checkpoints)
             self.save_pending_config()  # the state it describes is saved
             self.save_weights(self.run_folder.last_weights)
         distributed.barrier()
@@ -224,141 +214,124 @@ class Trainer:
             save_config(self.cfg.to_dict(), self.run_folder.config_path)
         self.config_pending = False
 
-    def wall_time(self) -> float:
-        return self.wall_before + time.time() - self.t_start
+    def count_time(self) -> None:
+        """Add the seconds since the last count to ``state.wall_time`` (the run's, over all its sessions)."""
+        now = time.time()
+        self.state.wall_time += now - self.clock
+        self.clock = now
 
     def results(self, test: dict | None, completed: bool) -> dict:
-        """results.json: the ``best`` checkpoint's validation and test numbers (test only once scored), then
-        the last epoch's training numbers and the run's facts. Values come from metrics.csv, so a resumed run
-        reports the same numbers as one that never stopped."""
-        rows = self.run_folder.read_metrics()
-        last = rows[-1] if rows else {}
-        best = next((r for r in rows if int(r["epoch"]) == self.best_epoch), {}) if self.data.val else last
-        number = lambda row, key: float(row[key]) if row.get(key) not in (None, "") else None  # noqa: E731
-        score = lambda key: float(f"{test[key]:.6g}") if test and test[key] is not None else None  # noqa: E731
-        d = self.data
-        return {
-            "model": self.run_folder.relative(self.run_folder.best_weights),
-            "best_epoch": self.best_epoch or None,
-            "chosen_on": "val" if d.val else "last epoch (no validation split)",
-            "val_accuracy": number(best, "val_accuracy"), "val_loss": number(best, "val_loss"),
-            "val_top5": number(best, "val_top5"),
-            "test_accuracy": score("accuracy"), "test_loss": score("loss"), "test_top5": score("top5"),
-            "train_loss": number(last, "train_loss"), "train_accuracy": number(last, "train_accuracy"),
-            "images_per_s": number(last, "images_per_s"),
-            "epochs": self.epoch, "steps": self.step, "wall_time": round(self.wall_time(), 3),
-            "completed": completed, "stopped_early": self.stopped_early,
-            "dataset": self.cfg.data.dataset, "split": d.splits.rule,
-            "num_train": d.size("train"), "num_val": d.size("val"), "num_test": d.size("test"),
-            "parameters": count_parameters(self.model), "device": str(self.device),
-            "world_size": self.ctx.world_size, "ema": self.ema is not None,
-        }
+        """results.json (see :meth:`vitkit.runs.Run.results_from`), ``test`` the best checkpoint's scores."""
+        self.count_time()
+        p = self.plan
+        facts = {"dataset": p.cfg.data.dataset, "split": p.split_rule, "num_train": p.sizes["train"],
+                 "num_val": p.sizes["val"], "num_test": p.sizes["test"], "parameters": p.parameters,
+                 "device": p.device, "world_size": p.world_size, "ema": self.ema is not None}
+        return self.run_folder.results_from(self.state, test, completed=completed, validated="val" in p.eval_splits,
+                                            facts=facts)
 
     # ---------------------------------------------------------------------------------------------------------
     # The loop
 
-    def after_step(self, step: int, batch: int, running: RunningMetrics) -> bool:
+    def after_step(self, step: int, batch: int, running) -> bool:
         """Called after every optimizer step: progress, Ctrl-C, mid-epoch checkpoints. True stops the epoch."""
-        self.console.step(step, batch, running)
-        self.step, self.batch = step, batch
+        s = self.state
+        s.step, s.batch, s.running = step, batch, running
+        self.console.progress(s)
         stop = distributed.any_rank(self.stop.requested, self.device)
         every = self.cfg.train.checkpoint_every_steps
         if stop or (every and step % every == 0):
-            self.check_finite(running)
+            running.check_finite(s.epoch)  # never save what a non-finite step did
             self.save_last()
         return stop
-
-    def check_finite(self, running: RunningMetrics) -> None:
-        bad = running.bad_step()
-        if bad is not None:
-            raise NonFiniteLossError(f"the training loss became non-finite at step {bad}, so the run stopped "
-                                     f"with its last good checkpoint intact ({self.run_folder.last_state}); "
-                                     "lower optim.lr or set optim.grad_clip")
 
     def run(self) -> int:
         """Train to the configured number of epochs (or until validation stops improving for
         ``train.patience`` epochs); returns the exit code (0, or 130/143 when interrupted)."""
-        cfg, ctx, data = self.cfg, self.ctx, self.data
-        self.t_start = self.console.last_progress = time.time()
-        self.first_step = self.step
+        cfg, ctx, data, run = self.cfg, self.ctx, self.data, self.run_folder
+        self.clock = time.time()
         # A resumed run's config.yaml (a longer train.epochs, say) is rewritten only once a checkpoint of the
         # resumed run is saved: until then the folder's files still describe the run as it was.
-        self.config_pending = self.resumed_from is not None and self.run_folder.config_path.is_file()
+        self.config_pending = self.resumed_from is not None and run.config_path.is_file()
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            run.path.mkdir(parents=True, exist_ok=True)
             if not self.config_pending:
-                save_config(cfg.to_dict(), self.run_folder.config_path)
-            if data.splits.is_folder and not self.run_folder.split_path.is_file():
-                atomic_write_text(self.run_folder.split_path, data.splits.split_file_text())
-            self.run_folder.trim_metrics(self.epoch)
-        self.console.announce()
+                save_config(cfg.to_dict(), run.config_path)
+            if data.splits.is_folder and not run.split_path.is_file():
+                atomic_write_text(run.split_path, data.splits.split_file_text())
+            run.trim_metrics(self.state.epoch)
+        self.console.announce(self.state)
         with self.stop:
-            for epoch in range(self.epoch, cfg.train.epochs):
-                if self.stopped_early:
-                    break
-                if not self.train_one_epoch(epoch):
-                    self.log(f"stopped at step {self.step} (epoch {epoch + 1}, batch {self.batch}); "
-                             f"resume with: vitkit train --resume {self.run_dir}")
+            while self.state.epoch < cfg.train.epochs and not self.state.stopped_early:
+                if not self.train_one_epoch():
+                    self.console.stopped(self.state)
                     if ctx.is_main:
-                        self.run_folder.write_results(self.results(None, completed=False))
+                        run.write_results(self.results(None, completed=False))
                     return self.stop.exit_code
         self.finish()
         return 0
 
-    def train_one_epoch(self, epoch: int) -> bool:
-        """One epoch, its validation, its metrics row and checkpoints; False when a signal stopped it."""
-        cfg, data = self.cfg, self.data
-        self.epoch_t0, self.epoch_start_batch = time.time(), self.batch
-        self.console.open_bar(epoch)
+    def train_one_epoch(self) -> bool:
+        """The epoch ``state.epoch`` (or its rest), its validation, its metrics row and checkpoints; False
+        when a signal stopped it."""
+        cfg, data, s = self.cfg, self.data, self.state
+        started, first_batch = time.time(), s.batch
+        self.console.begin_epoch(s)
         try:
             train = train_epoch(
-                self.train_model, data.train_loader, self.criterion, self.optimizer, self.device, epoch,
+                self.train_model, data.train_loader, self.criterion, self.optimizer, self.device, s.epoch,
                 scheduler=self.scheduler, grad_clip=cfg.optim.grad_clip, accum_steps=cfg.optim.accum_steps,
-                amp=self.amp, ema=self.ema, step=self.step, start_batch=self.batch, running=self.running,
+                amp=self.amp, ema=self.ema, step=s.step, start_batch=s.batch, running=s.running,
                 on_step=self.after_step, frozen=self.frozen)
-        except NonFiniteLossError:
-            self.check_finite(self.running)  # re-raised with the checkpoint named
-            raise
+        except NonFiniteLossError as e:  # the step it names was never saved
+            raise NonFiniteLossError(f"the training loss became non-finite at step {e.step}, so the run stopped "
+                                     "with its last good checkpoint intact "
+                                     f"({self.run_folder.last_state}); lower optim.lr or set "
+                                     "optim.grad_clip", e.step) from None
         finally:
-            self.console.close_bar()
+            self.console.end_epoch()
         if self.stop.requested:
             return False
-        seconds = time.time() - self.epoch_t0
-        images = (len(data.train_loader) - self.epoch_start_batch) * cfg.data.batch_size
+        seconds = time.time() - started
+        images = (len(data.train_loader) - first_batch) * cfg.data.batch_size
         val = self.evaluate(data.val) if data.val else None
-        self.epoch, self.batch = epoch + 1, 0
-        self.running = RunningMetrics(self.device)
-        row = {"epoch": self.epoch, "step": self.step, "train_loss": train["loss"],
+        s.epoch, s.batch, s.running = s.epoch + 1, 0, None
+        row = {"epoch": s.epoch, "step": s.step, "train_loss": train["loss"],
                "train_accuracy": train["accuracy"], "val_loss": val["loss"] if val else None,
                "val_accuracy": val["accuracy"] if val else None, "val_top5": val["top5"] if val else None,
                "lr": max(g["lr"] for g in self.optimizer.param_groups),
                "images_per_s": images / max(seconds, 1e-9), "seconds": seconds}
-        # Better: a higher validation accuracy, or the same with a lower validation loss (small validation
-        # splits tie often, and the loss separates the ties).
-        improved = val is None or (val["accuracy"], -val["loss"]) > (self.best_accuracy, -self.best_loss)
-        if improved:
-            self.best_epoch, self.bad_epochs = self.epoch, 0
-            if val:
-                self.best_accuracy, self.best_loss = val["accuracy"], val["loss"]
-            if self.ctx.is_main:
-                self.save_weights(self.run_folder.best_weights)
-                if val:
-                    self.run_folder.write_predictions("val", data.val.sources, val["predictions"], data.classes)
-        else:
-            self.bad_epochs += 1
-            self.stopped_early = bool(cfg.train.patience) and self.bad_epochs >= cfg.train.patience
+        self.judge(val)
         if self.ctx.is_main:
             self.run_folder.append_metrics(row)
             if self.tb is not None:
                 for k, v in row.items():
                     if v is not None:
-                        self.tb.add_scalar(k, v, self.epoch)
+                        self.tb.add_scalar(k, v, s.epoch)
         self.console.epoch(row)
-        if self.stopped_early:
-            self.log(f"stopping early: validation accuracy has not improved for {self.bad_epochs} epochs "
-                     f"(train.patience {cfg.train.patience}); the best was epoch {self.best_epoch}")
+        if s.stopped_early:
+            self.console.stopping_early(s)
         self.save_last()
         return True
+
+    def judge(self, val: dict | None) -> None:
+        """The epoch just ended against the best so far: a better one is saved as ``best`` (with its
+        validation predictions); ``train.patience`` worse ones in a row stop the run."""
+        s = self.state
+        # Better: a higher validation accuracy, or the same with a lower validation loss (small validation
+        # splits tie often, and the loss separates the ties).
+        if val is None or (val["accuracy"], -val["loss"]) > (s.best_accuracy, -s.best_loss):
+            s.best_epoch, s.bad_epochs = s.epoch, 0
+            if val:
+                s.best_accuracy, s.best_loss = val["accuracy"], val["loss"]
+            if self.ctx.is_main:
+                self.save_weights(self.run_folder.best_weights)
+                if val:
+                    self.run_folder.write_predictions("val", self.data.val.sources, val["predictions"],
+                                                      self.data.classes)
+        else:
+            s.bad_epochs += 1
+            s.stopped_early = bool(self.cfg.train.patience) and s.bad_epochs >= self.cfg.train.patience
 
     def evaluate(self, eval_set, model: nn.Module | None = None) -> dict:
         return evaluate(model if model is not None else self.eval_model, eval_set.loader, self.eval_criterion,
@@ -385,79 +358,51 @@ class Trainer:
         self.save_pending_config()  # a resume of a finished run that trained no step
         results = self.results(test, completed=True)
         before = self.run_folder.read_results()
-        if self.step == self.first_step and before.get("completed") and before.get("wall_time") is not None:
+        if self.state.step == self.first_step and before.get("completed") and before.get("wall_time") is not None:
             results["wall_time"] = before["wall_time"]  # a resume of a finished run adds no training time
         self.run_folder.write_results(results)
-        report = self.write_report(best) if self.cfg.report else ""
+        report = self.write_report(best) if self.cfg.report else False
         if self.tb is not None:
             self.tb.close()
-        self.log(self.console.summary(results))
-        self.log(f"run folder: {self.run_dir}  (config.yaml, metrics.csv, results.json, "
-                 f"checkpoints/best.safetensors{report})")
-        split = "" if data.val else " --split " + ("test" if data.test else "train")
-        self.log(f"next: vitkit eval --checkpoint {self.run_folder.best_weights}{split}")
+        self.console.summary(results, report)
 
-    def write_report(self, model: nn.Module) -> str:
-        """The report of the best checkpoint on the split the run scored last (a failure there only warns)."""
+    def write_report(self, model: nn.Module) -> bool:
+        """The report of the best checkpoint on the split the run scored last (a failure there only warns);
+        whether it was written."""
         from .. import report as report_module
 
         split = "test" if self.data.test else ("val" if self.data.val else None)
         try:
             eval_set = getattr(self.data, split) if split else None
             predictions = self.run_folder.read_predictions(split, self.data.classes) if split else None
-            report_module.write_report(self.run_dir, model, eval_set, predictions, device=self.device)
-            return ", report.html"
+            report_module.write_report(self.run_folder.path, model, eval_set, predictions, device=self.device)
+            return True
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise  # the disk's fault, said as one sentence like any other writer's
             warnings.warn(f"the run report could not be written ({e}); the run folder is complete without it",
                           stacklevel=2)
-            return ""
+            return False
         except Exception as e:  # the run itself is complete and saved; the report is a bonus
             warnings.warn(f"the run report could not be written ({type(e).__name__}: {e}); "
                           "the run folder is complete without it", stacklevel=2)
-            return ""
+            return False
 
-def plan_run(cfg: RunConfig, ctx, split_file=None):
-    """Every check of a run that allocates nothing, in the order training makes them: a compiler for
-    train.compile, the data's splits
-    (scanned, not decoded), preprocessing and batches per process, the model section against the data, the
-    run's length, and whether a model trained from scratch fits the device's memory. Returns (splits,
-    the data's in_channels, num_classes and img_size, the ViTConfig or None for ``model.init`` weights).
-    Training runs it first; ``vitkit train --print-config`` runs it alone, so it refuses what
-    training refuses."""
-    if cfg.train.compile:
-        check_compiler(ctx.device)
-    if cfg.train.lora is not None:
-        require_peft()
-    splits = open_run_splits(cfg.data, ctx, split_file)
-    preprocess = run_preprocess(cfg.data, splits, cfg.model.img_size)
-    batch = per_rank_batch(cfg.data.batch_size, ctx, "data.batch_size")
-    per_rank_batch(cfg.data.eval_batch_size, ctx, "data.eval_batch_size")
-    h, w = preprocess.img_size
-    data_keys = {"in_channels": preprocess.channels, "num_classes": len(splits.classes),
-                 "img_size": h if h == w else (h, w)}
-    if cfg.model.init:  # the weights decide the architecture, checked when they are loaded (model_from_init)
-        check_data_keys(cfg.model, **data_keys)
-        model_config = None
-    else:
-        model_config = resolve_model_config(cfg.model, **data_keys)
-    batches = samples_per_rank(splits.size("train"), ctx.world_size, True) // batch  # the loaders' drop_last
-    if not batches and not splits.is_folder:  # (a folder's loader then trains one partial batch)
-        raise batch_too_large(cfg.data, splits)
-    if batches:
-        check_run_length(cfg, math.ceil(batches / cfg.optim.accum_steps))
+
+def build_model(cfg: RunConfig, model_config, data_keys: dict) -> VisionTransformer:
+    """The run's model: new (``model_config``), or the ``model.init`` weights (whose architecture then is the
+    run's) made to the data's channels, classes and image size (``data_keys``)."""
     if not cfg.model.init:
-        check_fits(model_config, batch, ctx.device, ema=bool(cfg.train.ema_decay),
-                   grad_checkpointing=cfg.train.grad_checkpointing)
-    return splits, data_keys, model_config
+        return VisionTransformer(model_config)
+    return model_from_init(cfg.model.init, cfg.model.given(), **data_keys)
 
 
 def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None = None, log=print) -> int:
     """Run training for ``cfg``; returns the exit code. ``resume``: None, "auto" or a run folder or checkpoint.
 
     A new run claims ``out_dir/name`` (or the next free ``name-N``); a resumed run keeps its folder and the
-    config it was trained with (see :func:`resume_config`). The run folder is locked while it trains."""
+    config it was trained with (see :func:`~vitkit.train.resume.resolve_resume`). The run folder is locked
+    while it trains."""
     ctx = distributed.setup(cfg.device)  # join the process group first, so rank 0 alone picks the run folder
     lock = None
     try:
@@ -472,8 +417,8 @@ def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None 
         folder = Path(distributed.gather_objects(str(run.path) if run is not None else None)[0])
         changes = []
         try:
-            if resume is not None:
-                cfg, changes = resume_config(cfg, Run(folder))
+            if resume is not None:  # (once the run is ours: a run in use is said first)
+                cfg, _, changes = resolve_resume(cfg, resume, run_dir=folder)
             trainer = Trainer(cfg, folder, resume, log, changes)  # every check runs here, before any file is written
         except BaseException:
             if lock is not None and resume is None and run_dir is None:
