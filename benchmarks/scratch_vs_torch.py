@@ -1,4 +1,4 @@
-"""Forward + backward time of the NumPy ViT (vitkit.scratch) against the same network in PyTorch, on the CPU.
+"""Forward + backward time of the NumPy ViT (vitkit.numpy_vit) against the same network in PyTorch, on the CPU.
 
     python benchmarks/scratch_vs_torch.py [--threads 1] [--batch-size 64] [--repeats 30]
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 import vitkit
-from vitkit.scratch import ViTClassifier
+from vitkit.numpy_vit import ViTClassifier
 
 CONFIGS = {  # name: ViTClassifier arguments
     "scratch.yaml (16px, P4, D64, 2 layers)": dict(image_size=16, patch_size=4, in_channels=3, dim_model=64,

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/throughput.py --device cpu --threads 2            # the CPU plan below
     .venv/bin/python benchmarks/throughput.py --device cuda --compile             # the GPU plan, bf16
 
-Each row is ``vitkit.tools.benchmark.benchmark(...)``: vitkit and timm with the same weights, data and settings,
+Each row is ``vitkit.benchmark.benchmark(...)``: vitkit and timm with the same weights, data and settings,
 timed in alternating windows, with a matmul-peak window (the MFU denominator: its best window) after each round. The default
 plans fit the device: on a 2-core CPU, Ti/16 in both modes and S/B/16 inference at small batches (L/16 is left
 out: one step takes minutes there; ask for it with --models large); on a GPU, all four in both modes at
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from vitkit.tools import benchmark as bm
+from vitkit import benchmark as bm
 
 NAMES = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "vit_base_patch16_224",
          "large": "vit_large_patch16_224"}

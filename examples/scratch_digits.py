@@ -1,11 +1,11 @@
-"""Train the NumPy ViT of vitkit.scratch on a real data set: scikit-learn's handwritten digits.
+"""Train the NumPy ViT of vitkit.numpy_vit on a real data set: scikit-learn's handwritten digits.
 
     python examples/scratch_digits.py [--epochs 30] [--patch-size 2]
 
 1,797 grey 8x8 images of the digits 0-9 (bundled with scikit-learn, no download), 80% for training and 20%
 held out. With 4x4 patches an image is 4 tokens plus [CLS] (with ``--patch-size 2``, 16 tokens plus [CLS]).
 Nothing but NumPy runs the model: the forward pass, the hand-written backward pass and the SGD updates all
-come from vitkit.scratch. See BENCHMARKS.md for the accuracy and time measured.
+come from vitkit.numpy_vit. See BENCHMARKS.md for the accuracy and time measured.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from vitkit.scratch import ViTClassifier, blas_threads, evaluate, train_classifier
+from vitkit.numpy_vit import ViTClassifier, accuracy, blas_threads, train_classifier
 
 
 def load_data(seed: int = 0):
@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
     def on_epoch(epoch: int, loss: float, lr: float) -> None:
         if epoch % 5 == 0 or epoch == args.epochs:
             print(f"epoch {epoch:3d}/{args.epochs}  train_loss {loss:.4f}  "
-                  f"test_accuracy {evaluate(model, test_x, test_y):.4f}  ({time.perf_counter() - start:.1f} s)")
+                  f"test_accuracy {accuracy(model, test_x, test_y):.4f}  ({time.perf_counter() - start:.1f} s)")
 
-    with blas_threads(1):  # small matrices: one BLAS thread is fastest (see vitkit.scratch.runner.blas_threads)
+    with blas_threads(1):  # small matrices: one BLAS thread is fastest (see vitkit.numpy_vit.runner.blas_threads)
         train_loss = train_classifier(model, train_x, train_y, epochs=args.epochs, batch_size=args.batch_size,
                                       learning_rate=args.lr, rng=args.seed + 1, on_epoch=on_epoch)
-        test_accuracy = evaluate(model, test_x, test_y)
+        test_accuracy = accuracy(model, test_x, test_y)
     results = {"train_loss": train_loss, "test_accuracy": test_accuracy,
                "seconds": round(time.perf_counter() - start, 1)}
     print(f"test accuracy {results['test_accuracy']:.4f} in {results['seconds']} s")

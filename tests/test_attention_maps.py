@@ -72,7 +72,7 @@ def test_look_is_one_pass_with_logits_rollout_and_every_layers_map():
         explicit = block.forward_with_attention
         block.forward_with_attention = lambda y, *rope, i=i, f=explicit: calls.append(i) or f(y, *rope)
     hooks = [b.register_forward_hook(lambda m, i, o: calls.append("fused")) for b in model.blocks]
-    seen = attention_maps.look(model, x)
+    seen = attention_maps.read_attention(model, x)
     for h in hooks:
         h.remove()
     assert calls == [0, 1]  # one pass: each block once, explicitly

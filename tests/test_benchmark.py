@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
 from vitkit.commands.benchmark import main as benchmark_main
-from vitkit.tools import benchmark as bm
+from vitkit import benchmark as bm
 from vitkit.cli import main as vitkit_main
 from vitkit.errors import ConfigError
 

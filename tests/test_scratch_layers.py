@@ -1,10 +1,10 @@
-"""vitkit.scratch layers: finite-difference gradient checks (float64) of every input and parameter gradient,
+"""vitkit.numpy_vit layers: finite-difference gradient checks (float64) of every input and parameter gradient,
 the SGD step, shapes and dtypes."""
 
 import numpy as np
 import pytest
 
-from vitkit.scratch import (FeedForward, LayerNorm, Linear, MultiHeadSelfAttention, PatchEmbedding, ViTClassifier,
+from vitkit.numpy_vit import (FeedForward, LayerNorm, Linear, MultiHeadSelfAttention, PatchEmbedding, ViTClassifier,
                             ViTEncoderLayer)
 
 F64 = np.float64

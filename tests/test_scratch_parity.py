@@ -1,4 +1,4 @@
-"""vitkit.scratch against the PyTorch model configured to compute the same network (post-norm, ReLU, no final
+"""vitkit.numpy_vit against the PyTorch model configured to compute the same network (post-norm, ReLU, no final
 norm): same logits in float64, and the same weights after one SGD step on the same batch."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import vitkit
-from vitkit.scratch import ViTClassifier
+from vitkit.numpy_vit import ViTClassifier
 
 CONFIGS = {
     "rgb": dict(image_size=8, patch_size=4, in_channels=3, dim_model=16, num_heads=4, dim_ff=32, num_layers=2,

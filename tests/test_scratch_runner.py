@@ -1,4 +1,4 @@
-"""vitkit.scratch runner, data and command line: YAML config with defaults, bad configs (one line, exit 2),
+"""vitkit.numpy_vit runner, data and command line: YAML config with defaults, bad configs (one line, exit 2),
 training to high accuracy, JSON output, and no torch import."""
 
 import dataclasses
@@ -14,8 +14,8 @@ import yaml
 from vitkit.cli import main as cli_main
 from vitkit.configtools import load_config
 from vitkit.errors import ConfigError
-from vitkit.scratch import ViTRunner, generate_synthetic_images
-from vitkit.scratch.runner import ScratchConfig
+from vitkit.numpy_vit import ViTRunner, generate_synthetic_images
+from vitkit.numpy_vit.runner import ScratchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "src" / "vitkit" / "configs" / "scratch.yaml"
@@ -116,7 +116,7 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
     assert err == "vitkit scratch: error: model.dim_model (30) must be divisible by model.num_heads (4)"
 
 
-@pytest.mark.parametrize("entry", [["-m", "vitkit.scratch"], ["-m", "vitkit", "scratch"]])
+@pytest.mark.parametrize("entry", [["-m", "vitkit.numpy_vit"], ["-m", "vitkit", "scratch"]])
 def test_bad_config_exit_code_2_without_traceback(tmp_path, entry):
     path = write(tmp_path, {"model": {"image_size": 10, "patch_size": 4}})
     proc = run_python(*entry, "--config", str(path))
@@ -148,18 +148,18 @@ def test_cli_writes_json_results(tmp_path, capsys):
 
 
 def test_python_dash_m_runs_and_never_imports_torch(tmp_path):
-    """``python -m vitkit.scratch`` trains; neither importing vitkit.scratch nor a whole run imports torch."""
+    """``python -m vitkit.numpy_vit`` trains; neither importing vitkit.numpy_vit nor a whole run imports torch."""
     out = tmp_path / "results.json"
     small = dict(SMALL, data={"n_train": 200, "n_test": 50}, training={"epochs": 1})
     code = ("import runpy, sys\n"
-            "import vitkit.scratch\n"
-            "assert 'torch' not in sys.modules, 'import vitkit.scratch imported torch'\n"
-            f"sys.argv = ['vitkit.scratch', '--config', {str(write(tmp_path, small))!r}, '--output', {str(out)!r}]\n"
+            "import vitkit.numpy_vit\n"
+            "assert 'torch' not in sys.modules, 'import vitkit.numpy_vit imported torch'\n"
+            f"sys.argv = ['vitkit.numpy_vit', '--config', {str(write(tmp_path, small))!r}, '--output', {str(out)!r}]\n"
             "try:\n"
-            "    runpy.run_module('vitkit.scratch', run_name='__main__')\n"
+            "    runpy.run_module('vitkit.numpy_vit', run_name='__main__')\n"
             "except SystemExit as e:\n"
             "    assert e.code == 0, e.code\n"
-            "assert 'torch' not in sys.modules, 'a vitkit.scratch run imported torch'\n")
+            "assert 'torch' not in sys.modules, 'a vitkit.numpy_vit run imported torch'\n")
     proc = run_python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert set(json.loads(out.read_text())) == {"train_loss", "test_accuracy"}

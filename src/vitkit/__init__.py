@@ -3,7 +3,7 @@
     >>> from vitkit import create_model
     >>> model = create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
 
-Names are imported on first use, so ``import vitkit.scratch`` (NumPy only) never imports torch and the CLI
+Names are imported on first use, so ``import vitkit.numpy_vit`` (NumPy only) never imports torch and the CLI
 starts at once.
 """
 

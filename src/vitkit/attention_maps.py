@@ -1,7 +1,7 @@
 """Where a ViT looks, as numbers: per-layer attention of the [CLS] token over the patches, and attention
 rollout (Abnar & Zuidema 2020) through all layers. The figures are drawn by :mod:`vitkit.visualize`.
 
-Every function runs the model once: :func:`look` returns the logits, the rollout and the per-layer maps of
+Every function runs the model once: :func:`read_attention` returns the logits, the rollout and the per-layer maps of
 one forward pass (:meth:`vitkit.VisionTransformer.forward_with_attention`).
 """
 
@@ -69,7 +69,7 @@ def rollout_rows(model, rollout: torch.Tensor, grid: tuple[int, int]) -> torch.T
 
 
 @dataclass
-class Look:
+class AttentionReadout:
     """One forward pass seen from inside: ``logits`` (B, classes), ``rollout`` (B, gh, gw) and ``layers``,
     {layer: the [CLS] query's attention per head (B, heads, gh, gw)}."""
 
@@ -79,13 +79,13 @@ class Look:
 
 
 @torch.no_grad()
-def look(model, x: torch.Tensor, head_fusion: str = "mean") -> Look:
+def read_attention(model, x: torch.Tensor, head_fusion: str = "mean") -> AttentionReadout:
     """Logits, rollout and every layer's [CLS] attention of images ``x`` (C, H, W) or (B, C, H, W), in one pass."""
     x = _batch(x)
     grid = model.patch_embed.grid_for(*x.shape[-2:])
     logits, maps = model.forward_with_attention(x)  # {layer: (B, H, T, T)}
-    return Look(logits, rollout_rows(model, attention_rollout(maps, head_fusion), grid),
-                {i: query_rows(model, a, grid) for i, a in maps.items()})
+    return AttentionReadout(logits, rollout_rows(model, attention_rollout(maps, head_fusion), grid),
+                            {i: query_rows(model, a, grid) for i, a in maps.items()})
 
 
 @torch.no_grad()
@@ -101,4 +101,4 @@ def cls_attention_maps(model, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
 def rollout_maps(model, x: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     """The [CLS] token's attention rollout over the patches, (B, gh, gw), each map renormalised to sum 1
     (for a model without [CLS], the mean over patch queries)."""
-    return look(model, x, head_fusion).rollout
+    return read_attention(model, x, head_fusion).rollout

@@ -37,7 +37,7 @@ COMMANDS = {  # name: (module:function, one-line help)
     "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
     "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
     "benchmark": ("vitkit.commands.benchmark:main", "measure training or inference throughput (vs timm)"),
-    "scratch": ("vitkit.scratch.runner:main", "train the NumPy ViT of vitkit.scratch from a YAML config"),
+    "scratch": ("vitkit.numpy_vit.runner:main", "train the NumPy ViT of vitkit.numpy_vit from a YAML config"),
     "models": ("vitkit.commands.info:models", "list the named architectures"),
     "config": ("vitkit.commands.info:config", "every config key of vitkit train: type, default and meaning"),
 }

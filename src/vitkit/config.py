@@ -60,7 +60,7 @@ class ViTConfig:
     an MLP head, with ``"identity"`` and ``head_hidden_bias=False`` a projection (CLIP's); ``head_norm`` is a
     LayerNorm on the pooled features before it (or before the head). ``head_l2norm`` scales what the classifier
     reads to unit length, so a head of normalised text embeddings times a logit scale is a zero-shot classifier.
-    ``norm_style="post"`` with ``act="relu"`` and ``final_norm=False`` is the network of vitkit.scratch.
+    ``norm_style="post"`` with ``act="relu"`` and ``final_norm=False`` is the network of vitkit.numpy_vit.
     ``attn_impl="fused"`` runs ``scaled_dot_product_attention``, which is what timm runs, so logits equal
     timm's bit for bit. ``"explicit"`` runs matmul-softmax-matmul (Hugging Face's
     ``attn_implementation="eager"``). On a CPU it trains faster for sequences of a few dozen tokens

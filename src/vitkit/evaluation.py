@@ -7,19 +7,13 @@ the pass.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU autocast is slower than float32 for these models)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from .devices import autocast
 
 
 TOP_K = 5  # the "top5" of every result: the true class among the five most probable

@@ -28,7 +28,7 @@ def integer(text: str) -> int:
 
 def load_predictor(checkpoint: str, device: str):
     from ..predictor import Predictor
-    from ..train.distributed import pick_device
+    from ..devices import pick_device
     return Predictor.load(checkpoint, pick_device(device, no_gpu="use --device cpu (or auto)"))
 
 

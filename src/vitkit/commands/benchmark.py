@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from ..errors import ConfigError
-from ..tools import benchmark as bm
+from .. import benchmark as bm
 from .args import positive
 
 

@@ -64,7 +64,7 @@ def serve(args) -> int:
     """Load the checkpoint, bind the socket and serve until stopped (Ctrl-C: KeyboardInterrupt, which the
     dispatcher turns into exit 130)."""
     from ..predictor import Predictor
-    from ..train.distributed import pick_device
+    from ..devices import pick_device
     from ..serve.app import create_app
     from ..serve.service import Settings
 

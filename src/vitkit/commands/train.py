@@ -43,7 +43,8 @@ def check_config(cfg, split_file=None) -> None:
 
     from ..data.datasets import SHAPES, canonical_name, is_on_disk
     from ..train.config import resolve_model_config
-    from ..train.distributed import NO_GPU_TRAINING, Context, pick_device
+    from ..devices import pick_device
+    from ..train.distributed import NO_GPU_TRAINING, Context
     from ..train.memory import check_fits
     from ..train.plan import plan_run
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         zs.check_rows(embeddings, classes, args.text_embeddings)
         weights, text = zs.class_weights(embeddings), f"text embeddings {args.text_embeddings}"
     else:
-        from ..train.distributed import pick_device
+        from ..devices import pick_device
         device = pick_device(args.device, no_gpu="use --device cpu (or auto)")
         zs.import_open_clip()
         templates = zs.read_templates(args.templates or "openai")

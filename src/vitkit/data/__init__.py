@@ -13,7 +13,7 @@ from .datasets import (FOLDERS, NAMES, TRAIN_STATS, ImageDataset, SyntheticImage
 from .download import check_md5, download_dataset, download_url, md5sum, verify_md5sums
 from .imagefolder import FolderLoader, FolderSamples, ImageFolderDataset, decode_folder
 from .images import IMAGE_EXTENSIONS, list_images, open_image, to_uint8_chw
-from .loader import DeviceLoader
+from .device_loader import DeviceLoader
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, Preprocess, preprocess_image
 from .splits import Splits, open_splits, stratified_split
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from . import readers
 from .augment import BatchAugment
-from .memory import ImageDataset, channel_stats
+from .in_memory import ImageDataset, channel_stats
 
 FOLDERS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "cifar10": "cifar-10", "cifar100": "cifar-100"}
 ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",

@@ -7,7 +7,7 @@ truncated JPEG, say) raises in strict mode, or is replaced by the next readable 
 own label* and a warning.
 
 Streaming is exactly resumable: the sampler yields ``(epoch, index)`` keys in the order
-:func:`~vitkit.data.loader.epoch_indices` gives (the in-memory loader's order), and each sample's random
+:func:`~vitkit.data.device_loader.epoch_indices` gives (the in-memory loader's order), and each sample's random
 augmentation is drawn from a generator seeded by (seed, epoch, index), so what a worker produces does not
 depend on which worker it is, on worker restarts, or on where a resumed run starts.
 """
@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS, list_images, open_image, probe_image, to_uint8_chw
-from .loader import derive_seed, epoch_indices, samples_per_rank
-from .memory import ImageDataset
+from .device_loader import derive_seed, epoch_indices, samples_per_rank
+from .in_memory import ImageDataset
 from .preprocess import Preprocess
 
 

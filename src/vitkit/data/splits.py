@@ -26,7 +26,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .datasets import canonical_name, load_dataset
 from .imagefolder import FolderSamples, image_modes, scan_class_folders
-from .memory import ImageDataset
+from .in_memory import ImageDataset
 from .preprocess import Preprocess
 
 SPLITS = ("train", "val", "test")
@@ -249,7 +249,7 @@ def eval_set(splits: Splits, split: str, preprocess: Preprocess, batch_size: int
     """The ``split`` of ``splits`` as an :class:`EvalSet` whose images go through ``preprocess``; ``part``
     replaces the split's images by the same images in another form (a folder decoded once)."""
     from .imagefolder import FolderLoader, ImageFolderDataset, eval_transform
-    from .loader import DeviceLoader
+    from .device_loader import DeviceLoader
 
     part = splits.get(split) if part is None else part
     if isinstance(part, FolderSamples):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .formats import HF, HF_DINOV2, JAX, TIMM, TORCHVISION, VITKIT
 from .formats_clip import HF_CLIP, HF_SIGLIP, OPEN_CLIP, OPEN_CLIP_TIMM
-from .formats_other import MHA_PRENORM, TORCH_NN, VIT_PYTORCH, VIT_PYTORCH_0, VIT_PYTORCH_SIMPLE
+from .formats_handwritten import MHA_PRENORM, TORCH_NN, VIT_PYTORCH, VIT_PYTORCH_0, VIT_PYTORCH_SIMPLE
 from .formats_rope import DINOV3, HF_AIMV2, HF_DINOV3, PE, PE_TOWER
 from .rules import Format
 

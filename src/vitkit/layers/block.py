@@ -6,7 +6,7 @@ The block is the paper's equation, one line per branch:
     x = x + mlp(norm2(x))
 
 (each branch optionally scaled per channel (layer scale) and dropped per sample (stochastic depth)).
-:class:`PostNormBlock` is the original Transformer's order, which vitkit.scratch computes.
+:class:`PostNormBlock` is the original Transformer's order, which vitkit.numpy_vit computes.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class TransformerBlock(nn.Module):
 
 
 class PostNormBlock(TransformerBlock):
-    """The original Transformer's order (vitkit.scratch's network): normalise after adding each branch,
+    """The original Transformer's order (vitkit.numpy_vit's network): normalise after adding each branch,
     ``x = norm1(x + attn(x))``, ``x = norm2(x + mlp(x))``. Same parameters as the pre-norm block."""
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:

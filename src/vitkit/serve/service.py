@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..model import count_parameters
 from ..predictor import Predictor
-from ..attention_maps import look
+from ..attention_maps import read_attention
 from ..data.images import open_image
 from .batching import ModelWorker
 from .inputs import MAX_IMAGES, RequestError, Upload
@@ -124,7 +124,7 @@ class Service:
         model, device = self.predictor.model, self.predictor.device
 
         def maps():  # one pass on the model's thread: every layer's [CLS] attention and the rollout
-            seen = look(model, x[None].to(device))
+            seen = read_attention(model, x[None].to(device))
             return seen.layers[layer][0].cpu(), seen.rollout[0].cpu()
 
         heads, rollout = await self.worker.call(maps)  # (heads, gh, gw), (gh, gw)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..devices import pick_device
 
 
 @dataclass
@@ -34,31 +34,6 @@ class Context:
 
 NO_GPU_TRAINING = ("a GPU recipe (such as imagefolder-gpu) is too large for a CPU, so use a CPU recipe (digits, "
                    "fashion-mnist, imagefolder), or --set device=cpu to run this one anyway")
-
-
-def pick_device(name: str, local_rank: int = 0, no_gpu: str = "ask for the cpu (or auto) instead") -> torch.device:
-    """``auto`` -> this process's GPU if there is one (else mps, else cpu); ``cuda`` -> ``cuda:LOCAL_RANK``.
-    ``no_gpu`` ends the sentence when CUDA is asked for on a machine without it."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' was asked for but this machine has no Apple GPU; use device=cpu or auto")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but this machine has no CUDA GPU; {no_gpu}")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 def setup(device_name: str) -> Context:

@@ -12,7 +12,7 @@ from ..errors import CheckpointError, ConfigError, is_out_of_memory
 from ..model import VisionTransformer
 
 # Model keys a fine-tune may set on top of any weights: they change no parameter's shape.
-REGULARISATION = {"drop_rate", "drop_path_rate", "attn_drop_rate", "attn_impl", "num_heads", "act", "norm_eps"}
+SHAPE_FREE_KEYS = {"drop_rate", "drop_path_rate", "attn_drop_rate", "attn_impl", "num_heads", "act", "norm_eps"}
 
 
 def model_from_init(init: str, section: dict, *, in_channels: int, num_classes: int, img_size) -> VisionTransformer:
@@ -21,7 +21,7 @@ def model_from_init(init: str, section: dict, *, in_channels: int, num_classes: 
     and their patches tile its images."""
     wanted = _Wanted(in_channels, num_classes, img_size)
     overrides = {k: v for k, v in section.items() if k not in ("name", "init", "num_classes", "img_size", "in_channels")}
-    shaping = {k: v for k, v in overrides.items() if k not in REGULARISATION}
+    shaping = {k: v for k, v in overrides.items() if k not in SHAPE_FREE_KEYS}
     try:
         model = VisionTransformer.from_pretrained(init, num_classes=wanted.num_classes, img_size=wanted.img_size,
                                                   **overrides)

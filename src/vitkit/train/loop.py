@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import VitkitError
-from ..evaluation import autocast
+from ..devices import autocast
 
 
 class NonFiniteLossError(VitkitError):

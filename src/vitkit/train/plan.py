@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ViTConfig
-from ..data.loader import samples_per_rank
+from ..data.device_loader import samples_per_rank
 from .adapt import require_peft
 from .config import RunConfig, check_compiler, check_data_keys, check_run_length, resolve_model_config
 from .data import batch_too_large, open_run_splits, per_rank_batch, run_preprocess

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..configtools import pair
 
-from ..attention_maps import look
+from ..attention_maps import read_attention
 from .canvas import as_numpy, grid_shape, imshow, new_figure, save_figure, subplots, to_display
 
 
@@ -97,7 +97,7 @@ def visualize_attention_on_image(model, x: torch.Tensor, save_path=None, mean=No
     """
     x = (x[None] if x.ndim == 3 else x)[:1]  # (1, C, H, W)
     img = to_display(x[0], mean, std)
-    seen = look(model, x)  # one pass: logits, rollout and every layer's [CLS] attention
+    seen = read_attention(model, x)  # one pass: logits, rollout and every layer's [CLS] attention
     heads = seen.layers[layer % len(model.blocks)][0]  # (H, gh, gw)
     roll = seen.rollout[0]  # (gh, gw)
     panels = [("input", None), ("rollout (all layers)", roll.numpy())]
@@ -133,7 +133,7 @@ def visualize_attention_grid(model, images: torch.Tensor, save_path=None, mean=N
     """A few images, ``per_row`` to a row, each as three panels: the input (captioned with the true and
     predicted class when known), the [CLS] rollout, and the last layer's [CLS] attention (mean of heads)."""
     x = images[None] if images.ndim == 3 else images  # (B, C, H, W)
-    seen = look(model, x)  # one pass
+    seen = read_attention(model, x)  # one pass
     rolls = seen.rollout.cpu()  # (B, gh, gw)
     last = seen.layers[len(model.blocks) - 1].mean(dim=1).cpu()  # (B, gh, gw)
     probs = seen.logits.softmax(-1).cpu() if getattr(model, "num_classes", 0) else None  # (B, classes)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("train", "infer")
@@ -199,7 +199,7 @@ def build_model(library: str, name: str, device: torch.device, state_dict: dict 
     library's own keys, so both libraries can run the very same network). ``overrides`` change the preset
     (timm: TIMM_OVERRIDES)."""
     if library == "vitkit":
-        from ..pretrained import create_model
+        from .pretrained import create_model
         model = create_model(name, **overrides)
     elif library == "timm":
         try:
@@ -286,8 +286,8 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
     ``compile_mode`` is torch.compile's mode ("reduce-overhead" adds CUDA graphs, "max-autotune" kernel search).
     ``overrides`` go to the model config (e.g. ``img_size=32`` for a quick run of a small model).
     """
-    from ..presets import get_preset
-    from ..model import flops_per_image
+    from .presets import get_preset
+    from .model import flops_per_image
 
     if mode not in MODES:
         raise ConfigError(f"mode must be 'train' or 'infer', got {mode!r}")
@@ -307,7 +307,7 @@ def benchmark(model: str = "vit_base_patch16_224", mode: str = "infer", batch_si
     libraries = ["vitkit"] + (["timm"] if compare else [])
     runners, memory, weights = [], {}, {}
     if compare:  # both start from timm's weights (on the CPU), vitkit's converted from its keys (Eva's differ)
-        from ..interop import load_pretrained
+        from .interop import load_pretrained
         source = build_model("timm", model, torch.device("cpu"), None, **overrides)
         weights = {"timm": source.state_dict(), "vitkit": load_pretrained(source, source="timm").state}
     for lib in libraries:

@@ -12,7 +12,7 @@ Forward, for a batch of B images of H x W pixels with C channels (channels last)
 
 Learning is the same path backwards: :meth:`ViTClassifier.cross_entropy_loss` gives dL/dlogits, and
 :meth:`ViTClassifier.backward` hands it from layer to layer down to the patch embedding, each layer
-updating its own weights on the way (see :mod:`vitkit.scratch.layers`).
+updating its own weights on the way (see :mod:`vitkit.numpy_vit.layers`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m vitkit.scratch``: the same as ``vitkit scratch``; a bad config is one line and exit code 2."""
+"""``python -m vitkit.numpy_vit``: the same as ``vitkit scratch``; a bad config is one line and exit code 2."""
 
 import sys
 

@@ -31,8 +31,8 @@ from vitkit.errors import ConfigError
 from .data import generate_synthetic_images
 from .model import ViTClassifier
 
-__all__ = ["ModelConfig", "DataConfig", "TrainingConfig", "ScratchConfig", "ViTRunner", "train_classifier",
-           "evaluate", "blas_threads", "main"]
+__all__ = ["NumpyModelConfig", "SyntheticDataConfig", "TrainingConfig", "ScratchConfig", "ViTRunner",
+           "train_classifier", "accuracy", "blas_threads", "main"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ __all__ = ["ModelConfig", "DataConfig", "TrainingConfig", "ScratchConfig", "ViTR
 
 
 @dataclass
-class ModelConfig:
+class NumpyModelConfig:
     """The arguments of :class:`ViTClassifier`; the images of the data have this size, channels and classes."""
 
     image_size: int = 16
@@ -63,7 +63,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class SyntheticDataConfig:
     """How many synthetic images to draw for training and for the test, how noisy, from which seed."""
 
     n_train: int = 6000
@@ -103,8 +103,8 @@ class TrainingConfig:
 
 @dataclass
 class ScratchConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: NumpyModelConfig = field(default_factory=NumpyModelConfig)
+    data: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     @classmethod
@@ -166,7 +166,7 @@ def blas_threads(threads: int):
     return threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
 
 
-def evaluate(model: ViTClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
+def accuracy(model: ViTClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
     """Accuracy: the fraction of images whose highest logit is their label."""
     return float((model.predict(images, batch_size) == labels).mean())
 
@@ -207,7 +207,7 @@ class ViTRunner:
             train_loss = train_classifier(self.model, train_x, train_y, epochs=t.epochs, batch_size=t.batch_size,
                                           learning_rate=t.learning_rate, lr_schedule=t.lr_schedule,
                                           rng=t.seed + 1, on_epoch=on_epoch)
-            test_accuracy = evaluate(self.model, test_x, test_y)
+            test_accuracy = accuracy(self.model, test_x, test_y)
         self._log(f"train_loss {train_loss:.4f}  test_accuracy {test_accuracy:.4f}  "
                   f"({time.perf_counter() - start:.1f} s)")
         return {"train_loss": train_loss, "test_accuracy": test_accuracy}
@@ -216,7 +216,7 @@ class ViTRunner:
 def main(argv: list[str] | None = None) -> int:
     """``vitkit scratch [--config FILE] [--output FILE.json]``; a bad config raises ConfigError (exit 2)."""
     parser = argparse.ArgumentParser(prog="vitkit scratch",
-                                     description="Train the NumPy ViT of vitkit.scratch on synthetic images.")
+                                     description="Train the NumPy ViT of vitkit.numpy_vit on synthetic images.")
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML config with model/data/training sections (default: the built-in defaults)")
     parser.add_argument("--output", type=Path, default=None,

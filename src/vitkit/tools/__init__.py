@@ -1,1 +1,0 @@
-"""Developer tools that ship with the package (``vitkit benchmark``)."""
