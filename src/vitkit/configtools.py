@@ -121,12 +121,11 @@ def _coerce(value: Any, tp, key: str):
         arms = [a for a in args if a is not type(None)]
         if len(arms) == 1:  # an optional value: the one type's own sentence
             return _coerce(value, arms[0], key)
-        errors = []
         for arm in arms:
             try:
                 return _coerce(value, arm, key)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                pass  # the next arm; when none takes it, one sentence names them all
         raise ConfigError(f"config key '{key}' must be {type_name(tp)}, got {_describe(value)}")
     if origin is Literal:
         if value in args:

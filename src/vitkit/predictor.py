@@ -76,6 +76,13 @@ class Predictor:
         """Class probabilities (B, classes) of a preprocessed batch, on the CPU."""
         return self.model(batch.to(self.device)).float().softmax(dim=1).cpu()
 
+    def top_k(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable classes of each row of ``probs`` (B, classes): [(class, probability)], most
+        probable first (what ``vitkit predict`` prints and the service answers)."""
+        top = probs.topk(k, dim=1)
+        return [[(self.classes[i], p) for p, i in zip(ps, idx)] for ps, idx in zip(top.values.tolist(),
+                                                                                  top.indices.tolist())]
+
     @torch.no_grad()
     def features(self, batch: torch.Tensor, kind: str = "pooled") -> torch.Tensor:
         """Embeddings of a preprocessed batch, float32 on the CPU, by ``kind`` (one of :data:`EMBEDDINGS`):

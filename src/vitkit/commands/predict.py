@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     problems, results = [], []
     for names, batch in batches(predictor, args.images, args.batch_size, problems):
         probs = predictor.probabilities(batch)  # (b, classes)
-        top = probs.topk(args.top_k, dim=1)
-        results += [(name, [(classes[i], p) for p, i in zip(ps, idx)])
-                    for name, ps, idx in zip(names, top.values.tolist(), top.indices.tolist())]
+        results += list(zip(names, predictor.top_k(probs, args.top_k)))
     if args.json:
         print(json.dumps([{"image": name, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in ranked]}
                           for name, ranked in results], indent=2))

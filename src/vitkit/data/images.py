@@ -32,7 +32,6 @@ from ..errors import DataError
 LUMA = (0.299, 0.587, 0.114)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own limit (about 9,500 x 9,500): larger files are refused, not decoded
-GREY_MODES = ("1", "L", "LA", "La", "I", "F")  # plus "I;16*": modes that hold no colour
 
 
 def is_image_file(path: Path) -> bool:

@@ -60,12 +60,6 @@ class Normalize:
         scale, shift = self._on[x.device]
         return x.to(torch.float32, copy=True).mul_(scale).add_(shift)
 
-    def undo(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised float images back to [0, 1] (for showing them)."""
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x * std + mean).clamp(0, 1)
-
 
 @dataclass(frozen=True)
 class Preprocess:

@@ -30,7 +30,6 @@ from .in_memory import ImageDataset
 from .preprocess import Preprocess
 
 SPLITS = ("train", "val", "test")
-SPLIT_FILE = "split.csv"
 LAYOUT_FOLDERS = ("train", "val", "test")
 
 

@@ -94,9 +94,7 @@ class Service:
 
     def ranked(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
         """Top-k of each row as ``[{"class", "probability"}]``, probabilities rounded as ``vitkit predict``'s."""
-        top = probs.topk(k, dim=1)
-        return [[{"class": self.predictor.classes[i], "probability": round(p, 6)} for p, i in zip(ps, idx)]
-                for ps, idx in zip(top.values.tolist(), top.indices.tolist())]
+        return [[{"class": c, "probability": round(p, 6)} for c, p in row] for row in self.predictor.top_k(probs, k)]
 
     async def classify(self, uploads: list[Upload], k: int | None = None) -> list[dict[str, Any]]:
         """``[{"image": name, "top_k": [...]}]``, the shape of ``vitkit predict --json``."""
