@@ -82,7 +82,8 @@ class VisionTransformer(ModelNames, nn.Module):
         block = PostNormBlock if cfg.norm_style == "post" else TransformerBlock
         self.blocks = nn.ModuleList(
             block(dim, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.drop_rate,
-                  use_relative_position=cfg.use_relative_position, rpb_kwargs=rpb_kwargs, qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
+                  use_relative_position=cfg.use_relative_position, rpb_kwargs=rpb_kwargs, qkv_bias=cfg.qkv_bias,
+                  attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
                   layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act, mlp=cfg.mlp,
                   fused_attn=cfg.attn_impl == "fused", norm_layer=cfg.norm_layer, attn_norm=cfg.attn_norm,
                   mlp_norm=cfg.mlp_norm, proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias,
