@@ -68,14 +68,13 @@ def test_look_is_one_pass_with_logits_rollout_and_every_layers_map():
     model = tiny()
     x = torch.randn(3, 1, 16, 16)
     calls = []
-    for i, block in enumerate(model.blocks):
-        explicit = block.forward_with_attention
-        block.forward_with_attention = lambda y, *rope, i=i, f=explicit: calls.append(i) or f(y, *rope)
-    hooks = [b.register_forward_hook(lambda m, i, o: calls.append("fused")) for b in model.blocks]
+    hooks = [b.register_forward_hook(lambda m, args, kwargs, out, i=i: calls.append(
+        (i, "explicit" if kwargs.get("return_attention") else "fused")), with_kwargs=True)
+        for i, b in enumerate(model.blocks)]
     seen = attention_maps.read_attention(model, x)
     for h in hooks:
         h.remove()
-    assert calls == [0, 1]  # one pass: each block once, explicitly
+    assert calls == [(0, "explicit"), (1, "explicit")]  # one pass: each block once, explicitly
     torch.testing.assert_close(seen.logits, model(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(seen.rollout, attention_maps.rollout_maps(model, x))
     for layer in (0, 1):

@@ -97,7 +97,7 @@ def test_fused_equals_explicit_attention(relative):
         torch.nn.init.normal_(attn.relative_position_bias.relative_position_bias_table, std=1.0)
     x = torch.randn(2, 10, 24, dtype=torch.float64)
     fused = attn(x)
-    explicit, weights = attn.attend(x)
+    explicit, weights = attn(x, return_attention=True)
     assert (fused - explicit).abs().max() <= 1e-10
     assert weights.shape == (2, 4, 10, 10)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 10, dtype=torch.float64))
@@ -115,7 +115,7 @@ def test_attention_equals_torch_multihead_attention():
         ref.out_proj.bias.copy_(ours.proj.bias)
     x = torch.randn(3, 7, 16, dtype=torch.float64)
     expected, expected_weights = ref(x, x, x, average_attn_weights=False)
-    out, weights = ours.attend(x)
+    out, weights = ours(x, return_attention=True)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(weights, expected_weights)
 
@@ -257,7 +257,7 @@ def test_qv_bias_attention_equals_timm_beit():
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(2, 10, 24)
     torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-6)
-    torch.testing.assert_close(ours.attend(x)[0], ref(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours(x, return_attention=True)[0], ref(x), rtol=0, atol=1e-6)
     assert ours.qkv.bias is None
 
 

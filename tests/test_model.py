@@ -431,3 +431,23 @@ def test_head_l2norm_and_a_bias_free_projection():
 def test_head_and_pool_settings_that_describe_nothing_are_refused(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, **kwargs)
+
+
+def test_compat_names_are_the_canonical_ones():
+    """vitkit.compat's names are vitkit's under another spelling: the same class, the same maps, the same
+    config, the same checkpoint functions."""
+    from vitkit import compat
+    from vitkit.train import checkpoint
+    assert ViT is compat.ViT is VisionTransformer
+    assert compat.save_checkpoint is checkpoint.save_checkpoint and compat.load_checkpoint is checkpoint.load_checkpoint
+    assert isinstance(ViTConfig(), compat.ConfigNames) and issubclass(VisionTransformer, compat.ModelNames)
+    assert ViTConfig.from_kwargs(n_heads=4, dropout=0.1, in_chans=1, embed_dim=64) == \
+        ViTConfig(num_heads=4, drop_rate=0.1, in_channels=1, embed_dim=64)
+    with pytest.raises(ConfigError, match="n_heads=4 contradicts num_heads=3"):
+        ViTConfig.from_kwargs(n_heads=4, num_heads=3)
+    model = tiny(depth=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    maps = model.get_attention_maps(x, layers=[-1])
+    assert list(maps) == [2] and torch.equal(maps[2], model.forward_with_attention(x, [-1])[1][2])
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        compat.nothing

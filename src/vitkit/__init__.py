@@ -20,7 +20,8 @@ _EXPORTS = {
     "vitkit.layers": ["MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",
                       "TransformerBlock", "PostNormBlock", "get_relative_position_index_1d",
                       "get_relative_position_index_2d"],
-    "vitkit.model": ["ViT", "VisionTransformer", "count_parameters", "flops_per_image"],
+    "vitkit.model": ["VisionTransformer", "count_parameters", "flops_per_image"],
+    "vitkit.compat": ["ViT"],
     "vitkit.pretrained": ["create_model", "from_pretrained"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

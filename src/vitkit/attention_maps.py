@@ -33,8 +33,8 @@ def query_rows(model, attn: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
 def attention_rollout(attentions, head_fusion: str = "mean", residual: bool = True) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020): how much each input token flows into each output token.
 
-    ``attentions`` is the per-layer attention in layer order: a dict {layer: (B, H, T, T)} (as
-    ``model.get_attention_maps`` returns), a list of such tensors, or one (L, B, H, T, T) tensor. Heads are
+    ``attentions`` is the per-layer attention in layer order: a dict {layer: (B, H, T, T)} (the maps
+    ``model.forward_with_attention`` returns), a list of such tensors, or one (L, B, H, T, T) tensor. Heads are
     fused (``"mean"``, ``"max"`` or ``"min"``); with ``residual`` each layer's matrix becomes
     0.5 A + 0.5 I (the skip connection) with rows renormalised, and the layers are multiplied:
     R = A_L ... A_2 A_1, (B, T, T). Row 0 of R, over the patch columns, is the [CLS] token's rollout map.
@@ -93,7 +93,7 @@ def cls_attention_maps(model, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """How much the [CLS] token attends to each patch in one layer (default the last), per head:
     (B, heads, gh, gw); see :func:`query_rows`. Only that layer computes its attention explicitly."""
     x = _batch(x)
-    (i, a), = model.get_attention_maps(x, layers=[layer]).items()  # (B, H, T, T)
+    (i, a), = model.forward_with_attention(x, [layer])[1].items()  # (B, H, T, T)
     return query_rows(model, a, model.patch_embed.grid_for(*x.shape[-2:]))
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ViTConfig, apply_aliases, check_options
+from .compat import apply_aliases
+from .config import ViTConfig, check_options
 from .errors import CheckpointError
 from .fileio import atomic_path
 from .layers.position import resample_pos_embed

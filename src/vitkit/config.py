@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .compat import ConfigNames, apply_aliases
 from .configtools import check_literals, check_positive, check_ranges, from_dict, pair, to_dict
 from .errors import ConfigError
 
@@ -39,11 +40,11 @@ HeadActivation = Literal["tanh", "identity", "gelu", "gelu_tanh", "quick_gelu", 
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ConfigNames):
     """Everything that decides a ViT's architecture (and so its state-dict shapes).
 
     Names follow timm and the paper; Hugging Face names (``hidden_size``, ``num_hidden_layers`` ...) are read
-    by :meth:`from_hf`. ``pool="cls"`` classifies from the [CLS] token, ``"mean"`` from the average patch
+    by :meth:`from_hf` and answered read-only (:class:`vitkit.compat.ConfigNames`, as is ``from_kwargs``). ``pool="cls"`` classifies from the [CLS] token, ``"mean"`` from the average patch
     token (then ``fc_norm`` defaults to on and the final ``norm`` moves after pooling, as in timm), ``"map"``
     from one learned query attending over the patch tokens (SigLIP; timm's ``attn_pool``), ``"cls_mean"`` from
     [CLS] and the mean patch token side by side (B, 2D), as DINOv2 and DINOv3 evaluate linear probes. The families
@@ -293,27 +294,10 @@ class ViTConfig:
     def use_fc_norm(self) -> bool:
         return self.pool == "mean" if self.fc_norm is None else self.fc_norm
 
-    # Hugging Face names, read-only, so code written against transformers' ViTConfig reads the same config.
-    hidden_size = property(lambda self: self.embed_dim)
-    num_hidden_layers = property(lambda self: self.depth)
-    num_attention_heads = property(lambda self: self.num_heads)
-    intermediate_size = property(lambda self: self.mlp_dim)
-    image_size = property(lambda self: self.img_size)
-    num_channels = property(lambda self: self.in_channels)
-    hidden_dropout_prob = property(lambda self: self.drop_rate)
-    attention_probs_dropout_prob = property(lambda self: self.attn_drop_rate)
-    layer_norm_eps = property(lambda self: self.norm_eps)
-
     @classmethod
     def from_dict(cls, data: dict, section: str = "model") -> "ViTConfig":
-        """A validated config from plain data (YAML); aliases as in :meth:`from_kwargs`."""
+        """A validated config from plain data (YAML); the aliases of :func:`vitkit.compat.apply_aliases` accepted."""
         return from_dict(cls, apply_aliases(dict(data)), section)
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> "ViTConfig":
-        """Like the constructor, also accepting the older spellings and timm's: ``n_heads`` (num_heads),
-        ``dropout`` (drop_rate), ``in_chans`` (in_channels)."""
-        return cls(**apply_aliases(kwargs))
 
     @classmethod
     def from_hf(cls, hf: Any, **overrides) -> "ViTConfig":
@@ -345,20 +329,6 @@ class ViTConfig:
 
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                    "quick_gelu": "quick_gelu", "silu": "silu", "swish": "silu", "relu": "relu"}
-_ALIASES = {"n_heads": "num_heads", "dropout": "drop_rate", "in_chans": "in_channels",
-            "representation_size": "head_hidden_dim"}
-
-
-def apply_aliases(kwargs: dict) -> dict:
-    """Rename the accepted aliases (``n_heads``, ``dropout``, ``in_chans``, timm's ``representation_size``) to
-    ViTConfig's field names."""
-    for alias, name in _ALIASES.items():
-        if alias in kwargs:
-            value = kwargs.pop(alias)
-            if name in kwargs and kwargs[name] != value:
-                raise ConfigError(f"{alias}={value!r} contradicts {name}={kwargs[name]!r}; give one of them")
-            kwargs[name] = value
-    return kwargs
 
 
 def check_options(fields) -> None:

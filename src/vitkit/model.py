@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .compat import ModelNames
 from .config import ViTConfig
 from .configtools import pair
 from .errors import ConfigError
@@ -21,12 +22,12 @@ from .layers import (HEAD_ACTIVATIONS, AttentionPoolLatent, PatchEmbedding, Post
                      TransformerBlock, make_norm, resample_pos_embed, sincos_2d_pos_embed)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ModelNames, nn.Module):
     """A plain ViT: patch embedding, [CLS]/register tokens, position embedding, transformer blocks, head.
 
     Build it from keyword arguments (every argument of :class:`ViTConfig`; ``n_heads``, ``dropout`` and
-    ``in_chans`` are accepted as aliases), from a ``ViTConfig`` passed positionally, or with
-    :meth:`from_config`. ``num_classes=0`` makes ``forward`` return the pooled representation (B, D).
+    ``in_chans`` are accepted as aliases: :mod:`vitkit.compat`) or from a ``ViTConfig`` passed positionally.
+    ``num_classes=0`` makes ``forward`` return the pooled representation (B, D).
 
     The tokens are ``[cls, dist, registers, patches]`` (each prefix token where the config has it), position
     embeddings added as timm adds them, then ``norm_pre``, the blocks and the final ``norm``; the head reads the
@@ -80,8 +81,9 @@ class VisionTransformer(nn.Module):
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         block = PostNormBlock if cfg.norm_style == "post" else TransformerBlock
         self.blocks = nn.ModuleList(
-            block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.use_relative_position, rpb_kwargs,
-                  qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
+            block(dim, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.drop_rate,
+                  use_relative_position=cfg.use_relative_position, rpb_kwargs=rpb_kwargs, qkv_bias=cfg.qkv_bias,
+                  attn_drop=cfg.attn_drop_rate, drop_path=dpr[i],
                   layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps, act=cfg.act, mlp=cfg.mlp,
                   fused_attn=cfg.attn_impl == "fused", norm_layer=cfg.norm_layer, attn_norm=cfg.attn_norm,
                   mlp_norm=cfg.mlp_norm, proj_bias=cfg.proj_bias, mlp_bias=cfg.mlp_bias,
@@ -105,10 +107,6 @@ class VisionTransformer(nn.Module):
             self.head_dist = nn.Linear(dim, cfg.num_classes, bias=cfg.head_bias) if cfg.num_classes > 0 \
                 else nn.Identity()
         self.init_weights()
-
-    @classmethod
-    def from_config(cls, config: ViTConfig) -> "VisionTransformer":
-        return cls(config)
 
     @classmethod
     def from_pretrained(cls, src, source: str = "auto", num_classes: int | None = None, img_size=None, *,
@@ -204,7 +202,7 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normed tokens (B, prefix + N, D)."""
-        return self.encode(x)[0]
+        return self.norm(self._run_blocks(*self._embed(x))[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, classes), or the representation the classifier reads (B, num_features)
@@ -227,12 +225,6 @@ class VisionTransformer(nn.Module):
             return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)  # (B, 2D)
         tokens = x if self.config.pool_include_prefix else x[:, self.num_prefix_tokens:]
         return self.attn_pool(tokens) if self.attn_pool is not None else tokens.mean(dim=1)
-
-    def encode(self, x: torch.Tensor, attention_layers: Iterable[int] = ()) -> tuple[torch.Tensor, dict]:
-        """Images (B, C, H, W) -> (normed tokens (B, prefix + N, D), {layer: attention (B, heads, T, T)}) for
-        the blocks in ``attention_layers``, which compute their attention explicitly; the others run fused."""
-        x, _, maps = self._run_blocks(*self._embed(x), attention_layers=set(attention_layers))
-        return self.norm(x), maps
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Iterable[int] | None = None, norm: bool = False,
                               output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
@@ -294,7 +286,7 @@ class VisionTransformer(nn.Module):
             block = self.blocks[i]
             r = rope[i] if rope is not None and rope.ndim == 4 else rope
             if i in attention_layers:
-                x, maps[i] = block.forward_with_attention(x, r)
+                x, maps[i] = block(x, r, return_attention=True)
             elif checkpointed:
                 x = checkpoint(block, x, r, use_reentrant=False)
             else:
@@ -306,14 +298,10 @@ class VisionTransformer(nn.Module):
     def forward_with_attention(self, x: torch.Tensor, layers: Iterable[int] | None = None
                                ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """One pass: (logits, {layer: attention weights (B, heads, T, T)}) for the chosen layers (all when None;
-        negative indices count from the end). Only those layers compute their attention explicitly."""
-        tokens, maps = self.encode(x, self._layer_indices(layers))
-        return self.forward_head(tokens), maps
-
-    def get_attention_maps(self, x: torch.Tensor, layers: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
-        """Attention weights of the chosen layers (all when None; negative indices count from the end):
-        {layer: (B, heads, T, T)}. Only those layers compute attention explicitly."""
-        return self.encode(x, self._layer_indices(layers))[1]
+        negative indices count from the end). Only those layers compute their attention explicitly; the others
+        run fused."""
+        x, _, maps = self._run_blocks(*self._embed(x), attention_layers=set(self._layer_indices(layers)))
+        return self.forward_head(self.norm(x)), maps
 
     def _layer_indices(self, layers: Iterable[int] | None, what: str = "attention layer") -> list[int]:
         depth = len(self.blocks)
@@ -327,9 +315,6 @@ class VisionTransformer(nn.Module):
         if not out:
             raise ValueError(f"no {what}s were asked for; pass layer indices or None for all")
         return sorted(set(out))
-
-
-ViT = VisionTransformer
 
 
 def count_parameters(model: nn.Module) -> int:

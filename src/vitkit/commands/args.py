@@ -57,7 +57,8 @@ def model_settings(sets: list[str]) -> dict:
     ``img_size``."""
     import typing
 
-    from ..config import ViTConfig, apply_aliases
+    from ..compat import apply_aliases
+    from ..config import ViTConfig
     from ..configtools import _coerce, did_you_mean, parse_override
     from ..errors import ConfigError
 

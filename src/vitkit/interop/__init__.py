@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 
 from ..checkpoint import Pretrained, without_head
-from ..config import apply_aliases
+from ..compat import apply_aliases
 from ..errors import CheckpointError, ConfigError
 from .architecture import infer_config, representation_layer
 from .catalog import FORMATS, SOURCE_ALIASES

@@ -8,7 +8,8 @@ import re
 
 import torch
 
-from ..config import ViTConfig, apply_aliases, check_options, pair
+from ..compat import apply_aliases
+from ..config import ViTConfig, check_options, pair
 from ..presets import VARIANTS
 from ..errors import CheckpointError, ConfigError
 

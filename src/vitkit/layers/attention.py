@@ -45,8 +45,8 @@ class MultiHeadAttention(nn.Module):
     relative position bias, which the fused kernel receives as its additive mask.
 
     ``dropout`` is used for both the attention weights and the output projection unless ``attn_drop`` or
-    ``proj_drop`` are given. :meth:`forward` returns the output; :meth:`attend` also returns the weights,
-    computed explicitly. ``fused=False`` always computes explicitly (matmul, softmax, matmul), which is
+    ``proj_drop`` are given. :meth:`forward` returns the output, and with ``return_attention`` the weights
+    too, computed explicitly. ``fused=False`` always computes explicitly (matmul, softmax, matmul), which is
     faster for short sequences on a CPU; the fused kernel is what timm runs, so it matches timm bit for
     bit. The two agree to float rounding. ``qkv_bias="qv"`` is BEiT's: learned query and value biases
     (``q_bias``, ``v_bias``) beside a bias-free ``qkv``, the key's bias fixed at zero (also EVA-02's and
@@ -59,8 +59,8 @@ class MultiHeadAttention(nn.Module):
     ``scale`` True multiplies q k^T by head_width ** -0.5, False by 1, a number by that number.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, use_relative_position: bool = False,
-                 rpb_kwargs: dict | None = None, *, qkv_bias: bool | str = True, attn_drop: float | None = None,
+    def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, use_relative_position: bool = False,
+                 rpb_kwargs: dict | None = None, qkv_bias: bool | str = True, attn_drop: float | None = None,
                  proj_drop: float | None = None, scale: bool = True, fused: bool = True, rope_half: bool = False,
                  attn_norm: str | None = None, norm_eps: float = 1e-6, proj_bias: bool = True,
                  attn_dim: int | None = None):
@@ -92,24 +92,21 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"rpb_kwargs num_heads ({kwargs['num_heads']}) must equal num_heads ({num_heads})")
             self.relative_position_bias = RelativePositionBias(**kwargs)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, C) -> (B, N, C)."""
-        if not self.fused:
-            return self.attend(x, rope)[0]
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, return_attention: bool = False):
+        """(B, N, C) -> (B, N, C); with ``return_attention``, (output (B, N, C), attention weights (B, H, N, N)),
+        the weights computed explicitly."""
         q, k, v, bias = self._qkv(x, rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
-                                             scale=self._sdpa_scale())  # (B, H, N, d)
-        return self._merge(out)
+        if return_attention or not self.fused:
+            out, attn = self.attention(q, k, v, bias)  # (B, H, N, d), (B, H, N, N)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self._sdpa_scale(),
+                                                 dropout_p=self.attn_drop if self.training else 0.0)  # (B, H, N, d)
+        out = self._merge(out)
+        return (out, attn) if return_attention else out
 
     def _sdpa_scale(self) -> float | None:
         """``scaled_dot_product_attention``'s scale: None (its own head_width ** -0.5, timm's call), 1 or ours."""
         return None if self.scale is True else 1.0 if self.scale is False else float(self.scale)
-
-    def attend(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, C) -> (output (B, N, C), attention weights (B, H, N, N)), computed explicitly."""
-        q, k, v, bias = self._qkv(x, rope)
-        out, attn = self.attention(q, k, v, bias)  # (B, H, N, d), (B, H, N, N)
-        return self._merge(out), attn
 
     def _qkv(self, x: torch.Tensor, rope: torch.Tensor | None = None):
         b, n, _ = x.shape

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..config import ViTConfig, apply_aliases
+from ..compat import apply_aliases
+from ..config import ViTConfig
 from ..configtools import (apply_overrides, check_positive, check_ranges, from_dict, load_config, pair, to_dict,
                            type_name)
 from ..errors import ConfigError
