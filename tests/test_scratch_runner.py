@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from vitkit.cli import main as cli_main
-from vitkit.configtools import load_config
+from vitkit.typed_config import load_config
 from vitkit.errors import ConfigError
 from vitkit.numpy_vit import ViTRunner, generate_synthetic_images
 from vitkit.numpy_vit.runner import ScratchConfig

@@ -122,7 +122,8 @@ def test_the_layer_list_is_the_folder():
 @pytest.mark.parametrize("module", LAYERS)
 def test_the_layers_import_only_the_config_and_each_other(module):
     graph = import_graph()
-    allowed = {"vitkit.config", "vitkit.configtools", "vitkit.errors"} | {m for m in graph if m.startswith("vitkit.layers")}
+    allowed = {"vitkit.config", "vitkit.typed_config", "vitkit.geometry", "vitkit.errors"} | \
+        {m for m in graph if m.startswith("vitkit.layers")}
     assert graph.get(module, set()) <= allowed, graph[module] - allowed
 
 
@@ -130,7 +131,7 @@ def test_the_model_never_reads_a_file():
     """model.py defines the model from its config and the layers; files, the Hub and other libraries' formats
     become models in vitkit.pretrained (see DELEGATIONS), so model.py imports no reader of weights."""
     graph = floors()
-    allowed = {"vitkit.compat", "vitkit.config", "vitkit.configtools", "vitkit.errors"} | set(LAYERS)
+    allowed = {"vitkit.compat", "vitkit.config", "vitkit.geometry", "vitkit.errors"} | set(LAYERS)
     assert graph["vitkit.model"] <= allowed, graph["vitkit.model"] - allowed
     tree = ast.parse((PACKAGE / "model.py").read_text())
     outside = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \

@@ -525,7 +525,7 @@ def test_a_full_disk_under_any_writer_of_a_resume_is_one_sentence_and_changes_no
     import safetensors
     import safetensors.torch
 
-    import vitkit.configtools
+    import vitkit.typed_config
     import vitkit.report
     import vitkit.runs
 
@@ -541,7 +541,7 @@ def test_a_full_disk_under_any_writer_of_a_resume_is_one_sentence_and_changes_no
             "failed"))
         monkeypatch.setattr(vitkit.fileio.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
     elif writer == "YAML":
-        fail_writing(monkeypatch, vitkit.configtools, "atomic_write_text", no_space())
+        fail_writing(monkeypatch, vitkit.typed_config, "atomic_write_text", no_space())
     elif writer == "CSV":
         fail_writing(monkeypatch, vitkit.runs, "atomic_write_text", no_space(), lambda path, text: ".csv" in str(path))
     else:

@@ -15,7 +15,7 @@ _EXPORTS = {
     "vitkit.config": ["ViTConfig"],
     "vitkit.presets": ["PRESETS", "get_preset", "list_models", "licence_of"],
     "vitkit.interop.preprocess": ["preprocessing_of"],
-    "vitkit.configtools": ["load_config", "save_config"],
+    "vitkit.typed_config": ["load_config", "save_config"],
     "vitkit.errors": ["VitkitError", "ConfigError", "DataError", "CheckpointError"],
     "vitkit.layers": ["MultiHeadAttention", "PatchEmbedding", "RelativePositionBias", "ScaledDotProductAttention",
                       "TransformerBlock", "PostNormBlock", "get_relative_position_index_1d",

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .compat import ConfigNames, apply_aliases
-from .configtools import check_literals, check_positive, check_ranges, from_dict, pair, to_dict
+from .typed_config import check_literals, check_positive, check_ranges, from_dict, to_dict
+from .geometry import pair
 from .errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------------------

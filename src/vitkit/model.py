@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .compat import ModelNames
 from .config import ViTConfig
-from .configtools import pair
 from .errors import ConfigError
+from .geometry import pair
 from .layers import (HEAD_ACTIVATIONS, AttentionPoolLatent, PatchEmbedding, PostNormBlock, RotaryEmbedding,
                      TransformerBlock, make_norm, resample_pos_embed, sincos_2d_pos_embed)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import hub
 from .checkpoint import resolve_weights_path
-from .configtools import pair
+from .geometry import pair
 from .data.preprocess import Preprocess
 from .errors import CheckpointError, ConfigError, DataError
 from .evaluation import evaluate

@@ -38,7 +38,7 @@ def read_rules(path: str | None) -> dict | None:
     callable rule cannot be written in YAML (that needs ``from_pretrained(rules=)`` in Python)."""
     if path is None:
         return None
-    from ..configtools import load_config
+    from ..typed_config import load_config
     from ..errors import ConfigError
 
     data = load_config(path)
@@ -59,7 +59,7 @@ def model_settings(sets: list[str]) -> dict:
 
     from ..compat import apply_aliases
     from ..config import ViTConfig
-    from ..configtools import _coerce, did_you_mean, parse_override
+    from ..typed_config import _coerce, did_you_mean, parse_override
     from ..errors import ConfigError
 
     types = typing.get_type_hints(ViTConfig)

@@ -12,7 +12,7 @@ from .inspect import add_source_options, describe
 
 def main(argv: list[str] | None = None) -> int:
     from ..checkpoint import save_weights
-    from ..configtools import pair
+    from ..geometry import pair
     from ..data.preprocess import Preprocess
     from ..errors import CheckpointError
     from ..model import VisionTransformer

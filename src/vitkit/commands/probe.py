@@ -9,7 +9,7 @@ from .features import add_common
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..configtools import from_dict, parse_override
+    from ..typed_config import from_dict, parse_override
     from ..errors import ConfigError, DataError
     from ..frozen.cache import split_features
     from ..frozen.head import probe_config, probe_model

@@ -85,7 +85,7 @@ def load_image_tower(checkpoint: str, settings: dict):
     """(model, metadata to keep, stored exp(logit_scale) or None) of an image tower's weights. The metadata is
     its preprocessing (a vitkit file's own record, else what the source says); a head that loading replaced
     (a classifier on other features) is refused."""
-    from ..configtools import pair
+    from ..geometry import pair
     from ..data.preprocess import Preprocess
     from ..errors import CheckpointError
     from ..interop import load_pretrained

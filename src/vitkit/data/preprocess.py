@@ -24,7 +24,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ..configtools import pair
+from ..geometry import pair
 from ..errors import ConfigError
 from .images import to_uint8_chw
 

@@ -11,7 +11,7 @@ import warnings
 import torch
 
 from ..checkpoint import save_weights
-from ..configtools import save_config
+from ..typed_config import save_config
 from ..fileio import atomic_write_text
 from ..model import count_parameters
 from ..runs import claim_new_run

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import pair
+from ..geometry import pair
 from .norm import make_norm
 
 

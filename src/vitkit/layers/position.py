@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import pair
+from ..geometry import pair
 
 
 def get_relative_position_index_1d(seq_len: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from vitkit.configtools import check_positive, from_dict, load_config
+from vitkit.typed_config import check_positive, from_dict, load_config
 from vitkit.errors import ConfigError
 
 from .data import generate_synthetic_images

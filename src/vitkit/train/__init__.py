@@ -6,7 +6,7 @@ the run config, optimizer and schedule, resumable checkpoints, and the trainer b
     >>> train(cfg)   # writes runs/digits/
 """
 
-from ..configtools import load_config, save_config
+from ..typed_config import load_config, save_config
 from ..evaluation import evaluate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, LoopConfig, OptimConfig, RunConfig, load_run_config

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..config import ViTConfig
-from ..configtools import to_dict
+from ..typed_config import to_dict
 from ..errors import ConfigError
 from .config import FREEZE, LoopConfig
 

@@ -1,7 +1,7 @@
 """The training config: typed sections (dataclasses), YAML recipes and ``--set section.key=value`` overrides.
 
 Precedence is defaults < YAML file < command line. Every section is validated with
-:func:`vitkit.configtools.from_dict`, so an unknown key or a wrong type is one ConfigError naming the key. The
+:func:`vitkit.typed_config.from_dict`, so an unknown key or a wrong type is one ConfigError naming the key. The
 ``model`` section is a :class:`~vitkit.ViTConfig` (optionally a preset ``name`` plus overrides, and an
 ``init`` weights file to fine-tune from); its ``in_channels``, ``num_classes`` and ``img_size`` default to the
 data set's, so they are resolved only once the data is known (see :func:`resolve_model_config`).
@@ -21,10 +21,11 @@ from typing import Literal
 
 from ..compat import apply_aliases
 from ..config import ViTConfig
-from ..configtools import (apply_overrides, check_positive, check_ranges, from_dict, load_config, pair, to_dict,
-                           type_name)
 from ..errors import ConfigError
+from ..geometry import pair
 from ..presets import PRESETS, get_preset
+from ..typed_config import (apply_overrides, check_positive, check_ranges, from_dict, load_config, to_dict,
+                            type_name)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..data import (BatchAugment, DeviceLoader, FolderLoader, FolderSamples, ImageFolderDataset, Preprocess,
                     decode_folder, open_splits, recommended_augment, train_transform)
 from ..data.imagefolder import Chain
-from ..configtools import pair
+from ..geometry import pair
 from ..data.preprocess import default_stats
 from ..data.splits import EvalSet, Splits, eval_set, in_memory
 from ..errors import ConfigError

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ViTConfig
-from ..configtools import pair
+from ..geometry import pair
 from ..errors import CheckpointError, ConfigError, is_out_of_memory
 from ..model import VisionTransformer
 

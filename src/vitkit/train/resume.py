@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..configtools import apply_overrides, load_config
+from ..typed_config import apply_overrides, load_config
 from ..errors import CheckpointError, ConfigError
 from ..runs import Run
 from .checkpoint import find_resumable, load_training_state, resolve_state_path

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as weights_io
-from ..configtools import from_dict, save_config
+from ..typed_config import from_dict, save_config
 from ..errors import CheckpointError
 from ..evaluation import evaluate
 from ..fileio import atomic_write_text

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..configtools import pair
+from ..geometry import pair
 
 from ..attention_maps import read_attention
 from .canvas import as_numpy, grid_shape, imshow, new_figure, save_figure, subplots, to_display

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..configtools import pair
+from ..geometry import pair
 
 from .canvas import as_numpy, grid_shape, new_figure, save_figure, subplots
 

@@ -18,18 +18,6 @@ from .errors import ConfigError
 from .fileio import atomic_write_text
 
 
-def pair(value, name: str = "img_size") -> tuple[int, int]:
-    """An int or an (h, w) pair as (h, w) of positive ints; anything else is a ConfigError naming ``name``."""
-    size = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        h, w = size
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a positive int or (height, width), got {value!r}") from None
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in (h, w)):
-        raise ConfigError(f"{name} must be a positive int or (height, width), got {value!r}")
-    return (h, w)
-
-
 def check_literals(obj) -> None:
     """Raise a ConfigError naming the first field of dataclass ``obj`` whose value is not one of its
     ``Literal[...]`` choices (for code that builds the dataclass directly, not through :func:`from_dict`)."""
