@@ -39,6 +39,29 @@ def chromium() -> str:
     return exe
 
 
+def train_tiny_digits(tmp: Path, *, depth: int = 1, epochs: int = 2) -> tuple[Path, Path, str]:
+    """A tiny ViT trained on the digits with ``vitkit train``: (run folder, recipe, what it printed)."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from vitkit.cli import main
+
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny", "out_dir": str(tmp / "runs"), "device": "cpu", "report": False,
+        "data": {"dataset": "digits", "batch_size": 64},
+        "model": {"patch_size": 4, "embed_dim": 32, "depth": depth, "num_heads": 2, "mlp_ratio": 2.0},
+        "optim": {"lr": 3.0e-3, "warmup_epochs": 0.5},
+        "train": {"epochs": epochs, "threads": 1},
+    }))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", "--config", str(recipe)]) == 0
+    return tmp / "runs" / "tiny", recipe, out.getvalue()
+
+
 def saved_step(run_dir: Path) -> int:
     """The step a resume of the run folder would start from (0: none saved yet). A kill, or a poll, can fall
     between the two renames of a save, when only previous.state.pt exists."""

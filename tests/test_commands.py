@@ -1,9 +1,7 @@
 """`vitkit train | eval | predict` end to end on a tiny digits run: the run folder, what eval and predict print,
 and one-sentence errors (exit 2, no traceback) for bad configs and truncated, empty or foreign checkpoints."""
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 
@@ -11,6 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import train_tiny_digits
 from vitkit.cli import main
 from vitkit.data import load_dataset
 from vitkit.runs import METRICS_COLUMNS
@@ -21,19 +20,7 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished two-epoch run; returns (run folder, recipe, stdout)."""
-    tmp = tmp_path_factory.mktemp("cli")
-    recipe = tmp / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "tiny", "out_dir": str(tmp / "runs"), "device": "cpu", "report": False,
-        "data": {"dataset": "digits", "batch_size": 64},
-        "model": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
-        "optim": {"lr": 3.0e-3, "warmup_epochs": 0.5},
-        "train": {"epochs": EPOCHS, "threads": 1},
-    }))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["train", "--config", str(recipe)]) == 0
-    return tmp / "runs" / "tiny", recipe, out.getvalue()
+    return train_tiny_digits(tmp_path_factory.mktemp("cli"), depth=1, epochs=EPOCHS)
 
 
 def test_train_writes_a_complete_run_folder(run):

@@ -2,8 +2,6 @@
 scikit-learn fitted here, the feature cache (a second call runs no backbone; a damaged entry is recomputed),
 and `vitkit features | knn | probe` end to end on a tiny digits run, whose probe run `vitkit eval` re-scores."""
 
-import contextlib
-import io
 import json
 import math
 
@@ -12,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import train_tiny_digits
 from vitkit.cli import main
 from vitkit.frozen.knn import check_knn, knn_scores, ranked
 from vitkit.frozen.probe import ProbeSettings, fit_probe
@@ -147,16 +146,7 @@ def test_the_probe_checkpoint_computes_exactly_the_probed_features(pool, kind):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("frozen")
-    recipe = tmp / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "tiny", "out_dir": str(tmp / "runs"), "device": "cpu", "report": False,
-        "data": {"dataset": "digits", "batch_size": 64},
-        "model": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0},
-        "optim": {"lr": 3.0e-3, "warmup_epochs": 0.5}, "train": {"epochs": 1, "threads": 1}}))
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["train", "--config", str(recipe)]) == 0
-    return tmp / "runs" / "tiny"
+    return train_tiny_digits(tmp_path_factory.mktemp("frozen"), depth=2, epochs=1)[0]
 
 
 @pytest.fixture
