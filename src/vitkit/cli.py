@@ -36,6 +36,7 @@ COMMANDS = {  # name: (module:function, one-line help)
     "convert": ("vitkit.commands.convert:main", "write a foreign weights file (with --rules) as a vitkit checkpoint"),
     "export": ("vitkit.commands.export:main", "export a checkpoint to ONNX or torch.export (pt2)"),
     "serve": ("vitkit.commands.serve:main", "serve a checkpoint over HTTP: predictions, attention, and a web page"),
+    "shard": ("vitkit.commands.shard:main", "write a data set as WebDataset tar shards with an index.json"),
     "benchmark": ("vitkit.commands.benchmark:main", "measure training or inference throughput (vs timm)"),
     "scratch": ("vitkit.numpy_vit.runner:main", "train the NumPy ViT of vitkit.numpy_vit from a YAML config"),
     "models": ("vitkit.commands.info:models", "list the named architectures"),

@@ -86,6 +86,10 @@ class Splits:
         """The folder split as CSV text (``split,class,path``, paths relative to the root)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
+        if self.dataset.startswith("shards:"):  # shards: which shard is in which split (not read back)
+            writer.writerow(["split", "shard", "samples"])
+            writer.writerows([s, shard.path.as_posix(), shard.samples] for s, p in self.parts.items() for shard in p.shards)
+            return out.getvalue()
         writer.writerow(["split", "class", "path"])
         for split in SPLITS:
             part = self.parts.get(split)
@@ -108,6 +112,8 @@ def open_splits(dataset: str, root=None, *, val_fraction: float = 0.1, split_see
     image is grey."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
+    if isinstance(dataset, str) and dataset.startswith("shards:"):
+        return _shard_splits(dataset, channels)
     name = canonical_name(dataset)
     if name.startswith("imagefolder:"):
         folder = Path(name.split(":", 1)[1]).expanduser()
@@ -125,6 +131,16 @@ def open_splits(dataset: str, root=None, *, val_fraction: float = 0.1, split_see
         rule = "official test split; no validation split"
     return Splits(train.name, list(train.classes), train.in_channels, parts, rule,
                   image_size=tuple(train.image_size), mean=train.mean, std=train.std)
+
+
+def _shard_splits(name: str, channels) -> Splits:
+    """``shards:DIR`` or ``shards:PATTERN`` (see :mod:`vitkit.data.shards`): the shards' own splits."""
+    from .shards import open_shards, probe_channels
+    classes, recorded, parts, rule, folder = open_shards(name.split(":", 1)[1])
+    if "train" not in parts:
+        raise DataError(f"{name} has no training shards (train-*.tar)")
+    channels = channels or recorded or probe_channels(parts["train"])
+    return Splits(name, classes, channels, {s: parts[s] for s in SPLITS if s in parts}, rule, root=folder)
 
 
 def _folder_splits(folder: Path, name: str, val_fraction: float, split_seed: int, channels, strict) -> Splits:
@@ -251,6 +267,9 @@ def eval_set(splits: Splits, split: str, preprocess: Preprocess, batch_size: int
     from .device_loader import DeviceLoader
 
     part = splits.get(split) if part is None else part
+    if hasattr(part, "shards"):  # ShardSamples: evaluated from memory, decoded once in shard order
+        from .shards import decode_shards
+        part = decode_shards(part, splits.classes, preprocess, splits.dataset)
     if isinstance(part, FolderSamples):
         ds = ImageFolderDataset(samples=part.samples, classes=splits.classes, channels=preprocess.channels,
                                 transform=eval_transform(preprocess))

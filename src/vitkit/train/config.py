@@ -59,11 +59,12 @@ class DataConfig:
     cache: Literal["none", "memory", "disk"] = "none"  # decode every image once (then train on the device)
     cache_dir: str | None = None  # for cache: disk; None: ~/.cache/vitkit/decoded
     workers: int = 4  # loader processes when streaming
+    shuffle_buffer: int = 1000  # shards:: samples each reader shuffles among while streaming (1: none)
 
     def __post_init__(self):
         check_positive(self, ("batch_size", "eval_batch_size"), "data")
         check_ranges(self, "data", {"val_fraction": "[0, 1)", "mixup_alpha": "[0, inf)", "cutmix_alpha": "[0, inf)",
-                                    "crop_padding": "[0, inf)", "split_seed": f"[0, {2**63}]", "workers": "[0, inf)",
+                                    "crop_padding": "[0, inf)", "split_seed": f"[0, {2**63}]", "workers": "[0, inf)", "shuffle_buffer": "[1, inf)",
                                     "mean": "[0, 1]", "std": "(0, inf)"})
         if self.img_size is not None:
             pair(self.img_size, "data.img_size")

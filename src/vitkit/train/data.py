@@ -4,7 +4,8 @@ shard.
 
 In-memory data sets, and image folders decoded once (``data.cache``), train through the device-resident
 :class:`~vitkit.data.DeviceLoader` with batched augmentation; other image folders stream through worker
-processes (:class:`~vitkit.data.FolderLoader`) with per-sample augmentation. Both reproduce any epoch and
+processes (:class:`~vitkit.data.FolderLoader`) with per-sample augmentation, and tar shards
+(``shards:``) likewise through :class:`~vitkit.data.shard_loader.ShardLoader`. Both reproduce any epoch and
 batch position from (seed, epoch, batch), so a resumed run continues exactly.
 """
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from ..data import (BatchAugment, DeviceLoader, FolderLoader, FolderSamples, ImageFolderDataset, Preprocess,
                     decode_folder, open_splits, recommended_augment, train_transform)
 from ..data.imagefolder import Chain
+from ..data.shard_loader import ShardLoader
+from ..data.shards import ShardSamples, decode_shards
 from ..geometry import pair
 from ..data.preprocess import default_stats
 from ..data.splits import EvalSet, Splits, eval_set, in_memory
@@ -100,19 +103,25 @@ def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None,
     parts = dict(splits.parts)
     if splits.is_folder and cfg.cache != "none":  # decode once, then everything is in memory
         cache_dir = None if cfg.cache == "memory" else (cfg.cache_dir or Path.home() / ".cache" / "vitkit" / "decoded")
-        parts = {name: decode_folder(part, splits.classes, preprocess, cache_dir=cache_dir, workers=cfg.workers,
-                                     name=splits.dataset) for name, part in parts.items()}
+        parts = {name: decode_shards(part, splits.classes, preprocess, splits.dataset) if isinstance(part, ShardSamples)
+                 else decode_folder(part, splits.classes, preprocess, cache_dir=cache_dir, workers=cfg.workers,
+                                    name=splits.dataset) for name, part in parts.items()}
     num_classes = len(splits.classes)
     train = parts["train"]
-    if isinstance(train, FolderSamples):
+    if isinstance(train, (FolderSamples, ShardSamples)):
         mix = BatchAugment(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, num_classes=num_classes)
         augment = train_transform(preprocess.img_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
                                   interpolation=cfg.interpolation, hflip=cfg.hflip if cfg.hflip is not None else True,
                                   randaugment=cfg.randaugment)
-        ds = ImageFolderDataset(samples=train.samples, classes=splits.classes, channels=preprocess.channels,
-                                transform=Chain(augment, preprocess.normalize), seed=seed)
-        loader = FolderLoader(ds, batch, shuffle=True, drop_last=True, seed=seed, workers=cfg.workers,
-                              mix=mix if mix.mixing else None, device=ctx.device, **shard)
+        if isinstance(train, ShardSamples):
+            loader = ShardLoader(train, batch, Chain(augment, preprocess.normalize), preprocess.channels, seed=seed,
+                                 workers=cfg.workers, shuffle_buffer=cfg.shuffle_buffer,
+                                 mix=mix if mix.mixing else None, device=ctx.device, **shard)
+        else:
+            ds = ImageFolderDataset(samples=train.samples, classes=splits.classes, channels=preprocess.channels,
+                                    transform=Chain(augment, preprocess.normalize), seed=seed)
+            loader = FolderLoader(ds, batch, shuffle=True, drop_last=True, seed=seed, workers=cfg.workers,
+                                  mix=mix if mix.mixing else None, device=ctx.device, **shard)
     else:
         usual = recommended_augment(train.name) if not splits.is_folder else \
             BatchAugment(max(1, preprocess.img_size[0] // 8), True)

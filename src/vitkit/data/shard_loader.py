@@ -1,0 +1,171 @@
+"""Training batches streamed from tar shards, reproducible by position so a resumed run continues exactly.
+
+**Who reads what.** The split's shards are dealt once, for the whole run, to ``world_size x readers`` slots
+(largest shard first, each to the slot holding the fewest samples so far); slot ``rank * readers + w`` is
+read by loader worker ``w`` of rank ``rank``. ``readers`` is ``max(1, data.workers)``, lowered to the fewest
+shards any rank gets; fewer shards than ranks is a DataError. Every slot yields the same number ``q`` of
+batches per epoch (the smallest slot's full batches), so every rank trains ``readers * q`` steps and no rank
+waits on another; the samples past a slot's quota sit that epoch out (which ones changes with the epoch).
+
+**Order.** Each epoch a slot reads its shards in an order drawn from (seed, epoch, rank, slot), through a
+shuffle buffer of ``data.shuffle_buffer`` samples seeded the same way; per-sample augmentation is seeded by
+(seed, epoch, rank, slot, position). The loader's workers deliver batches round-robin, so batch ``b`` of an
+epoch is batch ``b // readers`` of slot ``b % readers``. Resuming at batch ``k`` renumbers the workers so that
+worker 0 plays slot ``k % readers``, and each slot skips (without decoding) the batches it already gave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import DataError
+from .device_loader import derive_seed
+from .imagefolder import _quiet_worker, _stop_signals_held
+from .images import open_image, to_uint8_chw
+from .shards import ShardSamples, iter_samples
+
+
+def deal_shards(part: ShardSamples, slots: int) -> list[list]:
+    """The shards of each slot: largest first, each to the slot with the fewest samples (ties: lowest slot)."""
+    dealt, totals = [[] for _ in range(slots)], [0] * slots
+    for shard in sorted(part.shards, key=lambda s: (-s.samples, str(s.path))):
+        i = totals.index(min(totals))
+        dealt[i].append(shard)
+        totals[i] += shard.samples
+    return dealt
+
+
+def shuffled(stream, size: int, rng: random.Random):
+    """``stream`` through a shuffle buffer of ``size`` items (``size`` <= 1: unchanged)."""
+    if size <= 1:
+        yield from stream
+        return
+    buffer = []
+    for item in stream:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardStream(IterableDataset):
+    """One rank's slots as an IterableDataset of collated batches ``(float (B, C, H, W), int64 (B,))``; in a
+    loader worker ``p`` it plays slot ``(p + offset) % readers`` (see the module docstring)."""
+
+    def __init__(self, part: ShardSamples, batch_size: int, transform, channels: int, *, seed: int, rank: int,
+                 world_size: int, readers: int, shuffle_buffer: int):
+        self.part, self.batch_size, self.transform, self.channels = part, batch_size, transform, channels
+        self.seed, self.rank, self.world_size, self.shuffle_buffer = seed, rank, world_size, shuffle_buffer
+        if len(part.shards) < world_size:
+            raise DataError(f"the {len(part.shards)} training shard(s) cannot be split over {world_size} processes "
+                            f"(each reads whole shards); write at least {world_size} shards (vitkit shard with a "
+                            "smaller --shard-size) or train on fewer processes")
+        self.readers = max(1, min(readers, len(part.shards) // world_size))
+        self.dealt = deal_shards(part, world_size * self.readers)
+        smallest = min(sum(s.samples for s in slot) for slot in self.dealt)
+        self.quota = smallest // batch_size  # batches each slot gives per epoch
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        return self.quota * self.readers
+
+    def slot_batches(self, slot: int, skip: int):
+        """Slot ``slot`` of this rank: its epoch's batches from ``skip`` to its quota; a DataError is yielded
+        as a string (a worker's exception would reach the main process with its traceback in the message)."""
+        shards = list(self.dealt[self.rank * self.readers + slot])
+        key = (self.seed, self.epoch, self.rank, slot)
+        random.Random(derive_seed(*key, 7)).shuffle(shards)
+        n = self.part.num_classes
+        stream = (s for shard in shards for s in iter_samples(shard.path, n))
+        stream = shuffled(stream, self.shuffle_buffer, random.Random(derive_seed(*key, 5)))
+        images, labels, pos = [], [], 0
+        try:
+            for sample_key, data, _, label in stream:
+                if pos >= self.quota * self.batch_size:
+                    break
+                if pos >= skip * self.batch_size:  # earlier batches are skipped undecoded
+                    x = to_uint8_chw(open_image(data, f"sample {sample_key}"), self.channels)  # (C, H, W) uint8
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(derive_seed(*key, 3, pos))
+                        images.append(self.transform(x))
+                    labels.append(label)
+                    if len(images) == self.batch_size:
+                        yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)  # (B, C, H, W), (B,)
+                        images, labels = [], []
+                pos += 1
+        except DataError as e:
+            yield str(e)
+
+    def __iter__(self):
+        info = get_worker_info()
+        physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers == 1 and self.readers > 1:  # one process plays every slot, round-robin
+            gens = [self.slot_batches((self.start + i) % self.readers, self._skip((self.start + i) % self.readers))
+                    for i in range(self.readers)]
+            while gens:
+                for g in list(gens):
+                    item = next(g, None)
+                    if item is None:
+                        gens.remove(g)
+                    else:
+                        yield item
+            return
+        slot = (physical + self.start) % self.readers
+        yield from self.slot_batches(slot, self._skip(slot))
+
+    def _skip(self, slot: int) -> int:
+        """How many of slot ``slot``'s batches lie before batch ``start`` of the epoch."""
+        return sum(1 for b in range(self.start) if b % self.readers == slot)
+
+
+class ShardLoader:
+    """The streamed-shard counterpart of :class:`~vitkit.data.FolderLoader`: ``set_epoch(e)``, ``skip(k)``,
+    ``len()``; batches are mixed (mixup/cutmix) on ``device`` by (seed, epoch, rank, batch) like the others."""
+
+    def __init__(self, part: ShardSamples, batch_size: int, transform, channels: int, *, seed: int = 0,
+                 workers: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000, mix=None,
+                 device="cpu", num_classes: int | None = None):
+        self.stream = ShardStream(part, batch_size, transform, channels, seed=seed, rank=rank, world_size=world_size,
+                                  readers=max(1, workers), shuffle_buffer=shuffle_buffer)
+        self.batch_size, self.seed, self.rank, self.mix = batch_size, seed, rank, mix
+        self.device, self.num_classes = torch.device(device), num_classes or part.num_classes
+        self.workers = self.stream.readers if workers > 0 else 0
+        self.first = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.epoch = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    def skip(self, k: int) -> None:
+        self.first = k
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self):
+        first, self.first = self.first, 0
+        self.stream.start = first
+        loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers, persistent_workers=False,
+                            worker_init_fn=_quiet_worker if self.workers else None, pin_memory=torch.cuda.is_available())
+        with _stop_signals_held() if self.workers else contextlib.nullcontext():
+            batches = iter(loader)
+        for b, item in enumerate(batches, start=first):
+            if isinstance(item, str):
+                raise DataError(item)
+            images, labels = item
+            if self.mix is not None:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2, self.rank, b))
+                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                images, labels = self.mix.mix(images, labels, g, self.num_classes)
+            yield images, labels
