@@ -156,8 +156,11 @@ class ShardLoader:
     def __iter__(self):
         first, self.first = self.first, 0
         self.stream.start = first
+        # Its own generator, as FolderLoader's: a pass must not draw its workers' seed from the global RNG
+        # (a resumed run starts passes at other moments, and would see other dropout masks afterwards).
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers, persistent_workers=False,
-                            worker_init_fn=_quiet_worker if self.workers else None, pin_memory=torch.cuda.is_available())
+                            worker_init_fn=_quiet_worker if self.workers else None, pin_memory=torch.cuda.is_available(),
+                            generator=torch.Generator().manual_seed(derive_seed(self.seed, 4, self.rank)))
         with _stop_signals_held() if self.workers else contextlib.nullcontext():
             batches = iter(loader)
         for b, item in enumerate(batches, start=first):
