@@ -1,17 +1,20 @@
 """Training batches streamed from tar shards, reproducible by position so a resumed run continues exactly.
 
 **Who reads what.** The split's shards are dealt once, for the whole run, to ``world_size x readers`` slots
-(largest shard first, each to the slot holding the fewest samples so far); slot ``rank * readers + w`` is
-read by loader worker ``w`` of rank ``rank``. ``readers`` is ``max(1, data.workers)``, lowered to the fewest
-shards any rank gets; fewer shards than ranks is a DataError. Every slot yields the same number ``q`` of
-batches per epoch (the smallest slot's full batches), so every rank trains ``readers * q`` steps and no rank
-waits on another; the samples past a slot's quota sit that epoch out (which ones changes with the epoch).
+(largest shard first, each to the slot holding the fewest samples so far); rank ``r`` reads slots
+``r * readers ... r * readers + readers - 1``. ``readers`` depends on the data only (not on ``data.workers``,
+which a resume may change): the largest power of two <= min(16, shards // world_size). Fewer shards than
+ranks is a DataError. A rank's loader workers (``data.workers``, lowered to a power of two <= ``readers``)
+share its slots. Every slot yields the same number ``q`` of batches per epoch (the smallest slot's full
+batches), so every rank trains ``readers * q`` steps and no rank waits on another; the samples past a slot's
+quota sit that epoch out (which ones changes with the epoch).
 
 **Order.** Each epoch a slot reads its shards in an order drawn from (seed, epoch, rank, slot), through a
 shuffle buffer of ``data.shuffle_buffer`` samples seeded the same way; per-sample augmentation is seeded by
-(seed, epoch, rank, slot, position). The loader's workers deliver batches round-robin, so batch ``b`` of an
-epoch is batch ``b // readers`` of slot ``b % readers``. Resuming at batch ``k`` renumbers the workers so that
-worker 0 plays slot ``k % readers``, and each slot skips (without decoding) the batches it already gave.
+(seed, epoch, rank, slot, position). Batch ``b`` of an epoch is batch ``b // readers`` of slot
+``b % readers``; worker ``p`` of ``W`` gives batches ``start + p, start + p + W, ...``, so the loader's
+round-robin yields them in order. Resuming at batch ``k`` starts there, each slot skipping (without
+decoding) the batches it already gave, so the same workers or others continue the same sequence.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from .device_loader import derive_seed
 from .imagefolder import _quiet_worker, _stop_signals_held
 from .images import open_image, to_uint8_chw
 from .shards import ShardSamples, iter_samples
+
+MAX_READERS = 16  # reader slots per rank, at most (a power of two, so 1, 2, 4, 8 or 16 workers share them)
 
 
 def deal_shards(part: ShardSamples, slots: int) -> list[list]:
@@ -57,21 +62,25 @@ def shuffled(stream, size: int, rng: random.Random):
 
 
 class ShardStream(IterableDataset):
-    """One rank's slots as an IterableDataset of collated batches ``(float (B, C, H, W), int64 (B,))``; in a
-    loader worker ``p`` it plays slot ``(p + offset) % readers`` (see the module docstring)."""
+    """One rank's slots as an IterableDataset of collated batches ``(float (B, C, H, W), int64 (B,))``, from
+    batch ``start`` of epoch ``epoch`` (see the module docstring)."""
 
     def __init__(self, part: ShardSamples, batch_size: int, transform, channels: int, *, seed: int, rank: int,
-                 world_size: int, readers: int, shuffle_buffer: int):
+                 world_size: int, shuffle_buffer: int):
         self.part, self.batch_size, self.transform, self.channels = part, batch_size, transform, channels
         self.seed, self.rank, self.world_size, self.shuffle_buffer = seed, rank, world_size, shuffle_buffer
         if len(part.shards) < world_size:
             raise DataError(f"the {len(part.shards)} training shard(s) cannot be split over {world_size} processes "
                             f"(each reads whole shards); write at least {world_size} shards (vitkit shard with a "
                             "smaller --shard-size) or train on fewer processes")
-        self.readers = max(1, min(readers, len(part.shards) // world_size))
+        self.readers = power_of_two_at_most(min(MAX_READERS, len(part.shards) // world_size))
         self.dealt = deal_shards(part, world_size * self.readers)
         smallest = min(sum(s.samples for s in slot) for slot in self.dealt)
         self.quota = smallest // batch_size  # batches each slot gives per epoch
+        if self.quota == 0:
+            raise DataError(f"the smallest of the {len(self.dealt)} reader shares of the training shards holds "
+                            f"{smallest} samples, less than one batch of {batch_size} per process; lower "
+                            "data.batch_size or write more, smaller shards (vitkit shard --shard-size)")
         self.epoch, self.start = 0, 0
 
     def __len__(self) -> int:
@@ -105,25 +114,26 @@ class ShardStream(IterableDataset):
             yield str(e)
 
     def __iter__(self):
+        """Batches ``start`` ... of the epoch that this process delivers: with W workers, worker ``p`` gives
+        batches ``start + p``, ``start + p + W``, ... (each from slot ``b % readers``), so the loader's
+        round-robin over its workers yields them in epoch order, whatever W divides ``readers``."""
         info = get_worker_info()
         physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if workers == 1 and self.readers > 1:  # one process plays every slot, round-robin
-            gens = [self.slot_batches((self.start + i) % self.readers, self._skip((self.start + i) % self.readers))
-                    for i in range(self.readers)]
-            while gens:
-                for g in list(gens):
-                    item = next(g, None)
-                    if item is None:
-                        gens.remove(g)
-                    else:
-                        yield item
-            return
-        slot = (physical + self.start) % self.readers
-        yield from self.slot_batches(slot, self._skip(slot))
+        gens = {}
+        for b in range(self.start + physical, len(self), workers):
+            slot = b % self.readers
+            if slot not in gens:
+                gens[slot] = self.slot_batches(slot, sum(1 for i in range(self.start) if i % self.readers == slot))
+            item = next(gens[slot], None)
+            if item is None:
+                return
+            yield item
+            if isinstance(item, str):
+                return
 
-    def _skip(self, slot: int) -> int:
-        """How many of slot ``slot``'s batches lie before batch ``start`` of the epoch."""
-        return sum(1 for b in range(self.start) if b % self.readers == slot)
+
+def power_of_two_at_most(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
 
 
 class ShardLoader:
@@ -134,10 +144,10 @@ class ShardLoader:
                  workers: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000, mix=None,
                  device="cpu", num_classes: int | None = None):
         self.stream = ShardStream(part, batch_size, transform, channels, seed=seed, rank=rank, world_size=world_size,
-                                  readers=max(1, workers), shuffle_buffer=shuffle_buffer)
+                                  shuffle_buffer=shuffle_buffer)
         self.batch_size, self.seed, self.rank, self.mix = batch_size, seed, rank, mix
         self.device, self.num_classes = torch.device(device), num_classes or part.num_classes
-        self.workers = self.stream.readers if workers > 0 else 0
+        self.workers = power_of_two_at_most(min(workers, self.stream.readers)) if workers > 0 else 0
         self.first = 0
 
     def set_epoch(self, epoch: int) -> None:
