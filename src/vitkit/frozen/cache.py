@@ -40,7 +40,11 @@ def checkpoint_identity(path: Path) -> list:
 def images_digest(part) -> str:
     """A fingerprint of one split's images: files with sizes and mtimes, or pixel bytes and labels."""
     h = hashlib.sha1()
-    if hasattr(part, "samples"):  # FolderSamples: (path, label)
+    if hasattr(part, "shards"):  # ShardSamples: the tar files with sizes and mtimes
+        for shard in part.shards:
+            st = Path(shard.path).stat()
+            h.update(f"{Path(shard.path).resolve()}\t{shard.samples}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    elif hasattr(part, "samples"):  # FolderSamples: (path, label)
         for path, label in part.samples:
             st = Path(path).stat()
             h.update(f"{Path(path).resolve()}\t{label}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())

@@ -34,7 +34,7 @@ class DataConfig:
     processes). Splits follow :mod:`vitkit.data.splits`: ``val_fraction`` of each class is held out of the
     training split (unless a folder has ``val/``) with ``split_seed``."""
 
-    dataset: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | cifar100 | synthetic | imagefolder:PATH
+    dataset: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | cifar100 | synthetic | imagefolder:PATH | shards:DIR
     root: str | None = None  # the data set's folder; None: $VITKIT_DATA/<folder> or ~/.cache/vitkit/<folder>
     download: bool = False  # fetch a public data set (md5-verified) when its folder is missing
     val_fraction: float = 0.1  # validation hold-out from the training split; 0: none (the last epoch is kept)

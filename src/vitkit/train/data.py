@@ -101,6 +101,9 @@ def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None,
     eval_batch = per_rank_batch(cfg.eval_batch_size, ctx, "data.eval_batch_size")
     shard = dict(rank=ctx.rank, world_size=ctx.world_size)
     parts = dict(splits.parts)
+    if cfg.cache == "disk" and isinstance(parts["train"], ShardSamples):
+        raise ConfigError("data.cache: disk is for image folders; shards decode into memory (data.cache: memory) "
+                          "or stream (data.cache: none)")
     if splits.is_folder and cfg.cache != "none":  # decode once, then everything is in memory
         cache_dir = None if cfg.cache == "memory" else (cfg.cache_dir or Path.home() / ".cache" / "vitkit" / "decoded")
         parts = {name: decode_shards(part, splits.classes, preprocess, splits.dataset) if isinstance(part, ShardSamples)
