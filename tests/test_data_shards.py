@@ -164,8 +164,10 @@ def test_train_then_eval_and_predict(made, capsys):
     assert main(["eval", "--checkpoint", str(best)]) == 0
     assert "val split: 9 images" in capsys.readouterr().out  # its own held-out split: 25% of 3 x 12
     image = next((folder / "light").glob("*.png"))
-    assert main(["predict", "--checkpoint", str(best), str(image), "--json"]) == 0
-    assert "light" in capsys.readouterr().out
+    shard = tmp / "fs" / "val-000000.tar"
+    assert main(["predict", "--checkpoint", str(best), str(image), str(shard), "--json"]) == 0
+    names = [r["image"] for r in json.loads(capsys.readouterr().out)]
+    assert names[0] == str(image) and names[1:] == [f"{shard}/val-{i:08d}" for i in range(4)]
 
 
 def test_sigterm_then_resume_ends_bit_identical(made, tmp_path):
@@ -230,6 +232,23 @@ def test_bad_input_is_one_sentence(tmp_path, capsys, case, words):
             ShardStream(ShardSamples([Shard(d / "train-000000.tar", 2)], 2), 1, None, 1, seed=0, rank=0,
                         world_size=2, shuffle_buffer=1)
         return
+    capsys.readouterr()
+    assert main(["train", *sets_args(sets)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("cut, words", [("mid-sample", "is corrupt or truncated"), ("boundary", "its index says 4")])
+def test_a_truncated_shard_read_by_a_loader_worker_is_one_sentence(made, tmp_path, capsys, cut, words):
+    import shutil
+    tmp, _ = made
+    copy = tmp_path / "fs"
+    shutil.copytree(tmp / "fs", copy)
+    for shard in copy.glob("train-*.tar"):
+        with tarfile.open(shard) as tar:
+            second = tar.getmembers()[2].offset  # the header of the second sample's image
+        shard.write_bytes(shard.read_bytes()[:second + (0 if cut == "boundary" else -100)])
+    sets = TINY + [f"data.dataset=shards:{copy}", "data.workers=2", "train.epochs=1", f"out_dir={tmp_path / 'runs'}"]
     capsys.readouterr()
     assert main(["train", *sets_args(sets)]) == 2
     err = capsys.readouterr().err.strip()

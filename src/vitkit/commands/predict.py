@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitkit predict", description="Print the top-k classes of images (files, or folders searched "
         "recursively), preprocessed exactly as the checkpoint's run validated them.")
-    parser.add_argument("images", nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("images", nargs="+", metavar="PATH", help="image files, folders of images, or .tar shards "
+                        "(each sample, named SHARD.tar/KEY)")
     parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best (or a .safetensors file or run)")
     parser.add_argument("--top-k", type=int, help="how many classes to show per image (default: 5, or the "
                         "checkpoint's classes when it has fewer)")
@@ -102,16 +103,36 @@ def batches(predictor, paths: list[str], batch_size: int, problems: list):
 
     files, missing = collect_images(paths)
     problems += missing
-    for start in range(0, len(files), batch_size):
-        batch, names = [], []
-        for path in files[start:start + batch_size]:
-            try:
-                batch.append(predictor.preprocess(path))  # (C, H, W)
-                names.append(str(path))
-            except VitkitError as e:
-                problems.append((str(path), str(e)))
-        if batch:
+    batch, names = [], []
+    for name, load in images_of(files, problems):
+        try:
+            batch.append(predictor.preprocess(load()))  # (C, H, W)
+            names.append(name)
+        except VitkitError as e:
+            problems.append((name, str(e)))
+        if len(batch) == batch_size:
             yield names, torch.stack(batch)
+            batch, names = [], []
+    if batch:
+        yield names, torch.stack(batch)
+
+
+def images_of(files: list[Path], problems: list):
+    """(name, a function giving the image) for each file; a .tar shard gives each of its samples, named
+    SHARD.tar/KEY (a broken shard is added to ``problems``)."""
+    from ..data.images import open_image
+    from ..data.shards import iter_samples
+    from ..errors import DataError
+
+    for path in files:
+        if path.suffix.lower() != ".tar":
+            yield str(path), lambda path=path: path
+            continue
+        try:
+            for key, data, _, _ in iter_samples(path, None):
+                yield f"{path}/{key}", lambda data=data, key=key: open_image(data, f"{path}/{key}")
+        except DataError as e:
+            problems.append((str(path), str(e)))
 
 
 def report_problems(problems: list, done: int) -> int:

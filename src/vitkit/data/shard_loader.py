@@ -93,7 +93,7 @@ class ShardStream(IterableDataset):
         key = (self.seed, self.epoch, self.rank, slot)
         random.Random(derive_seed(*key, 7)).shuffle(shards)
         n = self.part.num_classes
-        stream = (s for shard in shards for s in iter_samples(shard.path, n))
+        stream = (s for shard in shards for s in iter_samples(shard.path, n, shard.samples))
         stream = shuffled(stream, self.shuffle_buffer, random.Random(derive_seed(*key, 5)))
         images, labels, pos = [], [], 0
         try:

@@ -129,14 +129,16 @@ def count_samples(path: Path) -> int:
     return sum(1 for _ in iter_samples(path, None))
 
 
-def iter_samples(path: Path, num_classes: int | None):
-    """``(key, image bytes, image suffix, label)`` of each sample of one shard, in tar order."""
-    key, image, suffix, label = None, None, None, None
+def iter_samples(path: Path, num_classes: int | None, expected: int | None = None):
+    """``(key, image bytes, image suffix, label)`` of each sample of one shard, in tar order. A tar cut at a
+    member boundary reads as a shorter, valid tar: ``expected`` (the index's count) tells it apart."""
+    key, image, suffix, label, count = None, None, None, None, 0
 
-    def done():
+    def done(last=False):
         if image is None or label is None:
             what = "a label and no image" if image is None else "an image and no label (.cls)"
-            raise DataError(f"shard {path} has {what} for sample {key!r}; each sample needs KEY.jpg|png|webp "
+            why = " (its last sample: the shard may be truncated)" if last else ""
+            raise DataError(f"shard {path} has {what} for sample {key!r}{why}; each sample needs KEY.jpg|png|webp "
                             "and KEY.cls side by side")
         return key, image, suffix, label
 
@@ -152,7 +154,7 @@ def iter_samples(path: Path, num_classes: int | None):
                 stem, ext = name[:len(name) - len(base)] + base.split(".", 1)[0], "." + base.split(".", 1)[1].lower()
                 if stem != key and key is not None:
                     yield done()
-                    image, suffix, label = None, None, None
+                    image, suffix, label, count = None, None, None, count + 1
                 key = stem
                 data = tar.extractfile(member).read()
                 if ext in IMAGE_SUFFIXES:
@@ -162,7 +164,11 @@ def iter_samples(path: Path, num_classes: int | None):
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"shard {path} is corrupt or truncated ({e}); write it again (vitkit shard)") from None
     if key is not None:
-        yield done()
+        yield done(last=True)
+        count += 1
+    if expected is not None and count != expected:
+        raise DataError(f"shard {path} holds {count} samples but its index says {expected}, so it is truncated or "
+                        "was changed; write it again (vitkit shard)")
 
 
 def _label(data: bytes, path, key, num_classes):
@@ -193,7 +199,7 @@ def decode_shards(part: ShardSamples, classes, preprocess, name: str = "shards")
 
     images, labels, sources = [], [], []
     for shard in part.shards:
-        for key, data, _, label in iter_samples(shard.path, part.num_classes):
+        for key, data, _, label in iter_samples(shard.path, part.num_classes, shard.samples):
             images.append(preprocess.load(open_image(data, f"{shard.path}/{key}")))  # (C, H, W) uint8
             labels.append(label)
             sources.append(f"{shard.path}/{key}")
