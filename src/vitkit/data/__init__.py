@@ -1,5 +1,5 @@
 """vitkit.data: data sets by name, their train/val/test splits, one preprocessing path, batched augmentation,
-a device-resident loader and streamed image folders.
+a device-resident loader, streamed image folders and tar shards.
 
     >>> from vitkit.data import load_dataset, DeviceLoader, BatchAugment
     >>> train = load_dataset("digits", split="train")
@@ -16,13 +16,15 @@ from .images import IMAGE_EXTENSIONS, list_images, open_image, to_uint8_chw
 from .device_loader import DeviceLoader
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, Preprocess, preprocess_image
 from .splits import Splits, open_splits, stratified_split
+from .shards import ShardSamples, open_shards
+from .shard_loader import ShardLoader
 
 __all__ = [
     "load_dataset", "ImageDataset", "SyntheticImageDataset", "make_synthetic", "default_root", "channel_stats",
     "FOLDERS", "NAMES", "TRAIN_STATS",
     "DeviceLoader", "BatchAugment", "recommended_augment", "train_transform",
     "ImageFolderDataset", "FolderSamples", "FolderLoader", "decode_folder",
-    "Splits", "open_splits", "stratified_split",
+    "Splits", "open_splits", "stratified_split", "ShardSamples", "ShardLoader", "open_shards",
     "IMAGE_EXTENSIONS", "list_images", "open_image", "to_uint8_chw",
     "Preprocess", "Normalize", "preprocess_image", "IMAGENET_MEAN", "IMAGENET_STD",
     "download_url", "download_dataset", "md5sum", "check_md5", "verify_md5sums",

@@ -5,6 +5,8 @@
 - **An image folder** with ``train/`` and ``val/`` (and optionally ``test/``) uses them. With ``train/``
   alone, or ``train/`` and ``test/``, the validation split is held out from ``train/`` as above.
 - **A flat image folder** (``ROOT/<class>/``) holds out its validation split the same way; it has no test split.
+- **Tar shards** (``shards:DIR`` or ``shards:PATTERN``, :mod:`vitkit.data.shards`) keep the splits they were
+  written with (``vitkit shard`` applies the rules above and records them in ``index.json``).
 
 Hold-outs are stratified and drawn with ``split_seed`` (not the run's seed, so runs with different seeds are
 compared on the same images). The validation split picks the ``best`` checkpoint and stops a run early; the
@@ -51,9 +53,10 @@ def stratified_split(targets, fraction: float, seed: int) -> tuple[list[int], li
 @dataclass
 class Splits:
     """A data set cut into its splits. ``parts`` maps "train", "val", "test" (when present) to an in-memory
-    :class:`ImageDataset` or to :class:`FolderSamples` (files and labels)."""
+    :class:`ImageDataset`, to :class:`FolderSamples` (files and labels) or to
+    :class:`~vitkit.data.shards.ShardSamples` (tar shards; ``root`` is then their folder)."""
 
-    dataset: str  # canonical name, or imagefolder:ROOT
+    dataset: str  # canonical name, imagefolder:ROOT or shards:DIR_OR_PATTERN
     classes: list[str]
     channels: int
     parts: dict[str, ImageDataset | FolderSamples]
