@@ -253,3 +253,29 @@ def test_a_truncated_shard_read_by_a_loader_worker_is_one_sentence(made, tmp_pat
     assert main(["train", *sets_args(sets)]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err and "Traceback" not in err, err
+
+
+def test_every_rank_trains_the_same_number_of_steps_on_its_own_shards(made):
+    tmp, _ = made
+    _, _, parts, _, _ = open_shards(str(tmp / "ds"))  # 4 training shards of digits
+    streams = [ShardStream(parts["train"], 8, lambda x: x, 1, seed=0, rank=r, world_size=2, shuffle_buffer=4)
+               for r in range(2)]
+    assert len(streams[0]) == len(streams[1]) > 0
+    mine = [{s.path for slot in st.dealt[r * st.readers:(r + 1) * st.readers] for s in slot} for r, st in enumerate(streams)]
+    assert not mine[0] & mine[1] and len(mine[0] | mine[1]) == 4
+
+
+def test_a_pattern_reads_splits_by_file_name_and_classes_from_the_index_or_classes_txt(made, tmp_path):
+    import shutil
+    tmp, _ = made
+    by_dir = open_splits(f"shards:{tmp / 'fs'}")
+    by_pattern = open_splits(f"shards:{tmp / 'fs'}/{{train,val}}-*.tar")
+    assert by_pattern.classes == by_dir.classes == sorted(CLASSES)
+    assert {s: len(p) for s, p in by_pattern.parts.items()} == {s: len(p) for s, p in by_dir.parts.items()}
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in (tmp / "fs").glob("train-00000[01].tar"):
+        shutil.copy(f, bare / f.name)
+    (bare / "classes.txt").write_text("\n".join(sorted(CLASSES)) + "\n")
+    splits = open_splits(f"shards:{bare}/train-{{000000..000001}}.tar")
+    assert list(splits.parts) == ["train"] and len(splits.parts["train"]) == 8
