@@ -93,15 +93,15 @@ class ShardStream(IterableDataset):
         key = (self.seed, self.epoch, self.rank, slot)
         random.Random(derive_seed(*key, 7)).shuffle(shards)
         n = self.part.num_classes
-        stream = (s for shard in shards for s in iter_samples(shard.path, n, shard.samples))
+        stream = ((shard.path, *s) for shard in shards for s in iter_samples(shard.path, n, shard.samples))
         stream = shuffled(stream, self.shuffle_buffer, random.Random(derive_seed(*key, 5)))
         images, labels, pos = [], [], 0
         try:
-            for sample_key, data, _, label in stream:
+            for path, sample_key, data, _, label in stream:
                 if pos >= self.quota * self.batch_size:
                     break
                 if pos >= skip * self.batch_size:  # earlier batches are skipped undecoded
-                    x = to_uint8_chw(open_image(data, f"sample {sample_key}"), self.channels)  # (C, H, W) uint8
+                    x = to_uint8_chw(open_image(data, f"sample {sample_key} of shard {path}"), self.channels)  # (C, H, W) uint8
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(derive_seed(*key, 3, pos))
                         images.append(self.transform(x))
