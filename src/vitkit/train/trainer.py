@@ -203,7 +203,7 @@ class Trainer:
             model, optimizer = full_model_state(self.model), full_optimizer_state(self.model, self.optimizer)
         else:
             model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
-        exported = self.exported_state()
+        exported = model if self.sharded else None  # (no EMA with fsdp: the model is what is exported)
         if self.ctx.is_main:
             save_training_state({
                 "model": model,
