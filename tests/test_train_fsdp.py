@@ -58,12 +58,26 @@ def runs(tmp_path_factory):
 
 
 def test_fsdp_trains_as_one_process_and_as_ddp(runs):
+    """optim.grad_clip is 1.0 and clips these steps (without it the weights differ by ~7e-3), so the clipping
+    of the sharded gradients (DTensors) is checked too."""
     tmp, _ = runs
     single, ddp, fsdp = tmp / "single", tmp / "runs" / "ddp", tmp / "runs" / "fsdp"
     assert_close(last(fsdp), last(single), rtol=1e-4, atol=1e-6)
     assert_close(last(fsdp), last(ddp), rtol=1e-4, atol=1e-6)
     assert losses(fsdp) == pytest.approx(losses(ddp), rel=1e-5)
     assert losses(fsdp) == pytest.approx(losses(single), rel=1e-5)
+
+
+def test_one_process_fsdp_is_an_ordinary_run(runs):
+    tmp, path = runs
+    threads = torch.get_num_threads()
+    try:
+        cfg = load_run_config(path, ["train.strategy=fsdp"])
+        assert train(cfg, run_dir=tmp / "single-fsdp", log=lambda *_: None) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert_close(last(tmp / "single-fsdp"), last(tmp / "single"), rtol=0, atol=0)
+    assert "strategy" not in load_training_state(tmp / "single-fsdp" / "checkpoints" / "last.state.pt")
 
 
 def test_fsdp_checkpoints_are_full_plain_models(runs):
@@ -154,3 +168,16 @@ def test_fsdp_refusals_are_one_sentence(key, value, says):
         load_run_config(None, [f"{key}={value}", "train.strategy=fsdp"] if key != "train.strategy"
                         else [f"{key}={value}"])
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_fsdp_state_resumes_only_as_it_was_trained(runs):
+    from vitkit.errors import CheckpointError
+    tmp, _ = runs
+    run_dir = tmp / "runs" / "fsdp"
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(CheckpointError) as e:  # one process cannot continue a sharded run's state
+            train(load_run_config(run_dir / "config.yaml"), resume=str(run_dir), log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert "another train.strategy or number of processes" in str(e.value) and "\n" not in str(e.value)
