@@ -137,6 +137,12 @@ class LoraSettings:
                               f"once, got {list(self.targets)}")
 
 
+FSDP_EMA = ("train.strategy=fsdp does not support train.ema_decay yet (the average would need sharding too); "
+            "use train.strategy=ddp for an EMA")
+FSDP_LORA = ("train.strategy=fsdp does not support train.lora yet (peft's adapters are not sharded); use "
+             "train.strategy=ddp, which fits adapters anyway since only they train")
+
+
 FREEZE = re.compile(r"none|backbone|blocks:(\d+)")
 
 
@@ -155,6 +161,7 @@ class LoopConfig:
     patience: int | None = None  # stop after this many epochs without a better validation accuracy; None: never
     freeze: str = "none"  # none | backbone (a linear probe: only head and head_dist train) | blocks:K (the patch embedding, tokens, position embedding and the first K blocks); frozen parts run in eval mode
     lora: LoraSettings | None = None  # LoRA adapters through peft (the train.lora keys below); null: off
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # with several processes: ddp (every process holds the whole model) | fsdp (FSDP2: parameters, gradients and optimizer state sharded over the processes, for models too large for one GPU); one process: no difference
 
     def __post_init__(self):
         check_positive(self, ("epochs",), "train")
@@ -166,6 +173,8 @@ class LoopConfig:
             raise ConfigError("train.freeze=backbone trains the head alone, so the adapters of train.lora would "
                               "never train; use one of them, or train.freeze=blocks:K to adapt only the blocks "
                               "after the first K")
+        if self.strategy == "fsdp" and (self.ema_decay is not None or self.lora is not None):
+            raise ConfigError(FSDP_EMA if self.ema_decay is not None else FSDP_LORA)
         check_ranges(self, "train", {"ema_decay": "(0, 1)", "checkpoint_every_steps": "[0, inf)",
                                      "threads": "[1, 1024]", "patience": "[1, inf)"})
 

@@ -61,7 +61,8 @@ class Console:
         self.first_step = state.step
         grid = "x".join(map(str, m.grid_size))
         size = "x".join(map(str, p.img_size))
-        where = p.device + (f", {p.world_size} processes" if p.world_size > 1 else "")
+        where = p.device + (f", {p.world_size} processes" if p.world_size > 1 else "") + \
+            (" (fsdp: sharded)" if p.world_size > 1 and p.cfg.train.strategy == "fsdp" else "")
         counts = " / ".join(f"{p.sizes[s]} {s}" for s in ("train", "val", "test") if p.sizes.get(s))
         self.log(f"data:  {cfg.data.dataset}: {counts} images, {p.classes} classes, {p.channels}x{size} pixels")
         self.log(f"split: {p.split_rule}")

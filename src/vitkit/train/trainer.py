@@ -41,6 +41,7 @@ from .memory import check_fits
 from .optim import build_optimizer, build_scheduler, replan
 from .plan import RunPlan, plan_run
 from .resume import load_resume_state, resolve_resume, resume_folder
+from .sharding import full_model_state, full_optimizer_state, load_full_state, shard
 from .signals import StopRequest
 from .state import TrainState
 
@@ -71,6 +72,9 @@ class Trainer:
                        ema=bool(cfg.train.ema_decay), grad_checkpointing=cfg.train.grad_checkpointing)
         self.model.set_grad_checkpointing(cfg.train.grad_checkpointing)
         self.frozen = adapt_model(self.model, cfg.train)  # train.freeze / train.lora: the modules kept in eval mode
+        self.sharded = cfg.train.strategy == "fsdp" and ctx.distributed  # one process: nothing to shard
+        if self.sharded:  # before the optimizer, whose parameters are then the shards
+            shard(self.model, self.device)
         # The resolved config, for config.yaml (the caller's cfg is left as it was).
         data_cfg = cfg.data if not self.data.splits.is_folder else dataclasses.replace(
             cfg.data, channels=self.data.in_channels)
@@ -98,7 +102,7 @@ class Trainer:
         self.config_pending = False  # set by run(): a resumed run's config.yaml waits for its first checkpoint
 
         self.train_model = self.model
-        if ctx.distributed:
+        if ctx.distributed and not self.sharded:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:  # (a compiler is there: plan_run checked)
@@ -130,12 +134,19 @@ class Trainer:
         if saved.get("adapt", adapt_settings(LoopConfig())) != adapt_settings(self.cfg.train):
             raise CheckpointError(f"checkpoint {path} was written by a run with other train.freeze or train.lora "
                                   "settings; resume with that run's config.yaml")
+        if saved.get("strategy", "ddp") != ("fsdp" if self.sharded else "ddp"):
+            raise CheckpointError(f"checkpoint {path} was written by a run with another train.strategy or number "
+                                  "of processes; resume it as it was trained")
         weights_io.check_state_dict(self.model, saved["model"], str(path))
-        self.model.load_state_dict(saved["model"])
+        if not self.sharded:
+            self.model.load_state_dict(saved["model"])
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"] if saved.get("ema") is not None else saved["model"])
         try:
-            self.optimizer.load_state_dict(saved["optimizer"])
+            if self.sharded:
+                load_full_state(self.model, self.optimizer, saved["model"], saved["optimizer"])
+            else:
+                self.optimizer.load_state_dict(saved["optimizer"])
             self.scheduler.load_state_dict(saved["scheduler"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"optimizer state in {path} does not fit this run's optimizer ({e}); "
@@ -188,25 +199,36 @@ class Trainer:
         """``last.state.pt`` (previous one kept) and ``last.safetensors``; rank 0 writes, all ranks wait."""
         rngs = distributed.gather_objects(rng_state())
         self.count_time()
+        if self.sharded:  # the full states, gathered to rank 0 (collectives: every rank takes part)
+            model, optimizer = full_model_state(self.model), full_optimizer_state(self.model, self.optimizer)
+        else:
+            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        exported = model if self.sharded else None  # (no EMA with fsdp: the model is what is exported)
         if self.ctx.is_main:
             save_training_state({
-                "model": self.model.state_dict(),
+                "model": model,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rngs,
                 **self.state.to_dict(),
                 "model_config": self.model_config.to_dict(), "adapt": adapt_settings(self.cfg.train),
-                "world_size": self.ctx.world_size,
+                "world_size": self.ctx.world_size, **({"strategy": "fsdp"} if self.sharded else {}),
             }, self.run_folder.checkpoints)
             self.save_pending_config()  # the state it describes is saved
-            self.save_weights(self.run_folder.last_weights)
+            self.save_weights(self.run_folder.last_weights, exported)
         distributed.barrier()
 
-    def save_weights(self, path) -> None:
-        """The evaluated model as a plain ViT (LoRA adapters merged in), at ``path`` (the run's best or last)."""
+    def exported_state(self) -> dict | None:
+        """The weights :meth:`save_weights` writes, on every rank: the full gathered state of a sharded model
+        (a collective: every rank calls this; rank 0 gets the tensors), else None (taken at the save)."""
+        return full_model_state(self.eval_model) if self.sharded else None
+
+    def save_weights(self, path, state: dict | None = None) -> None:
+        """The evaluated model as a plain ViT (LoRA adapters merged in), at ``path`` (the run's best or last);
+        ``state``: :meth:`exported_state`'s, for a sharded model."""
         weights_io.save_weights(self.eval_model, path, self.weights_metadata(),
-                                state_dict=plain_state_dict(self.eval_model))
+                                state_dict=state if state is not None else plain_state_dict(self.eval_model))
 
     def save_pending_config(self) -> None:
         """Write a resumed run's config.yaml once what it describes has happened (see :meth:`run`)."""
@@ -324,8 +346,9 @@ class Trainer:
             s.best_epoch, s.bad_epochs = s.epoch, 0
             if val:
                 s.best_accuracy, s.best_loss = val["accuracy"], val["loss"]
+            exported = self.exported_state()
             if self.ctx.is_main:
-                self.save_weights(self.run_folder.best_weights)
+                self.save_weights(self.run_folder.best_weights, exported)
                 if val:
                     self.run_folder.write_predictions("val", self.data.val.sources, val["predictions"],
                                                       self.data.classes)
