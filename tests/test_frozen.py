@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import train_tiny_digits
 from vitkit.cli import main

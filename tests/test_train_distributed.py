@@ -49,6 +49,21 @@ def finished(proc) -> str:
     return out
 
 
+def kill_early(proc, run_dir, steps: int) -> int:
+    """SIGKILL a torchrun run (torchrun and its workers, in sessions of their own) once it has saved step 3, early
+    in its ``steps``; the step it had saved last."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and saved_step(run_dir) < 3:
+        time.sleep(0.02)
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    killed_at = saved_step(run_dir)
+    assert proc.returncode != 0, f"the run ended before the kill (at step {killed_at})"
+    assert 0 < killed_at < steps
+    return killed_at
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (Linux /proc)."""
     children: dict[int, list[int]] = {}
@@ -98,16 +113,7 @@ def test_killed_two_process_run_resumes_bit_identical(tmp_path):
     steps = 2 * (1295 // 32)  # the digits training split less its validation split
 
     run_dir = tmp_path / "runs" / "ddp"
-    proc = torchrun(path, "--resume", "auto")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and saved_step(run_dir) < 3:  # early in epoch 1
-        time.sleep(0.02)
-    for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and both workers (in sessions of their own)
-        os.kill(pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    killed_at = saved_step(run_dir)
-    assert proc.returncode != 0, f"the run ended before the kill (at step {killed_at})"
-    assert 0 < killed_at < steps
+    killed_at = kill_early(torchrun(path, "--resume", "auto"), run_dir, steps)
 
     out = finished(torchrun(path, "--resume", "auto"))
     assert "resumed from" in out

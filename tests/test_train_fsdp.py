@@ -4,18 +4,15 @@ with SIGKILL then resumed that ends bit-identical to an uninterrupted one."""
 
 import csv
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import saved_step
-from test_train_distributed import descendants, finished, recipe, torchrun
+from test_train_distributed import finished, kill_early, recipe, torchrun
 
 from vitkit import VisionTransformer
 from vitkit.errors import ConfigError
@@ -136,16 +133,7 @@ def test_killed_fsdp_run_resumes_bit_identical(tmp_path):
     steps = 2 * 10
 
     run_dir = tmp_path / "runs" / "ddp"
-    proc = torchrun(path, "--resume", "auto")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and saved_step(run_dir) < 3:
-        time.sleep(0.02)
-    for pid in [proc.pid, *descendants(proc.pid)]:
-        os.kill(pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    killed_at = saved_step(run_dir)
-    assert proc.returncode != 0, f"the run ended before the kill (at step {killed_at})"
-    assert 0 < killed_at < steps
+    kill_early(torchrun(path, "--resume", "auto"), run_dir, steps)
 
     out = finished(torchrun(path, "--resume", "auto"))
     assert "resumed from" in out

@@ -6,12 +6,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
 from ..errors import CheckpointError
-from .catalog import DETECTION_ORDER, FORMATS
+from .catalog import FORMATS
 from .rules import Format
 
 Tensor = torch.Tensor
