@@ -449,7 +449,9 @@ def train(cfg: RunConfig, resume: str | None = None, run_dir: str | Path | None 
                 lock = None
                 Run(folder).discard_if_unused()
             raise
-        return trainer.run()
+        code = trainer.run()
+        distributed.barrier()  # every rank done (rank 0 writes the report last) before any leaves the group
+        return code
     finally:
         if lock is not None:
             lock.release()
