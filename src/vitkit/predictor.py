@@ -133,7 +133,9 @@ class Predictor:
         split_file = run.split_path if run is not None and same and run.split_path.is_file() else None
         splits = open_splits(name, root or (recorded.get("root") if same else None),
                              val_fraction=recorded.get("val_fraction", 0.0), split_seed=recorded.get("split_seed", 0),
-                             split_file=split_file, channels=self.preprocess.channels)
+                             split_file=split_file, channels=self.preprocess.channels,
+                             **{k: recorded[k] for k in ("image_column", "label_column", "streaming")
+                                if same and recorded.get(k)})
         if same and split_file is None and recorded.get("digest") and splits.digest() != recorded["digest"]:
             raise DataError(f"{name} no longer holds the images checkpoint {self.path} was trained and validated on "
                             "(its split differs), so its validation split cannot be rebuilt; use the checkpoint "

@@ -55,7 +55,10 @@ def open_image(source, name: str | None = None) -> Image.Image:
     """Open and fully decode an image file (a path) or its bytes. A missing, empty, unreadable or truncated
     image, another format than :data:`FORMATS`, or one over ``MAX_IMAGE_PIXELS`` (a decompression bomb,
     refused by its header before any pixel is decoded) is a DataError naming it (``name``, else the path).
-    The same bytes on disk or in memory give the same image."""
+    The same bytes on disk or in memory give the same image; any other object with ``read_bytes()`` (a
+    dataset row, :class:`~vitkit.data.hf.Row`) is read like a file."""
+    if not isinstance(source, (str, Path, bytes, bytearray, memoryview)) and hasattr(source, "read_bytes"):
+        source, name = source.read_bytes(), name or str(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         what = name or "the image"
         if not source:
@@ -177,7 +180,7 @@ def to_uint8_chw(image, channels: int = 3) -> torch.Tensor:
     grey) goes through :func:`to_float_chw` and is rounded to 8 bits. Both give the same pixels for 8-bit
     input (``round(255 * (x / 255)) == x`` in float32).
     """
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path)) or hasattr(image, "read_bytes"):  # a file, or a dataset row
         image = open_image(image)
     direct = None
     if getattr(image, "size", 1) == 0 or 0 in getattr(image, "shape", (1,)):

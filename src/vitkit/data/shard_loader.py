@@ -136,18 +136,15 @@ def power_of_two_at_most(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-class ShardLoader:
-    """The streamed-shard counterpart of :class:`~vitkit.data.FolderLoader`: ``set_epoch(e)``, ``skip(k)``,
-    ``len()``; batches are mixed (mixup/cutmix) on ``device`` by (seed, epoch, rank, batch) like the others."""
+class StreamLoader:
+    """What the streamed loaders share (:class:`ShardLoader`, :class:`~vitkit.data.hf_stream.HFStreamLoader`):
+    ``set_epoch(e)``, ``skip(k)``, ``len()``, and a pass over ``stream`` (an IterableDataset of batches, of
+    DataError messages as strings, or of what :meth:`received` unpacks) through ``workers`` processes;
+    batches are mixed (mixup/cutmix) on ``device`` by (seed, epoch, rank, batch) like the other loaders'."""
 
-    def __init__(self, part: ShardSamples, batch_size: int, transform, channels: int, *, seed: int = 0,
-                 workers: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000, mix=None,
-                 device="cpu", num_classes: int | None = None):
-        self.stream = ShardStream(part, batch_size, transform, channels, seed=seed, rank=rank, world_size=world_size,
-                                  shuffle_buffer=shuffle_buffer)
-        self.batch_size, self.seed, self.rank, self.mix = batch_size, seed, rank, mix
-        self.device, self.num_classes = torch.device(device), num_classes or part.num_classes
-        self.workers = power_of_two_at_most(min(workers, self.stream.readers)) if workers > 0 else 0
+    def __init__(self, stream, batch_size: int, *, seed: int, workers: int, rank: int, mix, device, num_classes: int):
+        self.stream, self.batch_size, self.seed, self.rank, self.mix = stream, batch_size, seed, rank, mix
+        self.device, self.num_classes, self.workers = torch.device(device), num_classes, workers
         self.first = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -163,6 +160,10 @@ class ShardLoader:
     def __len__(self) -> int:
         return len(self.stream)
 
+    def received(self, item, batch: int):
+        """(images, labels) of one item of the stream (batch ``batch`` of the epoch)."""
+        return item
+
     def __iter__(self):
         first, self.first = self.first, 0
         self.stream.start = first
@@ -176,9 +177,22 @@ class ShardLoader:
         for b, item in enumerate(batches, start=first):
             if isinstance(item, str):
                 raise DataError(item)
-            images, labels = item
+            images, labels = self.received(item, b)
             if self.mix is not None:
                 g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2, self.rank, b))
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
                 images, labels = self.mix.mix(images, labels, g, self.num_classes)
             yield images, labels
+
+
+class ShardLoader(StreamLoader):
+    """The streamed-shard counterpart of :class:`~vitkit.data.FolderLoader` (see the module docstring)."""
+
+    def __init__(self, part: ShardSamples, batch_size: int, transform, channels: int, *, seed: int = 0,
+                 workers: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000, mix=None,
+                 device="cpu", num_classes: int | None = None):
+        stream = ShardStream(part, batch_size, transform, channels, seed=seed, rank=rank, world_size=world_size,
+                             shuffle_buffer=shuffle_buffer)
+        super().__init__(stream, batch_size, seed=seed, rank=rank, mix=mix, device=device,
+                         num_classes=num_classes or part.num_classes,
+                         workers=power_of_two_at_most(min(workers, stream.readers)) if workers > 0 else 0)

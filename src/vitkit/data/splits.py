@@ -7,6 +7,8 @@
 - **A flat image folder** (``ROOT/<class>/``) holds out its validation split the same way; it has no test split.
 - **Tar shards** (``shards:DIR`` or ``shards:PATTERN``, :mod:`vitkit.data.shards`) keep the splits they were
   written with (``vitkit shard`` applies the rules above and records them in ``index.json``).
+- **Hugging Face datasets** (``hf:PATH_OR_NAME``, :mod:`vitkit.data.hf`) use their train, validation and test
+  splits, and hold out the validation split from train as above when they have none.
 
 Hold-outs are stratified and drawn with ``split_seed`` (not the run's seed, so runs with different seeds are
 compared on the same images). The validation split picks the ``best`` checkpoint and stops a run early; the
@@ -56,12 +58,12 @@ class Splits:
     :class:`ImageDataset`, to :class:`FolderSamples` (files and labels) or to
     :class:`~vitkit.data.shards.ShardSamples` (tar shards; ``root`` is then their folder)."""
 
-    dataset: str  # canonical name, imagefolder:ROOT or shards:DIR_OR_PATTERN
+    dataset: str  # canonical name, imagefolder:ROOT, shards:DIR_OR_PATTERN or hf:PATH_OR_NAME
     classes: list[str]
     channels: int
     parts: dict[str, ImageDataset | FolderSamples]
     rule: str  # how the splits were made, in words (printed, and kept in the checkpoint)
-    image_size: tuple[int, int] | None = None  # in-memory sets: their fixed size; folders: None
+    image_size: tuple[int, int] | None = None  # in-memory sets: their fixed size; folders, shards, hf: None
     mean: tuple[float, ...] | None = None  # in-memory sets: their training statistics
     std: tuple[float, ...] | None = None
     root: Path | None = None  # image folders: the folder
@@ -69,7 +71,9 @@ class Splits:
 
     @property
     def is_folder(self) -> bool:
-        return self.root is not None
+        """Images of their own sizes, made the model's by ``data.img_size`` (folders, shards, hf: datasets),
+        rather than a built-in set of one fixed size."""
+        return self.image_size is None
 
     def size(self, split: str) -> int:
         return len(self.parts[split]) if split in self.parts else 0
@@ -80,13 +84,14 @@ class Splits:
         if split not in self.parts:
             why = {"val": "this run holds out no validation split (data.val_fraction is 0)",
                    "test": f"{self.dataset} has no test split" + (
-                       f" (a flat folder or one without {self.root}/test/)" if self.is_folder else "")}[split]
+                       f" (a flat folder or one without {self.root}/test/)" if self.root is not None else "")}[split]
             raise DataError(f"there is no {split} split: {why}; use --split "
                             + " or ".join(s for s in SPLITS if s in self.parts))
         return self.parts[split]
 
     def split_file_text(self) -> str:
-        """The folder split as CSV text (``split,class,path``, paths relative to the root)."""
+        """The folder split as CSV text (``split,class,path``, paths relative to the root; a dataset row as
+        ``hf:SOURCE/SPLIT[ROW]``; a streamed split as its source and size)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         if self.dataset.startswith("shards:"):  # shards: which shard is in which split (not read back)
@@ -96,9 +101,13 @@ class Splits:
         writer.writerow(["split", "class", "path"])
         for split in SPLITS:
             part = self.parts.get(split)
-            if part is not None:
-                for path, label in part.samples:
-                    writer.writerow([split, self.classes[label], path.relative_to(self.root).as_posix()])
+            if part is None:
+                continue
+            if not isinstance(part, FolderSamples):  # a streamed dataset split: its source and size
+                writer.writerow([split, "*", f"{part} ({len(part)} rows)"])
+                continue
+            for path, label in part.samples:
+                writer.writerow([split, self.classes[label], _relative(path, self.root)])
         return out.getvalue()
 
     def digest(self) -> str:
@@ -109,14 +118,28 @@ class Splits:
 
 
 def open_splits(dataset: str, root=None, *, val_fraction: float = 0.1, split_seed: int = 0, split_file=None,
-                channels: int | None = None, download: bool = False, strict: bool = False) -> Splits:
+                channels: int | None = None, download: bool = False, strict: bool = False,
+                image_column: str | None = None, label_column: str | None = None, streaming: bool = False) -> Splits:
     """The splits of ``dataset`` by the module's rule. ``split_file`` (a run's ``split.csv``) fixes the files of
     an image folder instead of scanning it; ``channels`` (folders) is 1 or 3, or None to take 1 when every
-    image is grey."""
+    image is grey; ``image_column``, ``label_column`` and ``streaming`` are for ``hf:`` datasets."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
     if isinstance(dataset, str) and dataset.startswith("shards:"):
         return _shard_splits(dataset, channels)
+    if isinstance(dataset, str) and dataset.startswith("hf:"):
+        from . import hf, hf_stream
+        opener = hf_stream.stream_splits if streaming else hf.map_splits
+        splits = opener(dataset[3:], image_column=image_column, label_column=label_column, val_fraction=val_fraction,
+                        split_seed=split_seed, channels=channels)
+        if split_file is not None and Path(split_file).is_file() and \
+                Path(split_file).read_text(encoding="utf-8") != splits.split_file_text():
+            raise DataError(f"{dataset} no longer holds the rows the run's {split_file} lists (the dataset changed), "
+                            "so the run's splits cannot be rebuilt; train a new run on it as it is now")
+        return splits
+    if image_column is not None or label_column is not None or streaming:
+        raise ConfigError("data.image_column, data.label_column and data.streaming are for hf: datasets; "
+                          f"{dataset} is not one")
     name = canonical_name(dataset)
     if name.startswith("imagefolder:"):
         folder = Path(name.split(":", 1)[1]).expanduser()
@@ -273,6 +296,8 @@ def eval_set(splits: Splits, split: str, preprocess: Preprocess, batch_size: int
     if hasattr(part, "shards"):  # ShardSamples: evaluated from memory, decoded once in shard order
         from .shards import decode_shards
         part = decode_shards(part, splits.classes, preprocess, splits.dataset)
+    elif hasattr(part, "decode"):  # a streamed dataset split (HFStream): likewise
+        part = part.decode(splits.classes, preprocess, splits.dataset)
     if isinstance(part, FolderSamples):
         ds = ImageFolderDataset(samples=part.samples, classes=splits.classes, channels=preprocess.channels,
                                 transform=eval_transform(preprocess))
@@ -290,5 +315,7 @@ def eval_set(splits: Splits, split: str, preprocess: Preprocess, batch_size: int
     return EvalSet(split, loader, list(splits.classes), sources, labels, view, preprocess)
 
 
-def _relative(path: Path, root: Path | None) -> str:
-    return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
+def _relative(path, root: Path | None) -> str:
+    """A file relative to its folder; anything else (a dataset row) as it prints."""
+    return path.relative_to(root).as_posix() if root is not None and isinstance(path, Path) and \
+        path.is_relative_to(root) else str(path)

@@ -34,7 +34,7 @@ class DataConfig:
     processes). Splits follow :mod:`vitkit.data.splits`: ``val_fraction`` of each class is held out of the
     training split (unless a folder has ``val/``) with ``split_seed``."""
 
-    dataset: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | cifar100 | synthetic | imagefolder:PATH | shards:DIR
+    dataset: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | cifar100 | synthetic | imagefolder:PATH | shards:DIR | hf:PATH_OR_NAME
     root: str | None = None  # the data set's folder; None: $VITKIT_DATA/<folder> or ~/.cache/vitkit/<folder>
     download: bool = False  # fetch a public data set (md5-verified) when its folder is missing
     val_fraction: float = 0.1  # validation hold-out from the training split; 0: none (the last epoch is kept)
@@ -59,7 +59,11 @@ class DataConfig:
     cache: Literal["none", "memory", "disk"] = "none"  # decode every image once (then train on the device)
     cache_dir: str | None = None  # for cache: disk; None: ~/.cache/vitkit/decoded
     workers: int = 4  # loader processes when streaming
-    shuffle_buffer: int = 1000  # shards:: samples each reader shuffles among while streaming (1: none)
+    shuffle_buffer: int = 1000  # shards: and streamed hf:: samples shuffled among while streaming (1: none)
+    # Hugging Face datasets (hf:):
+    image_column: str | None = None  # None: the first Image feature, else a column named image, img, ...
+    label_column: str | None = None  # None: the first ClassLabel, else a column named label, labels, ...
+    streaming: bool = False  # read the splits as datasets.IterableDataset (nothing converted or downloaded whole)
 
     def __post_init__(self):
         check_positive(self, ("batch_size", "eval_batch_size"), "data")

@@ -5,8 +5,10 @@ shard.
 In-memory data sets, and image folders decoded once (``data.cache``), train through the device-resident
 :class:`~vitkit.data.DeviceLoader` with batched augmentation; other image folders stream through worker
 processes (:class:`~vitkit.data.FolderLoader`) with per-sample augmentation, and tar shards
-(``shards:``) likewise through :class:`~vitkit.data.shard_loader.ShardLoader`. Both reproduce any epoch and
-batch position from (seed, epoch, batch), so a resumed run continues exactly.
+(``shards:``) likewise through :class:`~vitkit.data.shard_loader.ShardLoader`; a Hugging Face dataset
+(``hf:``) trains map-style through the folder loader, or streamed through
+:class:`~vitkit.data.hf_stream.HFStreamLoader`. All of them reproduce any epoch and batch position, so a
+resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from ..data import (BatchAugment, DeviceLoader, FolderLoader, FolderSamples, ImageFolderDataset, Preprocess,
                     decode_folder, open_splits, recommended_augment, train_transform)
 from ..data.imagefolder import Chain
+from ..data.hf_stream import HFStream, HFStreamLoader
 from ..data.shard_loader import ShardLoader
 from ..data.shards import ShardSamples, decode_shards
 from ..geometry import pair
@@ -88,7 +91,8 @@ def open_run_splits(cfg: DataConfig, ctx: Context, split_file=None) -> Splits:
     """The run's splits (a folder is scanned, not decoded). ``split_file`` (a run's ``split.csv``) fixes an
     image folder's files."""
     return open_splits(cfg.dataset, cfg.root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                       split_file=split_file, channels=cfg.channels, download=cfg.download and ctx.is_main)
+                       split_file=split_file, channels=cfg.channels, download=cfg.download and ctx.is_main,
+                       image_column=cfg.image_column, label_column=cfg.label_column, streaming=cfg.streaming)
 
 
 def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None, split_file=None,
@@ -101,25 +105,27 @@ def build_data(cfg: DataConfig, seed: int, ctx: Context, *, model_img_size=None,
     eval_batch = per_rank_batch(cfg.eval_batch_size, ctx, "data.eval_batch_size")
     shard = dict(rank=ctx.rank, world_size=ctx.world_size)
     parts = dict(splits.parts)
-    if cfg.cache == "disk" and isinstance(parts["train"], ShardSamples):
-        raise ConfigError("data.cache: disk is for image folders; shards decode into memory (data.cache: memory) "
-                          "or stream (data.cache: none)")
+    if cfg.cache == "disk" and (isinstance(parts["train"], ShardSamples) or splits.dataset.startswith("hf:")):
+        raise ConfigError("data.cache: disk is for image folders; shards and hf: datasets decode into memory "
+                          "(data.cache: memory) or stream (data.cache: none)")
     if splits.is_folder and cfg.cache != "none":  # decode once, then everything is in memory
         cache_dir = None if cfg.cache == "memory" else (cfg.cache_dir or Path.home() / ".cache" / "vitkit" / "decoded")
         parts = {name: decode_shards(part, splits.classes, preprocess, splits.dataset) if isinstance(part, ShardSamples)
+                 else part.decode(splits.classes, preprocess, splits.dataset) if isinstance(part, HFStream)
                  else decode_folder(part, splits.classes, preprocess, cache_dir=cache_dir, workers=cfg.workers,
                                     name=splits.dataset) for name, part in parts.items()}
     num_classes = len(splits.classes)
     train = parts["train"]
-    if isinstance(train, (FolderSamples, ShardSamples)):
+    if isinstance(train, (FolderSamples, ShardSamples, HFStream)):
         mix = BatchAugment(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, num_classes=num_classes)
         augment = train_transform(preprocess.img_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
                                   interpolation=cfg.interpolation, hflip=cfg.hflip if cfg.hflip is not None else True,
                                   randaugment=cfg.randaugment)
-        if isinstance(train, ShardSamples):
-            loader = ShardLoader(train, batch, Chain(augment, preprocess.normalize), preprocess.channels, seed=seed,
-                                 workers=cfg.workers, shuffle_buffer=cfg.shuffle_buffer,
-                                 mix=mix if mix.mixing else None, device=ctx.device, **shard)
+        if isinstance(train, (ShardSamples, HFStream)):
+            kind = ShardLoader if isinstance(train, ShardSamples) else HFStreamLoader
+            loader = kind(train, batch, Chain(augment, preprocess.normalize), preprocess.channels, seed=seed,
+                          workers=cfg.workers, shuffle_buffer=cfg.shuffle_buffer,
+                          mix=mix if mix.mixing else None, device=ctx.device, **shard)
         else:
             ds = ImageFolderDataset(samples=train.samples, classes=splits.classes, channels=preprocess.channels,
                                     transform=Chain(augment, preprocess.normalize), seed=seed)

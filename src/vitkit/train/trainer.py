@@ -45,6 +45,8 @@ from .sharding import full_model_state, full_optimizer_state, load_full_state, s
 from .signals import StopRequest
 from .state import TrainState
 
+HF_KEYS = ("image_column", "label_column", "streaming")  # how an hf: dataset was read (recorded when set)
+
 
 class Trainer:
     """Builds everything a run needs, optionally restores it from a checkpoint, and runs it."""
@@ -155,6 +157,11 @@ class Trainer:
         self.state = TrainState.from_dict(saved, self.device)
         rngs = saved["rng"]
         set_rng_state(rngs[self.ctx.rank] if self.ctx.rank < len(rngs) else rngs[0])
+        if saved.get("streams") is not None and hasattr(self.data.train_loader, "load_stream_state"):
+            if len(saved["streams"]) != self.ctx.world_size:
+                raise CheckpointError(f"checkpoint {path} was written by {len(saved['streams'])} process(es) "
+                                      "reading a streamed dataset; resume it on as many")
+            self.data.train_loader.load_stream_state(saved["streams"][self.ctx.rank])
         return path
 
     def tensorboard(self):
@@ -192,12 +199,15 @@ class Trainer:
         d, p = self.cfg.data, self.data.preprocess
         return {"classes": self.data.classes, "preprocess": p.to_dict(), "mean": list(p.mean), "std": list(p.std),
                 "dataset": d.dataset, "data": {"dataset": d.dataset, "root": d.root, "val_fraction": d.val_fraction,
-                                               "split_seed": d.split_seed, "digest": self.data.splits.digest()},
+                                               "split_seed": d.split_seed, "digest": self.data.splits.digest(),
+                                               **{k: getattr(d, k) for k in HF_KEYS if getattr(d, k)}},
                 "epoch": self.state.epoch, "step": self.state.step}
 
     def save_last(self) -> None:
         """``last.state.pt`` (previous one kept) and ``last.safetensors``; rank 0 writes, all ranks wait."""
         rngs = distributed.gather_objects(rng_state())
+        stream = getattr(self.data.train_loader, "stream_state", None)  # a streamed dataset's position, per rank
+        streams = distributed.gather_objects(stream()) if stream is not None else None
         self.count_time()
         if self.sharded:  # the full states, gathered to rank 0 (collectives: every rank takes part)
             model, optimizer = full_model_state(self.model), full_optimizer_state(self.model, self.optimizer)
@@ -210,7 +220,7 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
-                "rng": rngs,
+                "rng": rngs, **({"streams": streams} if streams is not None else {}),
                 **self.state.to_dict(),
                 "model_config": self.model_config.to_dict(), "adapt": adapt_settings(self.cfg.train),
                 "world_size": self.ctx.world_size, **({"strategy": "fsdp"} if self.sharded else {}),

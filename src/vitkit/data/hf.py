@@ -1,0 +1,249 @@
+"""Hugging Face ``datasets`` as a run's data: ``data.dataset: hf:PATH_OR_NAME`` (the ``datasets`` extra).
+
+``PATH_OR_NAME`` is a folder written by ``save_to_disk`` (a DatasetDict, or one Dataset taken as the training
+split), a folder of Parquet or Arrow files (``datasets.load_dataset(PATH)`` names the splits from the file
+names, e.g. ``data/train-00000-of-00004.parquet``), or a Hub name such as ``uoft-cs/cifar10``, read through the
+Hugging Face cache (offline with ``HF_DATASETS_OFFLINE=1`` once it is there). A value starting with ``/``,
+``.`` or ``~``, or naming a folder that exists, is a path; anything else is a Hub name.
+
+- **Columns.** ``data.image_column`` (default: the first ``Image`` feature, else a column named image, img,
+  jpg, jpeg, png or webp) and ``data.label_column`` (default: the first ``ClassLabel``, else label, labels,
+  fine_label, target or cls). Class names come from the ClassLabel; integer labels are named by their value
+  (classes 0 .. max); string labels are sorted as folder names are.
+- **Splits.** train; val from the first of validation, valid, val, dev; test. Without a validation split,
+  ``val_fraction`` of each class of train is held out with ``split_seed`` (the rule of
+  :mod:`vitkit.data.splits`). A split whose labels are all -1 (an unlabelled test split, as ImageNet's on the
+  Hub) is left out, and the rule says so.
+- **Map-style** (default): rows are read from the memory-mapped Arrow table by index, so training goes through
+  the image-folder loader (:class:`~vitkit.data.FolderLoader`: workers, per-sample augmentation, exact resume)
+  and every image is a :class:`Row` where a folder has a file. **Streaming** (``data.streaming: true``) reads
+  the splits as ``datasets.IterableDataset`` without converting or downloading them whole
+  (:mod:`vitkit.data.hf_stream`).
+
+Images are read as their stored bytes (or file) and decoded by vitkit's own rules (:mod:`vitkit.data.images`),
+so one image gives the same pixels from a folder, a tar shard or a dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from .imagefolder import FolderSamples
+
+IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
+LABEL_NAMES = ("label", "labels", "fine_label", "target", "cls")
+SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
+
+
+def require_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("data.dataset hf:... reads Hugging Face datasets, which needs the datasets package: "
+                          "pip install 'vitkit[datasets]'") from None
+    return datasets
+
+
+def is_path(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists()
+
+
+def load(spec: str, *, streaming: bool) -> dict:
+    """``{split name: Dataset or IterableDataset}`` of ``hf:SPEC`` (every split the source has)."""
+    datasets = require_datasets()
+    target = Path(spec).expanduser()
+    if is_path(spec) and not target.is_dir():
+        raise DataError(f"hf:{spec}: no such folder; expected a folder written by save_to_disk, a folder of "
+                        "Parquet/Arrow files, or a Hub name such as uoft-cs/cifar10")
+    try:
+        if target.is_dir() and ((target / "dataset_dict.json").is_file() or (target / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(target))
+            if isinstance(loaded, datasets.Dataset):
+                loaded = {"train": loaded}
+            if streaming:  # an Arrow table on disk, read as a stream of contiguous pieces
+                loaded = {k: d.to_iterable_dataset(num_shards=max(1, min(64, len(d)))) for k, d in loaded.items()}
+        else:
+            loaded = datasets.load_dataset(str(target) if target.is_dir() else spec, streaming=streaming)
+    except (KeyboardInterrupt, SystemExit, ConfigError, DataError):
+        raise
+    except Exception as e:  # the library raises many types (not found, offline, unreadable Parquet, ...)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"hf:{spec} could not be read by datasets ({type(e).__name__}: {first[:300]})") from None
+    return dict(loaded)
+
+
+def pick_splits(available: dict, spec: str) -> dict:
+    """vitkit's split names -> the source's split names (train required; val and test when present)."""
+    names = {}
+    for ours, theirs in SPLIT_NAMES.items():
+        found = next((t for t in theirs if t in available), None)
+        if found is not None:
+            names[ours] = found
+    if "train" not in names:
+        raise DataError(f"hf:{spec} has no train split (its splits: {', '.join(available) or 'none'}); vitkit "
+                        "trains on the split named train")
+    return names
+
+
+def find_columns(features, image_column: str | None, label_column: str | None, spec: str) -> tuple[str, str]:
+    """The image and label columns: the ones given, else found by type, else by name (module docstring)."""
+    import datasets
+    if features is None:
+        raise DataError(f"hf:{spec} does not declare its columns (no features); save it with datasets' Image and "
+                        "ClassLabel features, or as Parquet written by datasets")
+    columns = list(features)
+
+    def pick(given, kind, names, what, key):
+        if given is not None:
+            if given not in features:
+                raise DataError(f"hf:{spec} has no column {given!r} ({key}); its columns: {', '.join(columns)}")
+            return given
+        typed = [c for c in columns if isinstance(features[c], kind)]
+        named = [c for c in names if c in features]
+        if typed or named:
+            return (typed or named)[0]
+        raise DataError(f"hf:{spec} has no {what} column that vitkit recognises (its columns: "
+                        f"{', '.join(columns)}); name it with {key}")
+
+    image = pick(image_column, datasets.Image, IMAGE_NAMES, "image", "data.image_column")
+    label = pick(label_column, datasets.ClassLabel, LABEL_NAMES, "label", "data.label_column")
+    if image == label:
+        raise DataError(f"hf:{spec}: data.image_column and data.label_column are both {image!r}")
+    return image, label
+
+
+def label_kind(features, column: str, spec: str) -> str:
+    """"classlabel", "int" or "string": how the label column names its classes."""
+    import datasets
+    f = features[column]
+    if isinstance(f, datasets.ClassLabel):
+        return "classlabel"
+    dtype = getattr(f, "dtype", None)
+    if isinstance(f, datasets.Value) and dtype.startswith(("int", "uint")):
+        return "int"
+    if isinstance(f, datasets.Value) and dtype in ("string", "large_string"):
+        return "string"
+    raise DataError(f"hf:{spec}: the label column {column!r} is {f}; expected a ClassLabel, integer or string "
+                    "column (give another with data.label_column)")
+
+
+def classes_of(features, column: str, values, spec: str) -> tuple[list[str], dict | None]:
+    """(class names, a value -> index map for string labels, else None) from the training labels ``values``
+    (read only when the column's type does not name the classes)."""
+    kind = label_kind(features, column, spec)
+    if kind == "classlabel":
+        return list(features[column].names), None
+    values = list(values() if callable(values) else values)
+    if not values:
+        raise DataError(f"hf:{spec}: the training split has no rows")
+    if kind == "int":
+        if min(values) < 0:
+            raise DataError(f"hf:{spec}: the training labels ({column!r}) include {min(values)}; expected class "
+                            "indices 0, 1, ... (an unlabelled split cannot be trained on)")
+        return [str(i) for i in range(max(values) + 1)], None
+    names = sorted(set(values))
+    return names, {name: i for i, name in enumerate(names)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Map-style: rows of an Arrow table
+
+
+class Table:
+    """One split's image column, read by row as stored bytes (a picklable handle: a memory-mapped Arrow table
+    pickles as its files, so loader workers open it again instead of copying it)."""
+
+    def __init__(self, dataset, image_column: str, name: str):
+        import datasets
+        self.dataset = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+        self.column, self.name = image_column, name
+
+    def image_bytes(self, row: int) -> bytes:
+        return stored_bytes(self.dataset[row][self.column], f"{self.name}[{row}]")
+
+
+def stored_bytes(value, where: str) -> bytes:
+    """An undecoded ``Image`` value (``{"bytes": ..., "path": ...}``) as the image file's bytes."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return value["bytes"]
+    if isinstance(value, dict) and value.get("path"):
+        try:
+            return Path(value["path"]).read_bytes()
+        except OSError as e:
+            raise DataError(f"{where} names the image file {value['path']}, which cannot be read ({e})") from None
+    raise DataError(f"{where} has no image (an empty or null value)")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image of a dataset split, where an image folder has a file: it reads its bytes like a path does
+    (:func:`~vitkit.data.images.open_image`) and prints as ``hf:SOURCE/SPLIT[ROW]``."""
+
+    table: Table
+    row: int
+
+    def read_bytes(self) -> bytes:
+        return self.table.image_bytes(self.row)
+
+    def __str__(self) -> str:
+        return f"{self.table.name}[{self.row}]"
+
+
+@dataclass
+class HFSamples(FolderSamples):
+    """The rows of one split as (:class:`Row`, label) samples, with the source's fingerprint (for caches)."""
+
+    fingerprint: str = ""
+
+
+def map_splits(spec: str, *, image_column=None, label_column=None, val_fraction: float, split_seed: int,
+               channels=None):
+    """``hf:SPEC`` read map-style as :class:`~vitkit.data.splits.Splits` (see the module docstring)."""
+    from .splits import Splits, stratified_split
+    loaded = load(spec, streaming=False)
+    names = pick_splits(loaded, spec)
+    train = loaded[names["train"]]
+    image, label = find_columns(train.features, image_column, label_column, spec)
+    classes, index = classes_of(train.features, label, lambda: train[label], spec)
+    parts, left_out = {}, []
+    for ours, theirs in names.items():
+        ds = loaded[theirs]
+        if image not in ds.features or label not in ds.features:
+            raise DataError(f"hf:{spec}: the {theirs} split lacks the column {image if image not in ds.features else label!r}")
+        labels = [index[v] for v in ds[label]] if index is not None else [int(v) for v in ds[label]]
+        if ours != "train" and labels and all(v < 0 for v in labels):
+            left_out.append(theirs)  # an unlabelled split
+            continue
+        bad = next((v for v in labels if not 0 <= v < len(classes)), None)
+        if bad is not None:
+            raise DataError(f"hf:{spec}: the {theirs} split has the label {bad}, outside the {len(classes)} "
+                            f"classes of train (0..{len(classes) - 1})")
+        table = Table(ds, image, f"hf:{spec}/{theirs}")
+        parts[ours] = HFSamples([(Row(table, i), v) for i, v in enumerate(labels)], ds._fingerprint)
+    rule = f"hf:{spec} splits " + ", ".join(f"{names[s]} as {s}" for s in parts)
+    if "val" not in parts:
+        if val_fraction > 0:
+            whole = parts["train"]
+            rest, held = stratified_split(whole.targets, val_fraction, split_seed)
+            parts["train"] = HFSamples([whole.samples[i] for i in rest], whole.fingerprint)
+            parts["val"] = HFSamples([whole.samples[i] for i in held], whole.fingerprint)
+            rule += f"; validation: {val_fraction:.0%} of each class of {names['train']} (split_seed {split_seed})"
+        else:
+            rule += "; no validation split"
+    if left_out:
+        rule += f"; {', '.join(left_out)} left out (unlabelled)"
+    if "test" not in parts:
+        rule += "; no test split"
+    if channels is None:
+        channels = first_channels(parts["train"].samples[0][0].read_bytes(), str(parts["train"].samples[0][0]))
+    return Splits(f"hf:{spec}", classes, channels, {s: parts[s] for s in ("train", "val", "test") if s in parts},
+                  rule)
+
+
+def first_channels(data: bytes, name: str) -> int:
+    """1 when this (first) image is grey, else 3."""
+    from .images import open_image
+    from .splits import _grey
+    return 1 if _grey(open_image(data, name).mode) else 3
