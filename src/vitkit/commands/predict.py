@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitkit predict", description="Print the top-k classes of images (files, or folders searched "
         "recursively), preprocessed exactly as the checkpoint's run validated them.")
-    parser.add_argument("images", nargs="+", metavar="PATH", help="image files, folders of images, or .tar shards "
-                        "(each sample, named SHARD.tar/KEY)")
+    parser.add_argument("images", nargs="+", metavar="PATH", help="image files, folders of images, .tar shards "
+                        "(each sample, named SHARD.tar/KEY) or .parquet files (each row's image, named FILE.parquet[ROW])")
     parser.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best (or a .safetensors file or run)")
     parser.add_argument("--top-k", type=int, help="how many classes to show per image (default: 5, or the "
                         "checkpoint's classes when it has fewer)")
@@ -119,19 +119,25 @@ def batches(predictor, paths: list[str], batch_size: int, problems: list):
 
 def images_of(files: list[Path], problems: list):
     """(name, a function giving the image) for each file; a .tar shard gives each of its samples, named
-    SHARD.tar/KEY (a broken shard is added to ``problems``)."""
+    SHARD.tar/KEY, and a .parquet file each row's image, named FILE.parquet[ROW] (a broken one is added to
+    ``problems``)."""
     from ..data.images import open_image
     from ..data.shards import iter_samples
-    from ..errors import DataError
+    from ..errors import VitkitError
 
     for path in files:
-        if path.suffix.lower() != ".tar":
+        if path.suffix.lower() not in (".tar", ".parquet"):
             yield str(path), lambda path=path: path
             continue
         try:
+            if path.suffix.lower() == ".parquet":
+                from ..data.hf import parquet_images
+                for row, data in parquet_images(path):
+                    yield f"{path}[{row}]", lambda data=data, row=row: open_image(data, f"{path}[{row}]")
+                continue
             for key, data, _, _ in iter_samples(path, None):
                 yield f"{path}/{key}", lambda data=data, key=key: open_image(data, f"{path}/{key}")
-        except DataError as e:
+        except VitkitError as e:
             problems.append((str(path), str(e)))
 
 

@@ -198,10 +198,10 @@ class HFSamples(FolderSamples):
     fingerprint: str = ""
 
 
-def map_splits(spec: str, *, image_column=None, label_column=None, val_fraction: float, split_seed: int,
-               channels=None):
-    """``hf:SPEC`` read map-style as :class:`~vitkit.data.splits.Splits` (see the module docstring)."""
-    from .splits import Splits, stratified_split
+def map_parts(spec: str, *, image_column=None, label_column=None, val_fraction: float = 0.0):
+    """``hf:SPEC`` read map-style: (classes, {split: HFSamples}, the rule so far, the first training image's
+    bytes). The validation hold-out, when the source has no validation split, is drawn by
+    :func:`~vitkit.data.open_splits`."""
     loaded = load(spec, streaming=False)
     names = pick_splits(loaded, spec)
     train = loaded[names["train"]]
@@ -212,8 +212,8 @@ def map_splits(spec: str, *, image_column=None, label_column=None, val_fraction:
         ds = loaded[theirs]
         if image not in ds.features or label not in ds.features:
             raise DataError(f"hf:{spec}: the {theirs} split lacks the column {image if image not in ds.features else label!r}")
-        labels = [index[v] for v in ds[label]] if index is not None else [int(v) for v in ds[label]]
-        if ours != "train" and labels and all(v < 0 for v in labels):
+        labels = [index.get(v, -1) for v in ds[label]] if index is not None else [int(v) for v in ds[label]]
+        if ours != "train" and labels and all(v < 0 for v in labels) and index is None:
             left_out.append(theirs)  # an unlabelled split
             continue
         bad = next((v for v in labels if not 0 <= v < len(classes)), None)
@@ -223,27 +223,36 @@ def map_splits(spec: str, *, image_column=None, label_column=None, val_fraction:
         table = Table(ds, image, f"hf:{spec}/{theirs}")
         parts[ours] = HFSamples([(Row(table, i), v) for i, v in enumerate(labels)], ds._fingerprint)
     rule = f"hf:{spec} splits " + ", ".join(f"{names[s]} as {s}" for s in parts)
-    if "val" not in parts:
-        if val_fraction > 0:
-            whole = parts["train"]
-            rest, held = stratified_split(whole.targets, val_fraction, split_seed)
-            parts["train"] = HFSamples([whole.samples[i] for i in rest], whole.fingerprint)
-            parts["val"] = HFSamples([whole.samples[i] for i in held], whole.fingerprint)
-            rule += f"; validation: {val_fraction:.0%} of each class of {names['train']} (split_seed {split_seed})"
-        else:
-            rule += "; no validation split"
-    if left_out:
-        rule += f"; {', '.join(left_out)} left out (unlabelled)"
-    if "test" not in parts:
-        rule += "; no test split"
-    if channels is None:
-        channels = first_channels(parts["train"].samples[0][0].read_bytes(), str(parts["train"].samples[0][0]))
-    return Splits(f"hf:{spec}", classes, channels, {s: parts[s] for s in ("train", "val", "test") if s in parts},
-                  rule)
+    rule += f"; {', '.join(left_out)} left out (unlabelled)" if left_out else ""
+    if not parts["train"].samples:
+        raise DataError(f"hf:{spec}: the training split has no rows")
+    return classes, parts, rule, parts["train"].samples[0][0].read_bytes()
 
 
-def first_channels(data: bytes, name: str) -> int:
-    """1 when this (first) image is grey, else 3."""
-    from .images import open_image
-    from .splits import _grey
-    return 1 if _grey(open_image(data, name).mode) else 3
+def parquet_images(path: Path, image_column: str | None = None):
+    """``(row, image bytes)`` of each row of one Parquet file (``vitkit predict FILE.parquet``): the column
+    given, else the first ``Image`` feature that datasets recorded in the file, else the first column holding
+    image structs ({bytes, path}). An unreadable file is one DataError."""
+    require_datasets()
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
+        recorded = json.loads((schema.metadata or {}).get(b"huggingface", b"{}")).get("info", {}).get("features", {})
+        images = [c for c, f in recorded.items() if isinstance(f, dict) and f.get("_type") == "Image"]
+        images += [f.name for f in schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0]
+        column = image_column or next(iter(images), None)
+        if column is None or column not in schema.names:
+            raise DataError(f"Parquet file {path} has no image column (its columns: {', '.join(schema.names)})")
+        row = 0
+        for batch in file.iter_batches(columns=[column], batch_size=256):
+            for value in batch.column(0).to_pylist():
+                yield row, stored_bytes(value, f"{path}[{row}]")
+                row += 1
+    except (DataError, ConfigError):
+        raise
+    except Exception as e:  # pyarrow's errors for a damaged or non-Parquet file
+        raise DataError(f"Parquet file {path} is unreadable ({type(e).__name__}: {str(e)[:200]})") from None

@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
 from .device_loader import derive_seed
-from .hf import find_columns, first_channels, label_kind, load, pick_splits, stored_bytes
+from .hf import find_columns, label_kind, load, pick_splits, stored_bytes
 from .images import open_image, to_uint8_chw
 from .shard_loader import StreamLoader
 
@@ -95,13 +95,11 @@ def read(iterable, name: str):
         raise DataError(f"{name} could not be read while streaming ({type(e).__name__}: {first[:300]})") from None
 
 
-def stream_splits(spec: str, *, image_column=None, label_column=None, val_fraction: float, split_seed: int,
-                  channels=None):
-    """``hf:SPEC`` streamed, as :class:`~vitkit.data.splits.Splits` of :class:`HFStream` parts. The split
-    sizes come from the dataset's info, else from one pass over the label column, which also finds the
-    classes of integer or string labels."""
+def stream_parts(spec: str, *, image_column=None, label_column=None, val_fraction: float = 0.0):
+    """``hf:SPEC`` streamed: (classes, {split: HFStream}, the rule so far, the first training image's bytes).
+    The split sizes come from the dataset's info, else from one pass over the label column, which also finds
+    the classes of integer or string labels."""
     import datasets
-    from .splits import Splits
     loaded = load(spec, streaming=True)
     names = pick_splits(loaded, spec)
     if "val" not in names and val_fraction > 0:
@@ -144,16 +142,11 @@ def stream_splits(spec: str, *, image_column=None, label_column=None, val_fracti
             raise DataError(f"hf:{spec}: the {theirs} split has no rows")
         parts[ours] = HFStream(ds, rows, len(classes), image, label, f"hf:{spec}/{theirs}", index)
     rule = f"hf:{spec} streamed, splits " + ", ".join(f"{names[s]} as {s}" for s in parts)
-    rule += "" if "val" in parts else "; no validation split"
     rule += f"; {', '.join(left_out)} left out (unlabelled)" if left_out else ""
-    rule += "" if "test" in parts else "; no test split"
-    if channels is None:
-        first = next(iter(read(parts["train"].dataset, parts["train"].name)), None)
-        if first is None:
-            raise DataError(f"hf:{spec}: the training split has no rows")
-        where = parts["train"].name + "[0]"
-        channels = first_channels(parts["train"].sample(first, where)[0], where)
-    return Splits(f"hf:{spec}", classes, channels, parts, rule)
+    first = next(iter(read(parts["train"].dataset, parts["train"].name)), None)
+    if first is None:
+        raise DataError(f"hf:{spec}: the training split has no rows")
+    return classes, parts, rule, parts["train"].sample(first, parts["train"].name + "[0]")[0]
 
 
 class RankStream(IterableDataset):

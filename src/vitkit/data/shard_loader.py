@@ -3,7 +3,9 @@
 **Who reads what.** The split's shards are dealt once, for the whole run, to ``world_size x readers`` slots
 (largest shard first, each to the slot holding the fewest samples so far); rank ``r`` reads slots
 ``r * readers ... r * readers + readers - 1``. ``readers`` depends on the data only (not on ``data.workers``,
-which a resume may change): the largest power of two <= min(16, shards // world_size). Fewer shards than
+which a resume may change): the largest power of two <= min(16, shards // world_size) whose epoch covers at
+least 97 % of what the best count would (10 shards on one rank: 2 readers of 5 shards, not 8 of which two
+hold 2 shards and six 1, which would leave 38 % out; see below). Fewer shards than
 ranks is a DataError. A rank's loader workers (``data.workers``, lowered to a power of two <= ``readers``)
 share its slots. Every slot yields the same number ``q`` of batches per epoch (the smallest slot's full
 batches), so every rank trains ``readers * q`` steps and no rank waits on another; the samples past a slot's
@@ -44,6 +46,21 @@ def deal_shards(part: ShardSamples, slots: int) -> list[list]:
     return dealt
 
 
+def choose_readers(part: ShardSamples, batch_size: int, world_size: int) -> tuple[int, list[list], int]:
+    """(readers per rank, the shards of each slot, batches per slot an epoch): the most readers (a power of
+    two <= min(16, shards // world_size)) whose epoch, ``world_size x readers x quota`` batches, is at least
+    97 % of the largest any count gives."""
+    options = []
+    r = power_of_two_at_most(min(MAX_READERS, len(part.shards) // world_size))
+    while r >= 1:
+        dealt = deal_shards(part, world_size * r)
+        quota = min(sum(s.samples for s in slot) for slot in dealt) // batch_size
+        options.append((r, dealt, quota))
+        r //= 2
+    best = max(r * q for r, _, q in options)
+    return next(o for o in options if o[0] * o[2] >= 0.97 * best)
+
+
 def shuffled(stream, size: int, rng: random.Random):
     """``stream`` through a shuffle buffer of ``size`` items (``size`` <= 1: unchanged)."""
     if size <= 1:
@@ -73,10 +90,8 @@ class ShardStream(IterableDataset):
             raise DataError(f"the {len(part.shards)} training shard(s) cannot be split over {world_size} processes "
                             f"(each reads whole shards); write at least {world_size} shards (vitkit shard with a "
                             "smaller --shard-size) or train on fewer processes")
-        self.readers = power_of_two_at_most(min(MAX_READERS, len(part.shards) // world_size))
-        self.dealt = deal_shards(part, world_size * self.readers)
+        self.readers, self.dealt, self.quota = choose_readers(part, batch_size, world_size)
         smallest = min(sum(s.samples for s in slot) for slot in self.dealt)
-        self.quota = smallest // batch_size  # batches each slot gives per epoch
         if self.quota == 0:
             raise DataError(f"the smallest of the {len(self.dealt)} reader shares of the training shards holds "
                             f"{smallest} samples, less than one batch of {batch_size} per process; lower "

@@ -33,8 +33,18 @@ def _png(image) -> bytes:
 
 def _samples(part):
     """(image bytes, suffix, label) of each sample of a split, in the split's order."""
-    if hasattr(part, "samples"):  # FolderSamples: copy the files
+    if hasattr(part, "rows") and hasattr(part, "sample"):  # a streamed dataset split (HFStream)
+        from .hf_stream import read
+        for i, example in enumerate(read(part.dataset, part.name)):
+            data, label = part.sample(example, f"{part.name}[{i}]")
+            yield data, _suffix(data, f"{part.name}[{i}]"), label
+        return
+    if hasattr(part, "samples"):  # FolderSamples (a dataset's rows among them): copy the files
         for path, label in part.samples:
+            if not isinstance(path, Path):  # a dataset row: its stored bytes
+                data = path.read_bytes()
+                yield data, _suffix(data, str(path)), label
+                continue
             suffix = path.suffix.lower()
             if suffix not in IMAGE_SUFFIXES:
                 raise DataError(f"image {path} is a {suffix} file; shards hold {'/'.join(IMAGE_SUFFIXES)} images "
@@ -43,6 +53,21 @@ def _samples(part):
     else:  # ImageDataset: uint8 (N, C, H, W)
         for i in range(len(part)):
             yield _png(part.images[i]), ".png", int(part.labels[i])
+
+
+def _suffix(data: bytes, name: str) -> str:
+    """The file suffix of an image's bytes (a dataset stores images without a file name)."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # the header only
+            fmt = img.format
+    except Exception:  # PIL raises many types for bytes that are no image
+        raise DataError(f"{name} is not a readable image") from None
+    suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(fmt)
+    if suffix is None:
+        raise DataError(f"{name} is a {fmt} image; shards hold {'/'.join(IMAGE_SUFFIXES)} images only (convert it "
+                        "first)")
+    return suffix
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -20,6 +20,7 @@ fine-tune from it) reads that file instead of guessing again.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 from dataclasses import dataclass, field
@@ -128,10 +129,7 @@ def open_splits(dataset: str, root=None, *, val_fraction: float = 0.1, split_see
     if isinstance(dataset, str) and dataset.startswith("shards:"):
         return _shard_splits(dataset, channels)
     if isinstance(dataset, str) and dataset.startswith("hf:"):
-        from . import hf, hf_stream
-        opener = hf_stream.stream_splits if streaming else hf.map_splits
-        splits = opener(dataset[3:], image_column=image_column, label_column=label_column, val_fraction=val_fraction,
-                        split_seed=split_seed, channels=channels)
+        splits = _hf_splits(dataset, val_fraction, split_seed, channels, image_column, label_column, streaming)
         if split_file is not None and Path(split_file).is_file() and \
                 Path(split_file).read_text(encoding="utf-8") != splits.split_file_text():
             raise DataError(f"{dataset} no longer holds the rows the run's {split_file} lists (the dataset changed), "
@@ -167,6 +165,28 @@ def _shard_splits(name: str, channels) -> Splits:
         raise DataError(f"{name} has no training shards (train-*.tar)")
     channels = channels or recorded or probe_channels(parts["train"])
     return Splits(name, classes, channels, {s: parts[s] for s in SPLITS if s in parts}, rule, root=folder)
+
+
+def _hf_splits(name: str, val_fraction: float, split_seed: int, channels, image_column, label_column,
+               streaming: bool) -> Splits:
+    """``hf:PATH_OR_NAME`` (see :mod:`vitkit.data.hf`): its own splits, a validation split held out of train
+    when it has none (map-style)."""
+    from . import hf, hf_stream
+    from .images import open_image
+    opener = hf_stream.stream_parts if streaming else hf.map_parts
+    classes, parts, rule, first = opener(name[3:], image_column=image_column, label_column=label_column,
+                                         val_fraction=val_fraction)
+    if "val" not in parts and val_fraction > 0:
+        whole = parts["train"]
+        rest, held = stratified_split(whole.targets, val_fraction, split_seed)
+        parts["train"] = dataclasses.replace(whole, samples=[whole.samples[i] for i in rest])
+        parts["val"] = dataclasses.replace(whole, samples=[whole.samples[i] for i in held])
+        rule += f"; validation: {val_fraction:.0%} of each class of train (split_seed {split_seed})"
+    elif "val" not in parts:
+        rule += "; no validation split"
+    rule += "" if "test" in parts else "; no test split"
+    channels = channels or (1 if _grey(open_image(first, f"{name}: the first training image").mode) else 3)
+    return Splits(name, classes, channels, {s: parts[s] for s in SPLITS if s in parts}, rule)
 
 
 def _folder_splits(folder: Path, name: str, val_fraction: float, split_seed: int, channels, strict) -> Splits:

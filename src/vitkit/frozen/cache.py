@@ -44,6 +44,8 @@ def images_digest(part) -> str:
         for shard in part.shards:
             st = Path(shard.path).stat()
             h.update(f"{Path(shard.path).resolve()}\t{shard.samples}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    elif getattr(part, "fingerprint", None):  # HFSamples: the dataset's fingerprint and the rows
+        h.update(f"{part.fingerprint}\t{[(str(r), label) for r, label in part.samples]}".encode())
     elif hasattr(part, "samples"):  # FolderSamples: (path, label)
         for path, label in part.samples:
             st = Path(path).stat()
