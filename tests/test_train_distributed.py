@@ -122,3 +122,52 @@ def test_killed_two_process_run_resumes_bit_identical(tmp_path):
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), f"{name} differs after a resume from step {killed_at}"
+
+
+def digits_parquet(folder: Path) -> Path:
+    """The digits training split as a Parquet dataset (4 train files of unequal sizes and a validation file):
+    PNG bytes, a ClassLabel."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    from vitkit.data import open_splits
+    splits = open_splits("digits", val_fraction=0.2)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=splits.classes)})
+    (folder / "data").mkdir(parents=True)
+    for split, name, n in (("train", "train", 4), ("val", "validation", 1)):
+        part, pngs = splits.parts[split], []
+        for image in part.images:  # (1, 8, 8) uint8
+            out = io.BytesIO()
+            Image.fromarray(image[0].numpy()).save(out, format="PNG")
+            pngs.append({"bytes": out.getvalue(), "path": None})
+        ds = datasets.Dataset.from_dict({"image": pngs, "label": part.labels.tolist()}, features=features)
+        cuts = [0, *[len(ds) * c // 10 for c in (1, 5, 6)][:n - 1], len(ds)] if n == 4 else [0, len(ds)]
+        for k in range(n):  # train: files of 10 %, 40 %, 10 % and 40 % of the rows (so the ranks' parts differ)
+            ds.select(range(cuts[k], cuts[k + 1])).to_parquet(
+                str(folder / "data" / f"{name}-{k:05d}-of-{n:05d}.parquet"))
+    return folder
+
+
+def test_killed_two_process_streamed_dataset_run_resumes_bit_identical(tmp_path):
+    """A streamed Hugging Face dataset, split over the two ranks by split_dataset_by_node: each rank's stream
+    position (the iterable's state_dict at its window) is saved with the run and loaded back by its rank."""
+    data = digits_parquet(tmp_path / "parquet")
+    path = recipe(tmp_path, data={"dataset": f"hf:{data}", "streaming": True, "workers": 1, "shuffle_buffer": 32,
+                                  "batch_size": 32, "img_size": 8, "randaugment": False, "crop_scale": [0.5, 1.0]},
+                  model={"drop_rate": 0.1}, train={"epochs": 2, "checkpoint_every_steps": 1, "deterministic": True})
+    out = finished(torchrun(path, "--set", "name=reference"))
+    assert "streamed" in out
+    steps = 2 * (1150 // 2 // 16)  # training rows // world_size // per-rank batch, for two epochs
+    run_dir = tmp_path / "runs" / "ddp"
+    killed_at = kill_early(torchrun(path, "--resume", "auto"), run_dir, steps)
+    saved = load_training_state(run_dir / "checkpoints" / "last.state.pt")
+    streams = saved["streams"]  # each rank's position in its own files: a state_dict (windows of 2 batches)
+    assert len(streams) == 2 and streams[0]["batch"] == streams[1]["batch"] == saved["batch"] > 2
+    assert all(s["at"]["state"] is not None for s in streams), streams
+    finished(torchrun(path, "--resume", "auto"))
+    ours, theirs = weights(run_dir), weights(tmp_path / "runs" / "reference")
+    assert load_training_state(run_dir / "checkpoints" / "last.state.pt")["step"] == steps
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), f"{name} differs after a resume from step {killed_at}"
