@@ -219,3 +219,36 @@ def test_a_real_trainers_plan_announces_what_a_real_run_prints(tmp_path):
     assert trainer.plan == digits_plan(cfg=trainer.cfg, model=trainer.model_config, lr=trainer.plan.lr,
                                        stats=trainer.plan.stats, run_dir=tmp_path / "tiny",
                                        best_weights=tmp_path / "tiny" / "checkpoints" / "best")
+
+
+class CountedSums(RunningMetrics):
+    """Running sums that record at which steps they are summed over the processes (a collective)."""
+
+    def __init__(self, calls: list, state: list):
+        super().__init__("cpu", [2.0 * 64, 40.0, 64.0, -1.0])
+        self.calls, self.state = calls, state
+
+    def result(self) -> dict:
+        self.calls.append(self.state[0].step)
+        return super().result()
+
+
+def test_every_process_sums_the_running_metrics_at_the_same_steps(monkeypatch):
+    """The sum over the processes is a collective: rank 0 with a progress bar on a terminal and a silent rank 1
+    on its own clock must call it at the same steps, or the ranks' collectives pair up wrongly (a hang, or
+    DDP's gradients summed with a metric)."""
+    import sys
+    steps = {}
+    for rank, tty, clock in ((0, True, Clock(0.0)), (1, False, Clock(7.0))):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        c, _ = console(folder_plan(), speaks=rank == 0, clock=clock)
+        calls, current = [], [None]
+        c.announce(TrainState(step=0))
+        c.begin_epoch(TrainState(step=0))
+        for step in range(1, 45):
+            current[0] = TrainState(epoch=0, batch=step, step=step, running=CountedSums(calls, current))
+            clock.now += 3.1 if rank else 1.0  # rank 1's clock makes a progress line due at other steps
+            c.progress(current[0])
+        c.end_epoch()
+        steps[rank] = calls
+    assert steps[0] == steps[1] == [1, 10, 20, 30, 40]

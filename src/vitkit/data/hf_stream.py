@@ -38,6 +38,8 @@ from .hf import find_columns, label_kind, load, pick_splits, stored_bytes
 from .images import open_image, to_uint8_chw
 from .shard_loader import StreamLoader
 
+UNLABELLED_PEEK = 64  # labels read to tell an unlabelled split (all -1) from a labelled one
+
 
 @dataclass
 class HFStream:
@@ -98,7 +100,8 @@ def read(iterable, name: str):
 def stream_parts(spec: str, *, image_column=None, label_column=None, val_fraction: float = 0.0):
     """``hf:SPEC`` streamed: (classes, {split: HFStream}, the rule so far, the first training image's bytes).
     The split sizes come from the dataset's info, else from one pass over the label column, which also finds
-    the classes of integer or string labels."""
+    the classes of integer or string labels; a validation or test split whose first labels are all -1 is
+    unlabelled and left out (a later -1 is a DataError when the split is decoded)."""
     import datasets
     loaded = load(spec, streaming=True)
     names = pick_splits(loaded, spec)
@@ -119,11 +122,18 @@ def stream_parts(spec: str, *, image_column=None, label_column=None, val_fractio
                             f"{image if image not in ds.features else label!r}")
         ds = ds.select_columns([image, label]).cast_column(image, datasets.Image(decode=False))
         info = (train.info.splits or {}).get(theirs)
-        rows, values = (info.num_examples, None) if info is not None and info.num_examples and (
-            kind == "classlabel" or ours != "train") else (None, None)
-        if rows is None or ours != "train":  # one pass over the labels: the size, the classes, unlabelled splits
-            values = [ex[label] for ex in read(ds.select_columns([label]), f"hf:{spec}/{theirs}")]
+        rows = info.num_examples if info is not None and info.num_examples else None
+        labels = ds.select_columns([label])
+        values = None
+        if rows is None or (ours == "train" and kind != "classlabel"):  # one pass: the size (and the classes)
+            values = [ex[label] for ex in read(labels, f"hf:{spec}/{theirs}")]
             rows = len(values)
+        if ours != "train" and kind != "string":  # an unlabelled split shows in its first labels
+            first = values[:UNLABELLED_PEEK] if values is not None else \
+                [ex[label] for ex in itertools.islice(read(labels, f"hf:{spec}/{theirs}"), UNLABELLED_PEEK)]
+            if first and all(v < 0 for v in first):
+                left_out.append(theirs)
+                continue
         if ours == "train":
             if kind == "classlabel":
                 classes = list(train.features[label].names)
@@ -135,9 +145,6 @@ def stream_parts(spec: str, *, image_column=None, label_column=None, val_fractio
             else:
                 classes = sorted(set(values))
                 index = {c: i for i, c in enumerate(classes)}
-        elif values and kind != "string" and all(v < 0 for v in values):
-            left_out.append(theirs)
-            continue
         if rows == 0:
             raise DataError(f"hf:{spec}: the {theirs} split has no rows")
         parts[ours] = HFStream(ds, rows, len(classes), image, label, f"hf:{spec}/{theirs}", index)

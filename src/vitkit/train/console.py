@@ -18,6 +18,7 @@ from .plan import RunPlan
 from .state import TrainState
 
 PROGRESS_SECONDS = 30.0  # without a terminal (logs, CI), a progress line this often
+RESULT_EVERY = 10  # steps between the running loss and accuracy shown (summed over the processes)
 
 
 def _duration(seconds: float) -> str:
@@ -41,6 +42,7 @@ class Console:
     def __init__(self, plan: RunPlan, log=print, speaks: bool = True, clock=time.time):
         self.plan, self.log_fn, self.speaks, self.clock = plan, log, speaks, clock
         self.bar = None
+        self.running = None  # the epoch's running {"loss", "accuracy"} over all processes, as last summed
         self.started = self.last_progress = self.epoch_started = clock()
         self.first_step = self.epoch_first_batch = 0  # where this session and this epoch began
 
@@ -100,6 +102,7 @@ class Console:
     def begin_epoch(self, state: TrainState) -> None:
         """An epoch (or the rest of one) starts at ``state``: a progress bar for it, on a terminal only."""
         self.epoch_started, self.epoch_first_batch = self.clock(), state.batch
+        self.running = None  # summed again at the epoch's first step (on every process)
         if self.speaks and sys.stderr.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=self.plan.batches_per_epoch, initial=state.batch,
@@ -112,19 +115,23 @@ class Console:
             self.bar = None
 
     def progress(self, state: TrainState) -> None:
-        """After an optimizer step: advance the bar, or print a progress line when one is due."""
+        """After an optimizer step, on every process: the epoch's running loss and accuracy summed over the
+        processes at the epoch's first step and every RESULT_EVERY steps (a collective, so it happens at the
+        same steps on every rank, never on one rank's clock or terminal); then, on the main process, the bar
+        advanced or a progress line when one is due."""
+        if self.running is None or state.step % RESULT_EVERY == 0:
+            self.running = state.running.result()
         if self.bar is not None:
             self.bar.update(state.batch - self.bar.n)
-            if state.step % 10 == 0:
-                r = state.running.result()
-                self.bar.set_postfix(loss=f"{r['loss']:.4f}", acc=f"{r['accuracy']:.3f}",
+            if state.step % RESULT_EVERY == 0:
+                self.bar.set_postfix(loss=f"{self.running['loss']:.4f}", acc=f"{self.running['accuracy']:.3f}",
                                      img_s=f"{self.images_per_s(state, self.clock()):.0f}")
-        elif self.clock() - self.last_progress >= PROGRESS_SECONDS:
+        elif self.speaks and self.clock() - self.last_progress >= PROGRESS_SECONDS:
             self.progress_line(state)
 
     def progress_line(self, state: TrainState) -> None:
         """Where the run stands, for logs and CI (no terminal, no progress bar): a line every PROGRESS_SECONDS."""
-        p, now, r = self.plan, self.clock(), state.running.result()
+        p, now, r = self.plan, self.clock(), self.running
         total = p.steps_per_epoch * p.cfg.train.epochs
         eta = (now - self.started) / max(state.step - self.first_step, 1) * (total - state.step)
         self.log(f"  epoch {state.epoch + 1}/{p.cfg.train.epochs} step {state.step}/{total}: loss {r['loss']:.4f} "
