@@ -69,9 +69,27 @@ def load(spec: str, *, streaming: bool) -> dict:
     except (KeyboardInterrupt, SystemExit, ConfigError, DataError):
         raise
     except Exception as e:  # the library raises many types (not found, offline, unreadable Parquet, ...)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"hf:{spec} could not be read by datasets ({type(e).__name__}: {first[:300]})") from None
+        raise load_error(spec, e, datasets.config) from None
     return dict(loaded)
+
+
+def load_error(spec: str, e: Exception, config) -> DataError:
+    """The one sentence for a dataset ``datasets`` could not open: not on the Hub, not in the cache offline,
+    the Hub unreachable, or anything else it said."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    name = type(e).__name__
+    if not is_path(spec):
+        if name == "DatasetNotFoundError":
+            return DataError(f"Hugging Face dataset {spec} was not found at {config.HF_ENDPOINT}: it does not exist, "
+                             "or it is private or gated and no token with access was given (huggingface-cli login)")
+        if config.HF_HUB_OFFLINE or "OfflineModeIsEnabled" in first:
+            return DataError(f"hf:{spec} is not in the Hugging Face datasets cache ({config.HF_DATASETS_CACHE}) and "
+                             "HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set; open it once online, or unset them")
+        if isinstance(e, ConnectionError) or name in ("ConnectError", "ConnectTimeout", "ReadTimeout",
+                                                      "RemoteProtocolError", "TransportError"):
+            return DataError(f"cannot reach the Hugging Face Hub at {config.HF_ENDPOINT} (HF_ENDPOINT) for hf:{spec} "
+                             f"({name}: {first}), and it is not in the cache")
+    return DataError(f"hf:{spec} could not be read by datasets ({name}: {first})")
 
 
 def pick_splits(available: dict, spec: str) -> dict:
