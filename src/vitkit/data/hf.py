@@ -69,6 +69,8 @@ def load(spec: str, *, streaming: bool) -> dict:
     except (KeyboardInterrupt, SystemExit, ConfigError, DataError):
         raise
     except Exception as e:  # the library raises many types (not found, offline, unreadable Parquet, ...)
+        while e.__cause__ is not None:  # the reason, under a DatasetGenerationError ("An error occurred ...")
+            e = e.__cause__
         raise load_error(spec, e, datasets.config) from None
     return dict(loaded)
 
@@ -230,14 +232,16 @@ def map_parts(spec: str, *, image_column=None, label_column=None, val_fraction: 
         ds = loaded[theirs]
         if image not in ds.features or label not in ds.features:
             raise DataError(f"hf:{spec}: the {theirs} split lacks the column {image if image not in ds.features else label!r}")
-        labels = [index.get(v, -1) for v in ds[label]] if index is not None else [int(v) for v in ds[label]]
+        values = ds[label]
+        labels = [index.get(v, -1) for v in values] if index is not None else [int(v) for v in values]
         if ours != "train" and labels and all(v < 0 for v in labels) and index is None:
             left_out.append(theirs)  # an unlabelled split
             continue
-        bad = next((v for v in labels if not 0 <= v < len(classes)), None)
-        if bad is not None:
-            raise DataError(f"hf:{spec}: the {theirs} split has the label {bad}, outside the {len(classes)} "
-                            f"classes of train (0..{len(classes) - 1})")
+        bad = next((i for i, v in enumerate(labels) if not 0 <= v < len(classes)), None)
+        if bad is not None:  # an index out of range, or a string label that train lacks
+            known = f"0..{len(classes) - 1}" if index is None else ", ".join(classes[:5])
+            raise DataError(f"hf:{spec}: the {theirs} split has the label {values[bad]!r}, outside the "
+                            f"{len(classes)} classes of train ({known})")
         table = Table(ds, image, f"hf:{spec}/{theirs}")
         parts[ours] = HFSamples([(Row(table, i), v) for i, v in enumerate(labels)], ds._fingerprint)
     rule = f"hf:{spec} splits " + ", ".join(f"{names[s]} as {s}" for s in parts)
