@@ -518,6 +518,14 @@ def write_case(case: str, made, d: Path) -> list[str]:
         write_parquet(d, "train", table(made.rows["train"], kinds, labels=[KINDS[k] for k, *_ in made.rows["train"]]))
         write_parquet(d, "validation", table(made.rows["val"][:2], kinds, labels=["apple", "pear"]))
         return [f"data.dataset=hf:{d}", f"data.streaming={str(case.endswith('streamed')).lower()}"]
+    elif case.startswith("null-label"):  # an integer label column with a null in train (map) or validation
+        ints = datasets.Value("int64")
+        write_parquet(d, "train", table(made.rows["train"], ints,
+                                        labels=[None if i == 4 and case == "null-label" else k
+                                                for i, (k, *_) in enumerate(made.rows["train"])]))
+        write_parquet(d, "validation", table(made.rows["val"], ints,
+                                             labels=[None] + [k for k, *_ in made.rows["val"]][1:]))
+        return [f"data.dataset=hf:{d}", f"data.streaming={str(case.endswith('streamed')).lower()}"]
     elif case == "no-val-streamed":
         return [f"data.dataset=hf:{made.disk}", "data.streaming=true"]
     elif case == "missing-path":
@@ -539,8 +547,10 @@ def write_case(case: str, made, d: Path) -> list[str]:
     ("unknown-label", "the validation split has the label 'pear', outside the 3 classes of train (apple, mango, "
                       "zebra)"),
     ("unknown-label-streamed", "/validation[1] has the label 'pear', outside the 3 classes of the training split"),
+    ("null-label", "row 4 of the training split has no label ('label' is null)"),
+    ("null-label-streamed", "row 0 of the validation split has no label ('label' is null)"),
     ("no-val-streamed", "has no validation split, and a streamed dataset is not held out from"),
-    ("missing-path", "no such folder; expected a folder written by save_to_disk"),
+    ("missing-path", "no such folder or file; expected a folder written by save_to_disk"),
     ("disk-cache", "data.cache: disk is for image folders; shards and hf: datasets decode into memory"),
     ("streamed-digits", "data.image_column, data.label_column and data.streaming are for hf: datasets; digits is "
                         "not one")])
@@ -551,3 +561,25 @@ def test_bad_input_is_one_sentence(made, tmp_path, capsys, case, words):
     assert main(["train", *sets_args(sets)]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_channels_are_3_unless_every_looked_at_image_or_the_feature_is_grey(made, tmp_path, streaming):
+    """Only when every image among the first CHANNEL_PEEK is grey (or the Image feature says mode L) is a
+    dataset read as 1-channel; a grey first image among colour ones does not make the run grey."""
+    grey_first = sorted(made.rows["train"], key=lambda r: r[1] % 2 == 0)  # odd i: grey images first
+    assert Image.open(io.BytesIO(grey_first[0][2])).mode == "L"
+    write_parquet(tmp_path / "mixed", "train", table(grey_first))
+    assert open_splits(f"hf:{tmp_path / 'mixed'}", val_fraction=0, streaming=streaming).channels == 3
+    write_parquet(tmp_path / "grey", "train", table(made.rows["train"]).filter(lambda r: r["image"].mode == "L"))
+    assert open_splits(f"hf:{tmp_path / 'grey'}", val_fraction=0, streaming=streaming).channels == 1
+    declared = table(made.rows["train"]).cast_column("image", datasets.Image(mode="L"))
+    write_parquet(tmp_path / "declared", "train", declared)
+    assert open_splits(f"hf:{tmp_path / 'declared'}", val_fraction=0, streaming=streaming).channels == 1
+
+
+def test_one_parquet_file_is_the_training_split(made):
+    file = made.pq / "data" / "train-00001-of-00004.parquet"
+    splits = open_splits(f"hf:{file}", val_fraction=0.25)
+    assert splits.classes == CLASSES and splits.size("train") + splits.size("val") == 9 and "test" not in splits.parts
+    assert splits.rule.startswith(f"hf:{file} splits train as train; validation: 25% of each class of train")

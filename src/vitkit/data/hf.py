@@ -1,7 +1,7 @@
 """Hugging Face ``datasets`` as a run's data: ``data.dataset: hf:PATH_OR_NAME`` (the ``datasets`` extra).
 
 ``PATH_OR_NAME`` is a folder written by ``save_to_disk`` (a DatasetDict, or one Dataset taken as the training
-split), a folder of Parquet or Arrow files (``datasets.load_dataset(PATH)`` names the splits from the file
+split), one .parquet or .arrow file (the training split), a folder of Parquet or Arrow files (``datasets.load_dataset(PATH)`` names the splits from the file
 names, e.g. ``data/train-00000-of-00004.parquet``), or a Hub name such as ``uoft-cs/cifar10``, read through the
 Hugging Face cache (offline with ``HF_DATASETS_OFFLINE=1`` once it is there). A value starting with ``/``,
 ``.`` or ``~``, or naming a folder that exists, is a path; anything else is a Hub name.
@@ -35,6 +35,8 @@ from .imagefolder import FolderSamples
 IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
 LABEL_NAMES = ("label", "labels", "fine_label", "target", "cls")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
+FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}  # hf:FILE, read as the training split
+CHANNEL_PEEK = 256  # training images looked at to tell a grey data set from a colour one
 
 
 def require_datasets():
@@ -54,9 +56,10 @@ def load(spec: str, *, streaming: bool) -> dict:
     """``{split name: Dataset or IterableDataset}`` of ``hf:SPEC`` (every split the source has)."""
     datasets = require_datasets()
     target = Path(spec).expanduser()
-    if is_path(spec) and not target.is_dir():
-        raise DataError(f"hf:{spec}: no such folder; expected a folder written by save_to_disk, a folder of "
-                        "Parquet/Arrow files, or a Hub name such as uoft-cs/cifar10")
+    single = target.suffix.lower() in FILE_BUILDERS and target.is_file()
+    if is_path(spec) and not target.is_dir() and not single:
+        raise DataError(f"hf:{spec}: no such folder or file; expected a folder written by save_to_disk, a folder of "
+                        "Parquet/Arrow files, one .parquet or .arrow file, or a Hub name such as uoft-cs/cifar10")
     try:
         if target.is_dir() and ((target / "dataset_dict.json").is_file() or (target / "state.json").is_file()):
             loaded = datasets.load_from_disk(str(target))
@@ -64,6 +67,9 @@ def load(spec: str, *, streaming: bool) -> dict:
                 loaded = {"train": loaded}
             if streaming:  # an Arrow table on disk, read as a stream of contiguous pieces
                 loaded = {k: d.to_iterable_dataset(num_shards=max(1, min(64, len(d)))) for k, d in loaded.items()}
+        elif single:  # one file: the training split
+            loaded = datasets.load_dataset(FILE_BUILDERS[target.suffix.lower()], data_files={"train": str(target)},
+                                           streaming=streaming)
         else:
             loaded = datasets.load_dataset(str(target) if target.is_dir() else spec, streaming=streaming)
     except (KeyboardInterrupt, SystemExit, ConfigError, DataError):
@@ -158,6 +164,8 @@ def classes_of(features, column: str, values, spec: str) -> tuple[list[str], dic
     values = list(values() if callable(values) else values)
     if not values:
         raise DataError(f"hf:{spec}: the training split has no rows")
+    if None in values:
+        raise DataError(f"hf:{spec}: row {values.index(None)} of the training split has no label ({column!r} is null)")
     if kind == "int":
         if min(values) < 0:
             raise DataError(f"hf:{spec}: the training labels ({column!r}) include {min(values)}; expected class "
@@ -219,8 +227,8 @@ class HFSamples(FolderSamples):
 
 
 def map_parts(spec: str, *, image_column=None, label_column=None, val_fraction: float = 0.0):
-    """``hf:SPEC`` read map-style: (classes, {split: HFSamples}, the rule so far, the first training image's
-    bytes). The validation hold-out, when the source has no validation split, is drawn by
+    """``hf:SPEC`` read map-style: (classes, {split: HFSamples}, the rule so far, whether the images are grey:
+    :func:`grey_images`). The validation hold-out, when the source has no validation split, is drawn by
     :func:`~vitkit.data.open_splits`."""
     loaded = load(spec, streaming=False)
     names = pick_splits(loaded, spec)
@@ -232,7 +240,10 @@ def map_parts(spec: str, *, image_column=None, label_column=None, val_fraction: 
         ds = loaded[theirs]
         if image not in ds.features or label not in ds.features:
             raise DataError(f"hf:{spec}: the {theirs} split lacks the column {image if image not in ds.features else label!r}")
-        values = ds[label]
+        values = list(ds[label])
+        missing = next((i for i, v in enumerate(values) if v is None), None)
+        if missing is not None:
+            raise DataError(f"hf:{spec}: row {missing} of the {theirs} split has no label ({label!r} is null)")
         labels = [index.get(v, -1) for v in values] if index is not None else [int(v) for v in values]
         if ours != "train" and labels and all(v < 0 for v in labels) and index is None:
             left_out.append(theirs)  # an unlabelled split
@@ -248,7 +259,19 @@ def map_parts(spec: str, *, image_column=None, label_column=None, val_fraction: 
     rule += f"; {', '.join(left_out)} left out (unlabelled)" if left_out else ""
     if not parts["train"].samples:
         raise DataError(f"hf:{spec}: the training split has no rows")
-    return classes, parts, rule, parts["train"].samples[0][0].read_bytes()
+    rows = parts["train"].samples[:CHANNEL_PEEK]
+    return classes, parts, rule, grey_images(train.features[image], ((r.read_bytes(), str(r)) for r, _ in rows))
+
+
+def grey_images(feature, images) -> bool:
+    """True when the images are to be read as 1-channel: the ``Image`` feature says ``mode="L"`` (or another
+    grey mode), or it names no mode and every one of ``images`` ((bytes, name), the first CHANNEL_PEEK of the
+    training split) is grey. ``data.channels`` decides instead when given."""
+    from .images import is_grey_mode, open_image
+    mode = getattr(feature, "mode", None)
+    if mode:
+        return is_grey_mode(mode)
+    return all(is_grey_mode(open_image(data, name).mode) for data, name in images)
 
 
 def parquet_images(path: Path, image_column: str | None = None):

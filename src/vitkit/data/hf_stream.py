@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
 from .device_loader import derive_seed
-from .hf import find_columns, label_kind, load, pick_splits, stored_bytes
+from .hf import CHANNEL_PEEK, find_columns, grey_images, label_kind, load, pick_splits, stored_bytes
 from .images import open_image, to_uint8_chw
 from .shard_loader import StreamLoader
 
@@ -62,6 +62,8 @@ class HFStream:
     def sample(self, example: dict, where: str) -> tuple[bytes, int]:
         """(image bytes, class index) of one example."""
         value = example[self.label_column]
+        if value is None:
+            raise DataError(f"{where} has no label ({self.label_column!r} is null)")
         label = self.index.get(value, -1) if self.index is not None else int(value)
         if not 0 <= label < self.num_classes:
             raise DataError(f"{where} has the label {value!r}, outside the {self.num_classes} classes of the "
@@ -98,7 +100,7 @@ def read(iterable, name: str):
 
 
 def stream_parts(spec: str, *, image_column=None, label_column=None, val_fraction: float = 0.0):
-    """``hf:SPEC`` streamed: (classes, {split: HFStream}, the rule so far, the first training image's bytes).
+    """``hf:SPEC`` streamed: (classes, {split: HFStream}, the rule so far, whether the images are grey).
     The split sizes come from the dataset's info, else from one pass over the label column, which also finds
     the classes of integer or string labels; a validation or test split whose first labels are all -1 is
     unlabelled and left out (a later -1 is a DataError when the split is decoded)."""
@@ -128,6 +130,9 @@ def stream_parts(spec: str, *, image_column=None, label_column=None, val_fractio
         if rows is None or (ours == "train" and kind != "classlabel"):  # one pass: the size (and the classes)
             values = [ex[label] for ex in read(labels, f"hf:{spec}/{theirs}")]
             rows = len(values)
+            if None in values:
+                raise DataError(f"hf:{spec}: row {values.index(None)} of the {theirs} split has no label "
+                                f"({label!r} is null)")
         if ours != "train" and kind != "string":  # an unlabelled split shows in its first labels
             first = values[:UNLABELLED_PEEK] if values is not None else \
                 [ex[label] for ex in itertools.islice(read(labels, f"hf:{spec}/{theirs}"), UNLABELLED_PEEK)]
@@ -150,10 +155,12 @@ def stream_parts(spec: str, *, image_column=None, label_column=None, val_fractio
         parts[ours] = HFStream(ds, rows, len(classes), image, label, f"hf:{spec}/{theirs}", index)
     rule = f"hf:{spec} streamed, splits " + ", ".join(f"{names[s]} as {s}" for s in parts)
     rule += f"; {', '.join(left_out)} left out (unlabelled)" if left_out else ""
-    first = next(iter(read(parts["train"].dataset, parts["train"].name)), None)
-    if first is None:
+    firsts = list(itertools.islice(read(parts["train"].dataset, parts["train"].name), CHANNEL_PEEK))
+    if not firsts:
         raise DataError(f"hf:{spec}: the training split has no rows")
-    return classes, parts, rule, parts["train"].sample(first, parts["train"].name + "[0]")[0]
+    name = parts["train"].name
+    images = (parts["train"].sample(ex, f"{name}[{i}]")[0:1] + (f"{name}[{i}]",) for i, ex in enumerate(firsts))
+    return classes, parts, rule, grey_images(train.features[image], images)
 
 
 class RankStream(IterableDataset):

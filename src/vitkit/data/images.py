@@ -34,6 +34,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own limit (about 9,500 x 9,500): larger files are refused, not decoded
 
 
+def is_grey_mode(mode: str) -> bool:
+    """A PIL mode of one channel (with or without alpha): such images become 1-channel input."""
+    return mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 

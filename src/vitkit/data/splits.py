@@ -31,6 +31,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .datasets import canonical_name, load_dataset
 from .imagefolder import FolderSamples, image_modes, scan_class_folders
+from .images import is_grey_mode
 from .in_memory import ImageDataset
 from .preprocess import Preprocess
 
@@ -172,10 +173,9 @@ def _hf_splits(name: str, val_fraction: float, split_seed: int, channels, image_
     """``hf:PATH_OR_NAME`` (see :mod:`vitkit.data.hf`): its own splits, a validation split held out of train
     when it has none (map-style)."""
     from . import hf, hf_stream
-    from .images import open_image
     opener = hf_stream.stream_parts if streaming else hf.map_parts
-    classes, parts, rule, first = opener(name[3:], image_column=image_column, label_column=label_column,
-                                         val_fraction=val_fraction)
+    classes, parts, rule, grey = opener(name[3:], image_column=image_column, label_column=label_column,
+                                        val_fraction=val_fraction)
     if "val" not in parts and val_fraction > 0:
         whole = parts["train"]
         rest, held = stratified_split(whole.targets, val_fraction, split_seed)
@@ -185,7 +185,7 @@ def _hf_splits(name: str, val_fraction: float, split_seed: int, channels, image_
     elif "val" not in parts:
         rule += "; no validation split"
     rule += "" if "test" in parts else "; no test split"
-    channels = channels or (1 if _grey(open_image(first, f"{name}: the first training image").mode) else 3)
+    channels = channels or (1 if grey else 3)
     return Splits(name, classes, channels, {s: parts[s] for s in SPLITS if s in parts}, rule)
 
 
@@ -232,13 +232,9 @@ def _folder_splits(folder: Path, name: str, val_fraction: float, split_seed: int
     if val_fraction == 0 and "val" not in parts:
         rule = rule.split(": validation")[0] + ": no validation split"
     if channels is None:
-        channels = 1 if modes and all(_grey(m) for m in modes) else 3
+        channels = 1 if modes and all(is_grey_mode(m) for m in modes) else 3
     return Splits(name, classes, channels, {s: parts[s] for s in SPLITS if s in parts}, rule, root=folder,
                   skipped=skipped)
-
-
-def _grey(mode: str) -> bool:
-    return mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
 
 
 def read_split_file(path, folder: Path, name: str, channels: int | None) -> Splits:
@@ -266,7 +262,7 @@ def read_split_file(path, folder: Path, name: str, channels: int | None) -> Spli
                         f"{missing[0]}; restore them, or train a new run on the folder as it is now")
     if channels is None:
         modes = image_modes(p for part in parts.values() for p, _ in part)
-        channels = 1 if modes and all(_grey(m) for m in modes) else 3
+        channels = 1 if modes and all(is_grey_mode(m) for m in modes) else 3
     return Splits(name, classes, channels, {s: FolderSamples(parts[s]) for s in SPLITS if s in parts},
                   f"the files listed in {path}", root=folder)
 
