@@ -75,6 +75,31 @@ def saved_step(run_dir: Path) -> int:
     return 0
 
 
+def sigterm_early(args: list[str], run_dir: Path) -> tuple[int, str]:
+    """Start ``python -m vitkit train ARGS`` in a session of its own, send the session SIGTERM once the run has
+    saved step 2, wait for it to stop; (the step it saved last, its stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "train", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and saved_step(run_dir) < 2:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    return saved_step(run_dir), err.decode(errors="replace")
+
+
+def same_last_weights(a: Path, b: Path) -> bool:
+    """Whether two run folders' last.safetensors hold bit-identical tensors."""
+    from safetensors.torch import load_file
+    ours, theirs = (load_file(d / "checkpoints" / "last.safetensors") for d in (a, b))
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -11,12 +11,7 @@ of a streamed run ending bit-identical, the split file catching a changed datase
 bad input."""
 import io
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from conftest import saved_step
+from conftest import same_last_weights, sigterm_early
 from test_data_shards import CLASSES, TINY, sets_args
 from vitkit.cli import main
 from vitkit.data import open_splits
@@ -461,21 +455,12 @@ def test_sigterm_then_resume_of_a_streamed_run_ends_bit_identical(made, tmp_path
                    "train.deterministic=true", f"out_dir={tmp_path / 'runs'}", "name=r"]
     assert main(["train", *sets_args(sets), "--set", f"out_dir={tmp_path / 'ref'}"]) == 0
     run_dir = tmp_path / "runs" / "r"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "train", *sets_args(sets)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and saved_step(run_dir) < 2:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    stopped = saved_step(run_dir)
-    assert 0 < stopped < 18, (stopped, err.decode()[-3000:])
+    stopped, err = sigterm_early(sets_args(sets), run_dir)
+    assert 0 < stopped < 18, (stopped, err[-3000:])
     (stream,) = saved_state(run_dir)["streams"]  # after the last batch trained: epoch e, batch 1..9
     assert (stream["epoch"], stream["batch"]) == ((stopped - 1) // 9, (stopped - 1) % 9 + 1), (stopped, stream)
-    assert main(["train", *sets_args(sets), "--resume", "auto"]) == 0, (stopped, err.decode()[-3000:])
-    ours, theirs = (load_file(d / "checkpoints" / "last.safetensors") for d in (run_dir, tmp_path / "ref" / "r"))
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), f"differs after a resume at step {stopped}"
+    assert main(["train", *sets_args(sets), "--resume", "auto"]) == 0, (stopped, err[-3000:])
+    assert same_last_weights(run_dir, tmp_path / "ref" / "r"), f"differs after a resume at step {stopped}"
 
 
 def test_a_changed_dataset_fails_the_split_file_check(made, tmp_path, capsys):

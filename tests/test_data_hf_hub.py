@@ -44,6 +44,7 @@ class FakeDatasetHub(FakeHub):
     used by this road)."""
 
     page_size = 1000
+    lfs_suffixes = LFS_SUFFIXES
 
     def __init__(self):
         self.unknown: list[tuple[str, str]] = []
@@ -100,20 +101,8 @@ class FakeDatasetHub(FakeHub):
 
     def _resolve(self, handler, repo: str, revision: str, filename: str, body: bool):
         commit = self._commit(handler, repo, revision, body)
-        if commit is None:
-            return
-        files = self.commits[commit]
-        if filename not in files:
-            return self._error(handler, "EntryNotFound", body, **{"X-Repo-Commit": commit})
-        content = files[filename]
-        if filename.endswith(LFS_SUFFIXES):
-            sha256 = hashlib.sha256(content).hexdigest()
-            self.blobs[sha256] = content
-            return self._answer(handler, 302, {
-                "Location": f"{self.cdn_url}/blobs/{sha256}", "X-Repo-Commit": commit,
-                "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(content)),
-                "ETag": f'"{git_blob_id(content)}"'}, b"", body)
-        self._content(handler, {"ETag": f'"{git_blob_id(content)}"', "X-Repo-Commit": commit}, content, body)
+        if commit is not None:
+            self._serve(handler, commit, filename, body)
 
     def _info(self, handler, repo: str, revision: str, body: bool):
         commit = self._commit(handler, repo, revision, body)

@@ -4,21 +4,15 @@ rank x worker deal covering each sample once, the seeded shuffle buffer, `vitkit
 sentence for each bad input."""
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from conftest import saved_step
+from conftest import same_last_weights, sigterm_early
 from vitkit.cli import main
 from vitkit.data import open_splits
 from vitkit.data.images import open_image, to_uint8_chw
@@ -177,19 +171,10 @@ def test_sigterm_then_resume_ends_bit_identical(made, tmp_path):
                    f"out_dir={tmp_path / 'runs'}", "name=r"]
     assert main(["train", *sets_args(sets), "--set", f"out_dir={tmp_path / 'ref'}"]) == 0
     run_dir = tmp_path / "runs" / "r"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "train", *sets_args(sets)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and saved_step(run_dir) < 2:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.communicate(timeout=120)
-    stopped = saved_step(run_dir)
-    assert 0 < stopped < 10, stopped
+    stopped, err = sigterm_early(sets_args(sets), run_dir)
+    assert 0 < stopped < 10, (stopped, err[-3000:])
     assert main(["train", *sets_args(sets), "--resume", "auto"]) == 0
-    ours, theirs = (load_file(d / "checkpoints" / "last.safetensors") for d in (run_dir, tmp_path / "ref" / "r"))
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), f"differs after a resume at step {stopped}"
+    assert same_last_weights(run_dir, tmp_path / "ref" / "r"), f"differs after a resume at step {stopped}"
 
 
 def write_tar(path: Path, members):

@@ -31,6 +31,8 @@ class FakeHub:
     id. With ``drop`` set, the Hub closes every connection without answering. Requests go to ``requests`` as
     (method, path)."""
 
+    lfs_suffixes = LFS_SUFFIXES
+
     def __init__(self):
         self.branches: dict[str, dict[str, str]] = {}  # repo -> {branch: commit}
         self.commits: dict[str, dict[str, bytes]] = {}  # commit -> {filename: content}
@@ -111,11 +113,15 @@ class FakeHub:
         commit = self.branches[repo].get(revision, revision)
         if commit not in self.commits or commit not in self.branches[repo].values():
             return self._error(handler, "RevisionNotFound", body)
+        self._serve(handler, commit, filename, body)
+
+    def _serve(self, handler, commit: str, filename: str, body: bool):
+        """One file of a commit: 404 EntryNotFound, a CDN redirect for an LFS file, else its content."""
         files = self.commits[commit]
         if filename not in files:
             return self._error(handler, "EntryNotFound", body, **{"X-Repo-Commit": commit})
         content = files[filename]
-        if filename.endswith(LFS_SUFFIXES):
+        if filename.endswith(self.lfs_suffixes):
             sha256 = hashlib.sha256(content).hexdigest()
             self.blobs[sha256] = content
             return self._answer(handler, 302, {
@@ -123,7 +129,10 @@ class FakeHub:
                 "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(content)),
                 "ETag": f'"{hashlib.sha1(sha256.encode()).hexdigest()}"'}, b"", body)
         etag = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()  # git's blob id
-        self._answer(handler, 200, {"ETag": f'"{etag}"', "X-Repo-Commit": commit}, content, body)
+        self._content(handler, {"ETag": f'"{etag}"', "X-Repo-Commit": commit}, content, body)
+
+    def _content(self, handler, headers: dict, content: bytes, body: bool):
+        self._answer(handler, 200, headers, content, body)
 
     def _cdn_route(self, handler, body: bool):
         sha256 = handler.path.rpartition("/")[2]
