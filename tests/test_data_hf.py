@@ -427,6 +427,29 @@ def test_train_then_eval_and_predict(made, capsys, streaming):
     assert main(["predict", "--checkpoint", str(run / "checkpoints" / "best"), str(image), "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)
     assert result["image"] == str(image)
+    parquet = made.pq / "data" / "test-00000-of-00001.parquet"  # each row's image, named FILE[ROW]
+    assert main(["predict", "--checkpoint", str(run / "checkpoints" / "best"), str(image), str(parquet), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in rows] == [str(image)] + [f"{parquet}[{i}]" for i in range(6)]
+    assert rows[3]["top_k"] == rows[0]["top_k"]  # row 2 holds the bytes of the image file
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_knn_on_the_run_s_own_dataset_and_the_features_cache(made, tmp_path, capsys, monkeypatch, streaming):
+    """`vitkit knn` reads a run's hf: data as the run read it; a map-style split's features are cached by the
+    dataset's fingerprint and rows, a streamed split's are not (it has no fingerprint short of reading it)."""
+    sets = TINY + [f"data.dataset=hf:{made.pq}", "data.workers=0", "train.epochs=1",
+                   f"data.streaming={str(streaming).lower()}", f"out_dir={tmp_path / 'runs'}", "name=r"]
+    assert main(["train", *sets_args(sets)]) == 0
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    best = str(tmp_path / "runs" / "r" / "checkpoints" / "best")
+    capsys.readouterr()
+    assert main(["knn", "--checkpoint", best, "--k", "1", "3"]) == 0
+    assert "test at the k chosen on val" in capsys.readouterr().out
+    cached = list((tmp_path / "cache" / "features").glob("*.safetensors")) if (tmp_path / "cache").exists() else []
+    assert len(cached) == (0 if streaming else 3)  # train, val, test
+    assert main(["knn", "--checkpoint", best, "--k", "1", "--data", f"hf:{made.disk}"]) == 0  # another dataset
+    assert "test at the k chosen on val" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="vitkit features", description="Write every image's embedding to a safetensors file: a data set's "
         "splits (a name such as digits or cifar10, or an image folder, split by the checkpoint's recorded rule when "
         "it is the run's own data), or image files and folders with --files.")
-    parser.add_argument("data", nargs="+", metavar="DATA", help="a data set name or image folder; with --files, "
+    parser.add_argument("data", nargs="+", metavar="DATA", help="a data set name, image folder, shards:DIR or "
+                        "hf:PATH_OR_NAME; with --files, "
                         "image files and folders (searched recursively)")
     parser.add_argument("--out", required=True, metavar="F.safetensors")
     parser.add_argument("--files", action="store_true", help="DATA are image files and folders, not a data set")

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         "L2-normalised features, cosine similarity, the k nearest training images vote for their class with "
         "weight exp(similarity / T). Fitted on the train split, scored on val and on test (once); a best k is "
         "chosen on val only.")
-    parser.add_argument("--data", help="a data set name or image folder (default: the checkpoint's own data)")
+    parser.add_argument("--data", help="a data set name, image folder, shards:DIR or hf:PATH_OR_NAME (default: the "
+                        "checkpoint's own data)")
     parser.add_argument("--k", nargs="+", type=integer, default=[10, 20, 100], help="numbers of neighbours")
     parser.add_argument("--temperature", type=float, default=0.07, help="T of the votes exp(similarity / T)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="vitkit probe", description="Fit a linear classifier (multinomial logistic regression) on frozen "
         "features: C chosen on the validation split, the test split scored once. Writes a run folder whose "
         "checkpoints/best is the backbone with the probe as its head, for vitkit eval, predict, serve and export.")
-    parser.add_argument("--data", help="a data set name or image folder (default: the checkpoint's own data)")
+    parser.add_argument("--data", help="a data set name, image folder, shards:DIR or hf:PATH_OR_NAME (default: the "
+                        "checkpoint's own data)")
     parser.add_argument("--out-dir", default="runs", help="where the run folder goes")
     parser.add_argument("--name", help="the run folder's name (default: probe-<embedding>)")
     parser.add_argument("--set", action="append", default=[], metavar="probe.KEY=VALUE",

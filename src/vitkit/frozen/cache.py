@@ -37,8 +37,12 @@ def checkpoint_identity(path: Path) -> list:
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def images_digest(part) -> str:
-    """A fingerprint of one split's images: files with sizes and mtimes, or pixel bytes and labels."""
+def images_digest(part) -> str | None:
+    """A fingerprint of one split's images: files with sizes and mtimes, a dataset's fingerprint and rows, or
+    pixel bytes and labels; None for a streamed dataset split, which has no fingerprint short of reading it
+    (its features are not cached)."""
+    if hasattr(part, "rows") and hasattr(part, "sample"):  # HFStream
+        return None
     h = hashlib.sha1()
     if hasattr(part, "shards"):  # ShardSamples: the tar files with sizes and mtimes
         for shard in part.shards:
@@ -57,10 +61,14 @@ def images_digest(part) -> str:
     return h.hexdigest()
 
 
-def cache_key(predictor, part, kind: str, layers=(), dense: bool = False) -> str:
+def cache_key(predictor, part, kind: str, layers=(), dense: bool = False) -> str | None:
+    """The cache entry of one extraction (None: not cached, see :func:`images_digest`)."""
+    images = images_digest(part)
+    if images is None:
+        return None
     ident = identity(predictor, kind, layers, dense)
     text = json.dumps({"checkpoint": checkpoint_identity(predictor.path), "preprocess": ident["preprocess"],
-                       "model": ident["model"], "images": images_digest(part), "embedding": ident["embedding"],
+                       "model": ident["model"], "images": images, "embedding": ident["embedding"],
                        "layers": ident["layers"]}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 

@@ -167,9 +167,12 @@ def identity(predictor, kind: str, layers=(), dense: bool = False) -> dict:
 
 
 def data_name(spec: str) -> str:
-    """A data-set spec -> its canonical name: a known name, ``imagefolder:PATH``, or a folder (an image folder)."""
+    """A data-set spec -> its canonical name: a known name, ``imagefolder:PATH``, or a folder (an image folder);
+    ``shards:`` and ``hf:`` specs as they are."""
     from ..data.datasets import ALIASES, NAMES, canonical_name
 
+    if spec.startswith(("shards:", "hf:")):
+        return spec
     if spec.startswith("imagefolder:"):
         return f"imagefolder:{Path(spec.split(':', 1)[1]).expanduser().resolve()}"
     if spec.lower() not in NAMES and spec.lower() not in ALIASES and Path(spec).is_dir():
