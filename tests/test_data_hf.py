@@ -12,6 +12,7 @@ bad input."""
 import io
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -591,3 +592,12 @@ def test_one_parquet_file_is_the_training_split(made):
     splits = open_splits(f"hf:{file}", val_fraction=0.25)
     assert splits.classes == CLASSES and splits.size("train") + splits.size("val") == 9 and "test" not in splits.parts
     assert splits.rule.startswith(f"hf:{file} splits train as train; validation: 25% of each class of train")
+
+
+def test_without_the_datasets_package_hf_is_one_sentence_naming_the_extra(made, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    sets = TINY + [f"data.dataset=hf:{made.pq}", "data.workers=0", "train.epochs=1"]
+    assert main(["train", *sets_args(sets)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("vitkit train: error: data.dataset hf:... reads Hugging Face datasets, which needs the datasets "
+                   "package: pip install 'vitkit[datasets]'"), err
