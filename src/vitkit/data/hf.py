@@ -37,6 +37,7 @@ LABEL_NAMES = ("label", "labels", "fine_label", "target", "cls")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}  # hf:FILE, read as the training split
 CHANNEL_PEEK = 256  # training images looked at to tell a grey data set from a colour one
+STREAM_PIECES = 64  # a save_to_disk table streamed is read as this many contiguous pieces (dealt to ranks)
 
 
 def require_datasets():
@@ -66,13 +67,14 @@ def load(spec: str, *, streaming: bool) -> dict:
             if isinstance(loaded, datasets.Dataset):
                 loaded = {"train": loaded}
             if streaming:  # an Arrow table on disk, read as a stream of contiguous pieces
-                loaded = {k: d.to_iterable_dataset(num_shards=max(1, min(64, len(d)))) for k, d in loaded.items()}
+                loaded = {k: d.to_iterable_dataset(num_shards=max(1, min(STREAM_PIECES, len(d))))
+                          for k, d in loaded.items()}
         elif single:  # one file: the training split
             loaded = datasets.load_dataset(FILE_BUILDERS[target.suffix.lower()], data_files={"train": str(target)},
                                            streaming=streaming)
         else:
             loaded = datasets.load_dataset(str(target) if target.is_dir() else spec, streaming=streaming)
-    except (KeyboardInterrupt, SystemExit, ConfigError, DataError):
+    except (ConfigError, DataError):
         raise
     except Exception as e:  # the library raises many types (not found, offline, unreadable Parquet, ...)
         while e.__cause__ is not None:  # the reason, under a DatasetGenerationError ("An error occurred ...")

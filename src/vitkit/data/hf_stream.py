@@ -92,7 +92,7 @@ def read(iterable, name: str):
     connection) is one DataError."""
     try:
         yield from iterable
-    except (KeyboardInterrupt, SystemExit, DataError):
+    except DataError:
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
