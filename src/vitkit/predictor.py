@@ -21,7 +21,7 @@ from .pretrained import load
 from .runs import Run
 
 
-EMBEDDINGS = ("pooled", "head", "cls", "mean", "cls_mean", "dense", "tokens")  # what Predictor.features computes
+EMBEDDINGS = ("pooled", "head", "cls", "mean", "cls_mean", "dense")  # what Predictor.features computes
 
 
 @dataclass
@@ -93,8 +93,7 @@ class Predictor:
           the image embedding);
         - ``"cls"``, ``"mean"`` (B, D): the final normed [CLS] token, the mean of the normed patch tokens;
           ``"cls_mean"`` (B, 2D) the two side by side, as DINOv2 and DINOv3 evaluate linear probes;
-        - ``"dense"`` (B, D, h, w): the normed patch tokens on their grid (:func:`patch_map`);
-        - ``"tokens"`` (B, P + h w, D): all the normed tokens, the P prefix tokens ([CLS], registers) first.
+        - ``"dense"`` (B, D, h, w): the normed patch tokens on their grid (:meth:`dense`).
         """
         if kind not in EMBEDDINGS:
             raise ConfigError(f"kind of features must be one of {', '.join(EMBEDDINGS)}, got {kind!r}")
@@ -104,17 +103,25 @@ class Predictor:
                               "have; use 'mean' or 'pooled'")
         if kind == "head":
             return model(x).float().cpu()
+        if kind == "dense":
+            return self.dense(batch)[0]
         tokens = model.forward_features(x)  # (B, prefix + N, D)
         if kind == "pooled":
             return model.forward_head(tokens, pre_logits=True).float().cpu()
-        if kind in ("tokens", "dense"):
-            tokens = tokens.float().cpu()
-            return tokens if kind == "tokens" else patch_map(tokens, model.num_prefix_tokens,
-                                                             model.patch_embed.grid_for(*x.shape[-2:]))
         patches = tokens[:, model.num_prefix_tokens:]  # (B, N, D)
         out = {"cls": lambda: tokens[:, 0], "mean": lambda: patches.mean(dim=1),
                "cls_mean": lambda: torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)}[kind]()
         return out.float().cpu()
+
+    @torch.no_grad()
+    def dense(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final normed patch tokens of a preprocessed batch on their grid (B, D, h, w) and the prefix
+        tokens ([CLS], registers) (B, P, D), float32 on the CPU: the one road to dense features (the report,
+        the service and ``vitkit visualize`` take it through :func:`vitkit.visualize.features.dense_features`)."""
+        (last,) = self.model.forward_intermediates(batch.to(self.device), indices=1, norm=True,
+                                                   return_prefix_tokens=True, intermediates_only=True)
+        maps, prefix = last if isinstance(last, tuple) else (last, last.new_zeros(len(last), 0, last.shape[1]))
+        return maps.float().cpu(), prefix.float().cpu()  # (no prefix token: prefix is (B, 0, D))
 
     def splits(self, dataset: str | None = None, root: str | None = None, check_classes: bool = True):
         """The data this model was trained on, split by the rule its run used (``RUN/split.csv`` when the
@@ -155,12 +162,6 @@ class Predictor:
         if split is None:
             split = next(s for s in ("val", "test", "train") if s in splits.parts)
         return eval_set(splits, split, self.preprocess, batch_size, device=self.device, workers=workers), splits
-
-
-def patch_map(tokens: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Tokens (B, P + h w, D), the P prefix tokens first, -> the patch tokens on their grid (B, D, h, w)."""
-    b, _, d = tokens.shape
-    return tokens[:, num_prefix:].reshape(b, *grid, d).permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
 
 
 def _few(names: list[str], n: int = 4) -> str:

@@ -168,12 +168,9 @@ def write_features(predictor, args) -> int:
     problems, names, rows, prefixes = [], [], [], []
     for batch_names, batch in batches(predictor, args.images, args.batch_size, problems):
         if args.dense:
-            from ..predictor import patch_map
-
-            model = predictor.model
-            tokens = predictor.features(batch, "tokens")  # (b, P + h w, D)
-            rows.append(patch_map(tokens, model.num_prefix_tokens, model.patch_embed.grid_for(*batch.shape[-2:])))
-            prefixes.append(tokens[:, :model.num_prefix_tokens])  # (b, P, D)
+            maps, prefix = predictor.dense(batch)  # (b, D, h, w), (b, P, D)
+            rows.append(maps)
+            prefixes.append(prefix)
         else:
             rows.append(predictor.features(batch, kind))  # (b, D)
         names += batch_names
