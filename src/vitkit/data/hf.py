@@ -157,17 +157,22 @@ def label_kind(features, column: str, spec: str) -> str:
                     "column (give another with data.label_column)")
 
 
+def label_values(values, column: str, spec: str, split: str) -> list:
+    """The labels of one split as a list; a null one is a DataError naming its row."""
+    values = list(values)
+    if None in values:
+        raise DataError(f"hf:{spec}: row {values.index(None)} of the {split} split has no label ({column!r} is null)")
+    return values
+
+
 def classes_of(features, column: str, values, spec: str) -> tuple[list[str], dict | None]:
     """(class names, a value -> index map for string labels, else None) from the training labels ``values``
-    (read only when the column's type does not name the classes)."""
+    (:func:`label_values`; not looked at when the column's type names the classes)."""
     kind = label_kind(features, column, spec)
     if kind == "classlabel":
         return list(features[column].names), None
-    values = list(values() if callable(values) else values)
     if not values:
         raise DataError(f"hf:{spec}: the training split has no rows")
-    if None in values:
-        raise DataError(f"hf:{spec}: row {values.index(None)} of the training split has no label ({column!r} is null)")
     if kind == "int":
         if min(values) < 0:
             raise DataError(f"hf:{spec}: the training labels ({column!r}) include {min(values)}; expected class "
@@ -236,16 +241,14 @@ def map_parts(spec: str, *, image_column=None, label_column=None, val_fraction: 
     names = pick_splits(loaded, spec)
     train = loaded[names["train"]]
     image, label = find_columns(train.features, image_column, label_column, spec)
-    classes, index = classes_of(train.features, label, lambda: train[label], spec)
-    parts, left_out = {}, []
-    for ours, theirs in names.items():
+    parts, left_out, classes, index = {}, [], None, None
+    for ours, theirs in names.items():  # train first
         ds = loaded[theirs]
         if image not in ds.features or label not in ds.features:
             raise DataError(f"hf:{spec}: the {theirs} split lacks the column {image if image not in ds.features else label!r}")
-        values = list(ds[label])
-        missing = next((i for i, v in enumerate(values) if v is None), None)
-        if missing is not None:
-            raise DataError(f"hf:{spec}: row {missing} of the {theirs} split has no label ({label!r} is null)")
+        values = label_values(ds[label], label, spec, "training" if ours == "train" else theirs)
+        if ours == "train":
+            classes, index = classes_of(train.features, label, values, spec)
         labels = [index.get(v, -1) for v in values] if index is not None else [int(v) for v in values]
         if ours != "train" and labels and all(v < 0 for v in labels) and index is None:
             left_out.append(theirs)  # an unlabelled split

@@ -34,7 +34,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
 from .device_loader import derive_seed
-from .hf import CHANNEL_PEEK, find_columns, grey_images, label_kind, load, pick_splits, stored_bytes
+from .hf import (CHANNEL_PEEK, classes_of, find_columns, grey_images, label_kind, label_values, load,
+                 pick_splits, stored_bytes)
 from .images import open_image, to_uint8_chw
 from .shard_loader import StreamLoader
 
@@ -128,11 +129,9 @@ def stream_parts(spec: str, *, image_column=None, label_column=None, val_fractio
         labels = ds.select_columns([label])
         values = None
         if rows is None or (ours == "train" and kind != "classlabel"):  # one pass: the size (and the classes)
-            values = [ex[label] for ex in read(labels, f"hf:{spec}/{theirs}")]
+            values = label_values((ex[label] for ex in read(labels, f"hf:{spec}/{theirs}")), label, spec,
+                                  "training" if ours == "train" else theirs)
             rows = len(values)
-            if None in values:
-                raise DataError(f"hf:{spec}: row {values.index(None)} of the {theirs} split has no label "
-                                f"({label!r} is null)")
         if ours != "train" and kind != "string":  # an unlabelled split shows in its first labels
             first = values[:UNLABELLED_PEEK] if values is not None else \
                 [ex[label] for ex in itertools.islice(read(labels, f"hf:{spec}/{theirs}"), UNLABELLED_PEEK)]
@@ -140,16 +139,7 @@ def stream_parts(spec: str, *, image_column=None, label_column=None, val_fractio
                 left_out.append(theirs)
                 continue
         if ours == "train":
-            if kind == "classlabel":
-                classes = list(train.features[label].names)
-            elif kind == "int":
-                if not values or min(values) < 0:
-                    raise DataError(f"hf:{spec}: the training labels ({label!r}) are empty or include negative "
-                                    "values; expected class indices 0, 1, ...")
-                classes = [str(i) for i in range(max(values) + 1)]
-            else:
-                classes = sorted(set(values))
-                index = {c: i for i, c in enumerate(classes)}
+            classes, index = classes_of(train.features, label, values, spec)
         if rows == 0:
             raise DataError(f"hf:{spec}: the {theirs} split has no rows")
         parts[ours] = HFStream(ds, rows, len(classes), image, label, f"hf:{spec}/{theirs}", index)
