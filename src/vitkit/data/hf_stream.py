@@ -74,18 +74,10 @@ class HFStream:
     def decode(self, classes, preprocess, name: str):
         """Every example, in order, decoded once through ``preprocess``'s geometry: an in-memory
         :class:`~vitkit.data.ImageDataset` for evaluation (``sources`` are ``hf:SOURCE/SPLIT[i]``)."""
-        from .in_memory import ImageDataset
-        images, labels = [], []
-        for i, example in enumerate(read(self.dataset, self.name)):
-            data, label = self.sample(example, f"{self.name}[{i}]")
-            images.append(preprocess.load(open_image(data, f"{self.name}[{i}]")))  # (C, H, W) uint8
-            labels.append(label)
-        if not images:
-            raise DataError(f"{self.name} holds no example")
-        ds = ImageDataset(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(classes), preprocess.mean,
-                          preprocess.std, name=name, sources=[f"{self.name}[{i}]" for i in range(len(images))])
-        ds.preprocessed_by = preprocess
-        return ds
+        from .in_memory import decode_samples
+        samples = ((*self.sample(example, f"{self.name}[{i}]"), f"{self.name}[{i}]")
+                   for i, example in enumerate(read(self.dataset, self.name)))
+        return decode_samples(samples, classes, preprocess, name, f"{self.name} holds no example")
 
 
 def read(iterable, name: str):

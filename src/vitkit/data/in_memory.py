@@ -82,3 +82,21 @@ class ImageDataset(Dataset):
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape
         return f"ImageDataset({self.name!r}, {n} images {c}x{h}x{w}, {self.num_classes} classes)"
+
+
+def decode_samples(samples, classes, preprocess, name: str, empty: str) -> ImageDataset:
+    """``(image bytes, label, source)`` of each sample, decoded once through ``preprocess``'s geometry, in
+    order: an in-memory split (uint8 (N, C, H, W), normalised later with ``preprocess``'s statistics) for the
+    device loader and evaluation; no sample is the DataError ``empty``."""
+    from .images import open_image
+    images, labels, sources = [], [], []
+    for data, label, source in samples:
+        images.append(preprocess.load(open_image(data, source)))  # (C, H, W) uint8
+        labels.append(label)
+        sources.append(source)
+    if not images:
+        raise DataError(empty)
+    ds = ImageDataset(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(classes), preprocess.mean,
+                      preprocess.std, name=name, sources=sources)
+    ds.preprocessed_by = preprocess  # its geometry is applied already
+    return ds

@@ -24,7 +24,6 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from ..errors import DataError
 
@@ -194,18 +193,7 @@ def decode_shards(part: ShardSamples, classes, preprocess, name: str = "shards")
     """Every sample of ``part`` decoded once through ``preprocess``'s geometry, in shard order: an in-memory
     :class:`~vitkit.data.ImageDataset` (uint8 (N, C, H, W)) for the device loader, evaluation and
     ``data.cache: memory``; ``sources`` are ``SHARD.tar/KEY``."""
-    from .images import open_image
-    from .in_memory import ImageDataset
-
-    images, labels, sources = [], [], []
-    for shard in part.shards:
-        for key, data, _, label in iter_samples(shard.path, part.num_classes, shard.samples):
-            images.append(preprocess.load(open_image(data, f"{shard.path}/{key}")))  # (C, H, W) uint8
-            labels.append(label)
-            sources.append(f"{shard.path}/{key}")
-    if not images:
-        raise DataError(f"the shards {part.shards[0].path}... hold no sample")
-    ds = ImageDataset(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(classes), preprocess.mean,
-                      preprocess.std, name=name, sources=sources)
-    ds.preprocessed_by = preprocess
-    return ds
+    from .in_memory import decode_samples
+    samples = ((data, label, f"{shard.path}/{key}") for shard in part.shards
+               for key, data, _, label in iter_samples(shard.path, part.num_classes, shard.samples))
+    return decode_samples(samples, classes, preprocess, name, f"the shards {part.shards[0].path}... hold no sample")
