@@ -23,6 +23,14 @@ def derive_seed(*parts: int) -> int:
     return (int(words[0]) << 31) ^ int(words[1])
 
 
+def seeded(transform, x, *parts: int):
+    """``transform(x)`` with torch's global RNG seeded by :func:`derive_seed` of ``parts`` for the call and
+    restored after: one sample's augmentation, the same whichever worker draws it and whenever."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(*parts))
+        return transform(x)
+
+
 def samples_per_rank(n: int, world_size: int, drop_last: bool) -> int:
     return n // world_size if drop_last else math.ceil(n / world_size)
 

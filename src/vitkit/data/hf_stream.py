@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
-from .device_loader import derive_seed
+from .device_loader import derive_seed, seeded
 from .hf import (CHANNEL_PEEK, classes_of, find_columns, grey_images, label_kind, label_values, load,
                  pick_splits, stored_bytes)
 from .images import open_image, to_uint8_chw
@@ -221,9 +221,7 @@ class RankStream(IterableDataset):
                     data, label = self.part.sample(buffer[order[k - base]], f"{self.part.name} "
                                                    f"(epoch {self.epoch}, example {k} of process {self.rank})")
                     x = to_uint8_chw(open_image(data, f"an image of {self.part.name}"), self.channels)  # (C, H, W)
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(derive_seed(self.seed, self.epoch, self.rank, 3, k))
-                        images.append(self.transform(x))
+                    images.append(seeded(self.transform, x, self.seed, self.epoch, self.rank, 3, k))
                     labels.append(label)
                 after = (window, start) if i + 1 < self.window else (window + 1, dict(at))
                 position = {"epoch": self.epoch, "batch": b + 1, "window": after[0], "at": after[1]}

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS, list_images, open_image, probe_image, to_uint8_chw
-from .device_loader import derive_seed, epoch_indices, samples_per_rank
+from .device_loader import derive_seed, epoch_indices, samples_per_rank, seeded
 from .in_memory import ImageDataset
 from .preprocess import Preprocess
 
@@ -138,9 +138,7 @@ class ImageFolderDataset(Dataset):
             return x.float() / 255, label
         if epoch is None or self.seed is None:
             return self.transform(x), label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, epoch, 3, i))
-            return self.transform(x), label
+        return seeded(self.transform, x, self.seed, epoch, 3, i), label
 
 
 class EpochSampler(Sampler):

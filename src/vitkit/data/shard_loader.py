@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DataError
-from .device_loader import derive_seed
+from .device_loader import derive_seed, seeded
 from .imagefolder import _quiet_worker, _stop_signals_held
 from .images import open_image, to_uint8_chw
 from .shards import ShardSamples, iter_samples
@@ -117,9 +117,7 @@ class ShardStream(IterableDataset):
                     break
                 if pos >= skip * self.batch_size:  # earlier batches are skipped undecoded
                     x = to_uint8_chw(open_image(data, f"sample {sample_key} of shard {path}"), self.channels)  # (C, H, W) uint8
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(derive_seed(*key, 3, pos))
-                        images.append(self.transform(x))
+                    images.append(seeded(self.transform, x, *key, 3, pos))
                     labels.append(label)
                     if len(images) == self.batch_size:
                         yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)  # (B, C, H, W), (B,)
