@@ -129,6 +129,7 @@ class Predictor:
         holds the images it was split from is one DataError; so are classes other than the checkpoint's,
         unless ``check_classes`` is False (a frozen backbone given a new head)."""
         from .data import open_splits
+        from .data.hf import HF_KEYS
         from .runs import Run
 
         recorded = self.meta.get("data") or {"dataset": self.meta.get("dataset"), "val_fraction": 0.0}
@@ -141,7 +142,7 @@ class Predictor:
         splits = open_splits(name, root or (recorded.get("root") if same else None),
                              val_fraction=recorded.get("val_fraction", 0.0), split_seed=recorded.get("split_seed", 0),
                              split_file=split_file, channels=self.preprocess.channels,
-                             **{k: recorded[k] for k in ("image_column", "label_column", "streaming")
+                             **{k: recorded[k] for k in HF_KEYS
                                 if same and recorded.get(k)})
         if same and split_file is None and recorded.get("digest") and splits.digest() != recorded["digest"]:
             raise DataError(f"{name} no longer holds the images checkpoint {self.path} was trained and validated on "

@@ -37,6 +37,7 @@ LABEL_NAMES = ("label", "labels", "fine_label", "target", "cls")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "dev"), "test": ("test",)}
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}  # hf:FILE, read as the training split
 CHANNEL_PEEK = 256  # training images looked at to tell a grey data set from a colour one
+HF_KEYS = ("image_column", "label_column", "streaming")  # the data keys of how a run read its hf: dataset
 STREAM_PIECES = 64  # a save_to_disk table streamed is read as this many contiguous pieces (dealt to ranks)
 
 

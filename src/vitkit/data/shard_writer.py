@@ -33,8 +33,8 @@ def _png(image) -> bytes:
 
 def _samples(part):
     """(image bytes, suffix, label) of each sample of a split, in the split's order."""
-    if hasattr(part, "rows") and hasattr(part, "sample"):  # a streamed dataset split (HFStream)
-        from .hf_stream import read
+    from .hf_stream import HFStream, read
+    if isinstance(part, HFStream):  # a streamed dataset split
         for i, example in enumerate(read(part.dataset, part.name)):
             data, label = part.sample(example, f"{part.name}[{i}]")
             yield data, _suffix(data, f"{part.name}[{i}]"), label

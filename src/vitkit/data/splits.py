@@ -305,14 +305,15 @@ def eval_set(splits: Splits, split: str, preprocess: Preprocess, batch_size: int
              workers: int = 0, rank: int = 0, world_size: int = 1, part=None) -> EvalSet:
     """The ``split`` of ``splits`` as an :class:`EvalSet` whose images go through ``preprocess``; ``part``
     replaces the split's images by the same images in another form (a folder decoded once)."""
-    from .imagefolder import FolderLoader, ImageFolderDataset, eval_transform
     from .device_loader import DeviceLoader
+    from .hf_stream import HFStream
+    from .imagefolder import FolderLoader, ImageFolderDataset, eval_transform
 
     part = splits.get(split) if part is None else part
     if hasattr(part, "shards"):  # ShardSamples: evaluated from memory, decoded once in shard order
         from .shards import decode_shards
         part = decode_shards(part, splits.classes, preprocess, splits.dataset)
-    elif hasattr(part, "decode"):  # a streamed dataset split (HFStream): likewise
+    elif isinstance(part, HFStream):  # a streamed dataset split: likewise
         part = part.decode(splits.classes, preprocess, splits.dataset)
     if isinstance(part, FolderSamples):
         ds = ImageFolderDataset(samples=part.samples, classes=splits.classes, channels=preprocess.channels,

@@ -41,7 +41,8 @@ def images_digest(part) -> str | None:
     """A fingerprint of one split's images: files with sizes and mtimes, a dataset's fingerprint and rows, or
     pixel bytes and labels; None for a streamed dataset split, which has no fingerprint short of reading it
     (its features are not cached)."""
-    if hasattr(part, "rows") and hasattr(part, "sample"):  # HFStream
+    from ..data.hf_stream import HFStream
+    if isinstance(part, HFStream):
         return None
     h = hashlib.sha1()
     if hasattr(part, "shards"):  # ShardSamples: the tar files with sizes and mtimes

@@ -43,9 +43,9 @@ from .plan import RunPlan, plan_run
 from .resume import load_resume_state, resolve_resume, resume_folder
 from .sharding import full_model_state, full_optimizer_state, load_full_state, shard
 from .signals import StopRequest
+from ..data.hf import HF_KEYS
 from .state import TrainState
 
-HF_KEYS = ("image_column", "label_column", "streaming")  # how an hf: dataset was read (recorded when set)
 
 
 class Trainer:
